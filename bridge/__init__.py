@@ -1,0 +1,1 @@
+"""matrix-sip-bridge: Matrix 1:1 VoIP <-> SIP."""
