@@ -1,0 +1,72 @@
+"""Inbound trust and routing decisions: which SIP sources may call, and which Matrix users ring.
+
+Pure functions over plain values so they are unit-tested without sockets. No SIP request ever
+leads to an outbound call: inbound INVITEs can only ring Matrix users.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Route:
+    users: tuple[str, ...]
+    number: str | None = None  # exact match on normalised digits
+    prefix: str | None = None  # prefix match; the longest prefix wins
+
+
+def route_number(number: str | None, routes: Sequence[Route], default: Sequence[str]) -> tuple[str, ...]:
+    """Matrix users to ring for a dialled number: exact match beats prefix, longest prefix wins."""
+    if number:
+        for route in routes:
+            if route.number is not None and route.number == number:
+                return route.users
+        best: Route | None = None
+        for route in routes:
+            if route.prefix is not None and number.startswith(route.prefix):
+                if best is None or len(route.prefix) > len(best.prefix or ""):
+                    best = route
+        if best is not None:
+            return best.users
+    return tuple(default)
+
+
+class TrustedSources:
+    def __init__(self, cidrs: Sequence[str]) -> None:
+        self._nets = [ipaddress.ip_network(c, strict=False) for c in cidrs]
+
+    def allows(self, host: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self._nets if net.version == addr.version)
+
+
+class RateLimiter:
+    """Token bucket per source address; bounded number of tracked sources (oldest forgotten)."""
+
+    def __init__(self, *, per_second: float, burst: int, max_sources: int = 4096) -> None:
+        self._rate = per_second
+        self._burst = float(burst)
+        self._max = max_sources
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def allow(self, source: str, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        tokens, last = self._buckets.pop(source, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - last) * self._rate)
+        allowed = tokens >= 1.0
+        if allowed:
+            tokens -= 1.0
+        self._buckets[source] = (tokens, now)
+        if len(self._buckets) > self._max:
+            self._buckets.popitem(last=False)
+        return allowed
