@@ -1,0 +1,200 @@
+"""SIP -> Matrix call: the I/O half of call/inbound.py's state machine.
+
+The bridge is the Matrix caller: its ghost sends m.call.invite with an aiortc offer holding all
+candidates, the first device to answer is selected, and only then does SIP get its 200.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from ..call import events as ev
+from ..call.actions import (
+    Action,
+    Finish,
+    SendMatrixEnding,
+    SendMatrixInvite,
+    SendSelectAnswer,
+    SendSipBye,
+    SendSipResponse,
+    StartMedia,
+)
+from ..call.candidates import CandidateBuffer
+from ..call.inbound import InboundCall
+from ..logs import call_logger
+from ..media.call_media import CallMedia
+from ..sip.dialog import Dialog
+from ..sip.ua import ServerInvite
+from .ports import CallLogPort, MatrixPort, PortalInfo
+from .session import CallSession, new_call_id, new_party_id
+
+
+class InboundSession(CallSession):
+    def __init__(
+        self, *, server_invite: ServerInvite, callee: str, caller_number: str | None, caller_name: str | None,
+        media: CallMedia, matrix: MatrixPort, call_log: CallLogPort, lifetime_ms: int, ring_timeout_s: float,
+        on_finished: Callable[[CallSession], None],
+    ) -> None:
+        self.sip = server_invite
+        self.callee = callee
+        self.caller_number = caller_number
+        self.caller_name = caller_name
+        self.call_id = new_call_id()
+        self.party_id = new_party_id()
+        self.out = ev.OutgoingContent(self.call_id, self.party_id)
+        self.machine = InboundCall(callee=callee)
+        self.media = media
+        self.matrix = matrix
+        self.call_log = call_log
+        self.lifetime_ms = lifetime_ms
+        self.ring_timeout_s = ring_timeout_s
+        self.portal: PortalInfo | None = None
+        self.dialog: Dialog | None = None
+        self.offerless = not server_invite.request.body
+        self.answers: dict[str, str] = {}  # party_id -> answer SDP, as they arrive
+        self.candidates = CandidateBuffer(max_calls=4)
+        self._media_ok = False
+        self.clog = call_logger("bridge.calls.inbound", self.call_id, server_invite.call_id)
+        super().__init__(self.clog, on_finished)
+
+    @property
+    def sip_call_id(self) -> str:
+        return self.sip.call_id
+
+    @property
+    def room_id(self) -> str | None:
+        return self.portal.room_id if self.portal else None
+
+    async def begin(self) -> bytes | None:
+        """Prepare media (answer to the SIP offer, or our offer for an offerless INVITE).
+
+        Raises SdpError for an SDP we cannot accept (the caller answers 488); otherwise starts ringing.
+        """
+        await self.media.open_rtp()
+        if self.offerless:
+            self.local_sip_sdp = self.media.sip_offer_for_offerless()
+        else:
+            self.local_sip_sdp = self.media.answer_sip_offer(self.sip.request.body)
+        self.start_worker()
+        self.spawn(self._ring(), "inbound-ring")
+        self.spawn(self._watch_cancel(), "sip-cancel-watch")
+        self.media.on_failure = lambda reason: self.post(lambda: self.machine.media_failed(media_seen=self._media_ok))
+        return self.local_sip_sdp
+
+    async def _ring(self) -> None:
+        self.portal = await self.matrix.portal_for_inbound(self.callee, self.caller_number, self.caller_name)
+        self.clog.info("inbound call from %s for %s in %s", self.caller_number or "anonymous", self.callee,
+                       self.portal.room_id)
+        await self.call_log.call_started(
+            call_id=self.call_id, party_id=self.party_id, sip_call_id=self.sip.call_id, room_id=self.portal.room_id,
+            direction="inbound", number=self.caller_number, mxid=self.callee,
+        )
+        joined = await self.matrix.is_joined(self.portal.room_id, self.callee)
+        if not joined:
+            self.clog.info("waiting up to %.0fs for %s to join %s", self.ring_timeout_s, self.callee,
+                           self.portal.room_id)
+            joined = await self.matrix.wait_joined(self.portal.room_id, self.callee, self.ring_timeout_s)
+        self.post(self.machine.user_joined if joined else self.machine.lifetime_expired)
+
+    async def _watch_cancel(self) -> None:
+        await self.sip.cancelled.wait()
+        self.post(self.machine.sip_cancelled)
+
+    async def _lifetime(self) -> None:
+        await asyncio.sleep(self.lifetime_ms / 1000)
+        self.post(self.machine.lifetime_expired)
+
+    # --- Matrix events for this call ---
+    def on_answer(self, sender: str, answer: ev.Answer) -> None:
+        if answer.party_id is not None and answer.party_id not in self.answers:
+            self.answers[answer.party_id] = answer.answer_sdp
+        self.post(lambda: self.machine.matrix_answer(sender, answer.party_id))
+
+    def on_candidates(self, sender: str, cands: ev.Candidates) -> None:
+        if sender != self.callee:
+            return
+        selected = self.machine.selected_party
+        if selected is not None:
+            if cands.party_id == selected:
+                real = [c.as_dict() for c in cands.candidates if not c.is_end]
+                if real:
+                    self.spawn(self.media.add_webrtc_candidates(real), "webrtc-candidates")
+            return
+        self.candidates.add(self.call_id, cands.party_id, cands.candidates)
+
+    # --- actions ---
+    async def execute(self, action: Action) -> None:
+        if isinstance(action, SendMatrixInvite):
+            assert self.portal is not None
+            offer = await self.media.create_webrtc_offer()
+            content = self.out.invite(offer, lifetime_ms=self.lifetime_ms, invitee=self.callee, dtmf=True)
+            await self.matrix.send_call_event(self.portal, "m.call.invite", content)
+            await self.matrix.send_call_event(self.portal, "m.call.candidates", self.out.end_of_candidates())
+            self.spawn(self._lifetime(), "invite-lifetime")
+        elif isinstance(action, SendSelectAnswer):
+            await self._select(action.party_id)
+        elif isinstance(action, SendSipResponse):
+            await self._respond(action.status, action.reason)
+        elif isinstance(action, StartMedia):
+            if self._media_ok and not self.offerless:  # offerless: media starts once the ACK brings the answer
+                self.media.start()
+        elif isinstance(action, SendSipBye):
+            if self.dialog is not None:
+                await self.dialog.bye()
+        elif isinstance(action, SendMatrixEnding):
+            if self.portal is not None:
+                content = self.out.hangup(action.ending.reason or "user_hangup")
+                await self.matrix.send_call_event(self.portal, "m.call.hangup", content)
+        elif isinstance(action, Finish):
+            self.clog.info("inbound call ended: %s", action.reason)
+            await self.call_log.call_ended(self.call_id, action.reason)
+
+    async def _select(self, party_id: str) -> None:
+        assert self.portal is not None
+        await self.matrix.send_call_event(self.portal, "m.call.select_answer", self.out.select_answer(party_id))
+        try:
+            await self.media.set_webrtc_answer(self.answers[party_id])
+            cands, _ended = self.candidates.take(self.call_id, party_id)
+            if cands:
+                await self.media.add_webrtc_candidates([c.as_dict() for c in cands])
+            self._media_ok = True
+        except Exception as exc:
+            self.clog.warning("cannot apply the Matrix answer: %s", exc)
+            self.post(lambda: self.machine.media_failed(media_seen=False))
+
+    async def _respond(self, status: int, reason: str) -> None:
+        if status == 200:
+            if not self._media_ok:
+                return  # media_failed is queued and will answer SIP
+            self.dialog = await self.sip.respond(200, reason, body=self.local_sip_sdp,
+                                                 headers=[("Content-Type", "application/sdp")])
+            if self.dialog is not None:
+                self.dialog.on_terminated = self._dialog_terminated
+            await self.call_log.call_answered(self.call_id)
+            if self.offerless:
+                self.spawn(self._take_ack_answer(), "sip-ack-answer")
+        else:
+            await self.sip.respond(status, reason)
+
+    async def _take_ack_answer(self) -> None:
+        ack = await self.sip.wait_ack(timeout=40)
+        if ack is None or not ack.body:
+            self.clog.warning("offerless INVITE: ACK carried no SDP answer")
+            self.post(lambda: self.machine.media_failed(media_seen=False))
+            return
+        try:
+            self.media.apply_sip_answer(ack.body)
+            self.media.start()
+        except Exception as exc:
+            self.clog.warning("offerless INVITE: bad SDP in ACK: %s", exc)
+            self.post(lambda: self.machine.media_failed(media_seen=False))
+
+    def _dialog_terminated(self, reason: str) -> None:
+        if reason == "bye_received":
+            self.post(self.machine.sip_bye)
+        elif reason != "bye_sent":
+            self.post(self.machine.sip_dialog_lost)
+
+    async def release(self) -> None:
+        await self.media.close()

@@ -1,0 +1,339 @@
+"""Routes events to calls: Matrix m.call.* and membership events, and inbound SIP INVITEs.
+
+Outbound calls are keyed by the Matrix call_id; inbound calls by the bridge's own call_id and by
+SIP Call-ID. Events for unknown calls get one log line and are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..call import events as ev
+from ..call.candidates import CandidateBuffer
+from ..call.dialplan import check_dial
+from ..call.policy import RateLimiter, Route, TrustedSources, route_number
+from ..config import DialplanConfig
+from ..media.call_media import CallMedia
+from ..media.ports import PortAllocator
+from ..media.settings import MediaSettings
+from ..sip import digest
+from ..sip.message import NameAddr, SipParseError
+from ..sip.sdp import SdpError
+from ..sip.ua import ServerInvite, UserAgent
+from ..sip.uri import SipUri
+from .inbound import InboundSession
+from .outbound import OutboundSession, TrunkTarget
+from .ports import CallLogPort, MatrixPort
+from .session import CallSession
+
+log = logging.getLogger(__name__)
+
+ANONYMOUS_USERS = frozenset({"anonymous", "unknown", "unavailable", "restricted", "private", "withheld"})
+
+
+@dataclass
+class InboundSettings:
+    trusted_sources: Sequence[str] = ("127.0.0.1/32",)
+    accounts: dict[str, str] = field(default_factory=dict)  # digest username -> password
+    realm: str = "matrix-sip-bridge"
+    routes: Sequence[Route] = ()
+    default_route: Sequence[str] = ()
+    rate_per_second: float = 5.0
+    rate_burst: int = 10
+    lifetime_ms: int = 60000
+    ring_timeout_s: float = 60.0
+
+
+@dataclass
+class CallSettings:
+    trunk: TrunkTarget
+    inbound: InboundSettings
+    media: MediaSettings
+    dialplan: DialplanConfig
+    normalize: Callable[[str], str | None]
+    failure_notices: bool = True
+
+
+class CallEventLike(Protocol):
+    """matrix.handler.CallEvent, structurally (the driver does not import the Matrix side)."""
+
+    @property
+    def room_id(self) -> str: ...
+    @property
+    def event_id(self) -> str: ...
+    @property
+    def sender(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def content(self) -> dict[str, Any]: ...
+
+
+class _NonceStore:
+    """Nonces we issued for inbound digest auth, bounded, valid for five minutes."""
+
+    def __init__(self, ttl: float = 300.0, size: int = 4096) -> None:
+        self._ttl = ttl
+        self._size = size
+        self._nonces: OrderedDict[str, float] = OrderedDict()
+
+    def add(self, nonce: str) -> None:
+        self._nonces[nonce] = time.monotonic()
+        while len(self._nonces) > self._size:
+            self._nonces.popitem(last=False)
+
+    def valid(self, nonce: str) -> bool:
+        issued = self._nonces.get(nonce)
+        return issued is not None and time.monotonic() - issued < self._ttl
+
+
+class CallManager:
+    def __init__(self, *, settings: CallSettings, ua_ref: Callable[[], UserAgent], matrix: MatrixPort,
+                 call_log: CallLogPort) -> None:
+        self.settings = settings
+        self._ua = ua_ref
+        self.matrix = matrix
+        self.call_log = call_log
+        self.ports = PortAllocator(settings.media.rtp_host, settings.media.port_start, settings.media.port_end)
+        self.outbound: dict[str, OutboundSession] = {}
+        self.inbound: dict[str, InboundSession] = {}
+        self.candidates = CandidateBuffer()
+        self.trusted = TrustedSources(settings.inbound.trusted_sources)
+        self.limiter = RateLimiter(per_second=settings.inbound.rate_per_second, burst=settings.inbound.rate_burst)
+        self.nonces = _NonceStore()
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def sessions(self) -> list[CallSession]:
+        return [*self.outbound.values(), *self.inbound.values()]
+
+    def _new_media(self, call_id: str) -> CallMedia:
+        from ..logs import call_logger
+
+        return CallMedia(self.settings.media, self.ports, log=call_logger("bridge.media", call_id))
+
+    def _finished(self, session: CallSession) -> None:
+        if isinstance(session, OutboundSession):
+            self.outbound.pop(session.call_id, None)
+        elif isinstance(session, InboundSession):
+            self.inbound.pop(session.call_id, None)
+        self.candidates.drop(getattr(session, "call_id", ""))
+
+    # ---------------------------------------------------------------- Matrix side
+    async def on_call_event(self, evt: CallEventLike) -> None:
+        """An m.call.* event from a real user in a portal room, in room order (matrix.handler.CallHandler)."""
+        room_id, sender, event_type, content, event_id = evt.room_id, evt.sender, evt.type, evt.content, evt.event_id
+        try:
+            value = ev.parse_call_event(event_type, content)
+        except ev.InvalidCallEvent as exc:
+            log.warning("ignoring invalid %s %s from %s in %s: %s", event_type, event_id, sender, room_id, exc)
+            return
+        if isinstance(value, ev.Invite):
+            await self._matrix_invite(room_id, sender, value, event_id)
+            return
+        out = self.outbound.get(value.call_id)
+        if out is not None:
+            if sender != out.sender:
+                return
+            self._to_outbound(out, value)
+            return
+        inc = self.inbound.get(value.call_id)
+        if inc is not None:
+            self._to_inbound(inc, sender, value)
+            return
+        if isinstance(value, ev.Candidates):
+            # Candidates may arrive before their invite: keep them (bounded) for a short while.
+            self.candidates.add(value.call_id, value.party_id, value.candidates)
+            return
+        log.info("ignoring %s for unknown call %s in %s", event_type, value.call_id, room_id)
+
+    def _to_outbound(self, out: OutboundSession, value: ev.CallEventValue) -> None:
+        m = out.machine
+        if isinstance(value, ev.Candidates):
+            out.on_candidates(value)
+        elif isinstance(value, ev.Hangup):
+            out.post(lambda: m.matrix_hangup(value.party_id, value.reason))
+        elif isinstance(value, ev.Reject):
+            out.post(lambda: m.matrix_hangup(value.party_id, "user_hangup"))
+        elif isinstance(value, ev.SelectAnswer):
+            out.post(lambda: m.matrix_select_answer(value.party_id, value.selected_party_id, out.party_id))
+        elif isinstance(value, ev.Negotiate):
+            out.log.info("m.call.negotiate is not supported yet; ignored")
+
+    def _to_inbound(self, inc: InboundSession, sender: str, value: ev.CallEventValue) -> None:
+        m = inc.machine
+        if isinstance(value, ev.Answer):
+            inc.on_answer(sender, value)
+        elif isinstance(value, ev.Candidates):
+            inc.on_candidates(sender, value)
+        elif isinstance(value, ev.Reject):
+            inc.post(lambda: m.matrix_reject(sender))
+        elif isinstance(value, ev.Hangup):
+            inc.post(lambda: m.matrix_hangup(sender, value.party_id, value.reason))
+        elif isinstance(value, ev.Negotiate):
+            inc.log.info("m.call.negotiate is not supported yet; ignored")
+
+    async def _matrix_invite(self, room_id: str, sender: str, invite: ev.Invite, event_id: str) -> None:
+        if invite.call_id in self.outbound:
+            return  # a replay of an invite we already handle
+        portal = await self.matrix.portal_for_room(room_id)
+        if portal is None:
+            log.info("ignoring m.call.invite %s in %s: not a portal room", invite.call_id, room_id)
+            return
+        if sender != portal.mxid:
+            log.info("ignoring m.call.invite %s from %s: not the portal's user", invite.call_id, sender)
+            return
+        out_refusal = ev.OutgoingContent(invite.call_id, "bridgerefusal")
+        kind = "m.call.reject" if invite.version != 0 else "m.call.hangup"
+
+        async def refuse(text: str) -> None:
+            log.info("refusing call %s from %s: %s", invite.call_id, sender, text)
+            content = out_refusal.reject("unknown_error") if kind == "m.call.reject" else out_refusal.hangup(
+                "unknown_error")
+            await self.matrix.send_call_event(portal, kind, content)
+            await self.matrix.send_notice(portal, text)
+
+        if not self.matrix.can_dial(sender):
+            await refuse("You are not allowed to place calls through this bridge.")
+            return
+        number = portal.number
+        problem = "this chat has no phone number" if not number else check_dial(number, self.settings.dialplan)
+        if problem or not number:
+            await refuse(f"Cannot call {self.matrix.format_number(number)}: {problem}")
+            return
+        buffered, _ = self.candidates.take(invite.call_id, invite.party_id)
+        session = OutboundSession(
+            invite=invite, sender=sender, portal=portal, number=number, ua=self._ua(), trunk=self.settings.trunk,
+            media=self._new_media(invite.call_id), matrix=self.matrix, call_log=self.call_log,
+            failure_notices=self.settings.failure_notices, on_finished=self._finished,
+        )
+        self.outbound[invite.call_id] = session
+        try:
+            await session.begin(buffered)
+        except Exception as exc:
+            log.exception("could not start outbound call %s", invite.call_id)
+            self.outbound.pop(invite.call_id, None)
+            await session.abort()
+            await refuse(f"The call to {self.matrix.format_number(number)} could not be started: {exc}")
+
+    async def on_member_change(self, room_id: str, user_id: str, membership: str) -> None:
+        if membership in ("join", "invite"):
+            return
+        for out in list(self.outbound.values()):
+            if out.portal.room_id == room_id and out.sender == user_id:
+                out.post(out.machine.caller_left)
+        for inc in list(self.inbound.values()):
+            if inc.room_id == room_id and inc.callee == user_id:
+                inc.post(inc.machine.user_left)
+
+    # ---------------------------------------------------------------- SIP side
+    async def on_invite(self, inv: ServerInvite) -> None:
+        host = inv.source.addr[0]
+        if not self.limiter.allow(host):
+            log.warning("rate limit: refusing INVITE %s from %s", inv.call_id, host)
+            await inv.respond(503, "Service Unavailable", headers=[("Retry-After", "5")])
+            return
+        if not await self._authorised(inv):
+            return
+        req = inv.request
+        try:
+            dialled = self._dialled_number(req.uri, req.to)
+            caller_number, caller_name = self._caller(inv, trusted=True)
+        except (SipParseError, ValueError) as exc:
+            await inv.respond(400, "Bad Request")
+            log.info("INVITE %s from %s: unreadable identity: %s", inv.call_id, host, exc)
+            return
+        users = route_number(dialled, self.settings.inbound.routes, self.settings.inbound.default_route)
+        if not users:
+            log.info("INVITE %s from %s for %s: no route -> 404", inv.call_id, host, dialled)
+            await inv.respond(404, "Not Found")
+            return
+        callee = users[0]  # ringing several users at once is not supported yet; the first route target rings
+        session = InboundSession(
+            server_invite=inv, callee=callee, caller_number=caller_number, caller_name=caller_name,
+            media=self._new_media(inv.call_id), matrix=self.matrix, call_log=self.call_log,
+            lifetime_ms=self.settings.inbound.lifetime_ms, ring_timeout_s=self.settings.inbound.ring_timeout_s,
+            on_finished=self._finished,
+        )
+        try:
+            await session.begin()
+        except SdpError as exc:
+            log.info("INVITE %s from %s: unacceptable SDP (%s) -> 488", inv.call_id, host, exc)
+            await session.abort()
+            await inv.respond(488, "Not Acceptable Here")
+            return
+        except Exception:
+            log.exception("INVITE %s: could not start the call", inv.call_id)
+            await session.abort()
+            await inv.respond(500, "Server Internal Error")
+            return
+        self.inbound[session.call_id] = session
+
+    async def _authorised(self, inv: ServerInvite) -> bool:
+        host = inv.source.addr[0]
+        if self.trusted.allows(host):
+            return True
+        accounts = self.settings.inbound.accounts
+        auth = inv.request.headers.get("Authorization")
+        if accounts and auth:
+            user = digest.verify_authorization(
+                auth, method="INVITE", password_for=lambda u, _realm: accounts.get(u), nonce_ok=self.nonces.valid,
+            )
+            if user is not None:
+                return True
+            log.warning("INVITE %s from %s: digest authentication failed -> 403", inv.call_id, host)
+        elif accounts:
+            header, nonce = digest.make_challenge(self.settings.inbound.realm)
+            self.nonces.add(nonce)
+            await inv.respond(401, "Unauthorized", headers=[("WWW-Authenticate", header)])
+            return False
+        else:
+            log.warning("INVITE %s from untrusted source %s -> 403", inv.call_id, host)
+        await inv.respond(403, "Forbidden")
+        return False
+
+    def _dialled_number(self, request_uri: str, to: NameAddr) -> str | None:
+        for candidate in (SipUri.parse(request_uri).user, to.uri.user):
+            if candidate:
+                number = self.settings.normalize(candidate)
+                if number:
+                    return number
+        return None
+
+    def _caller(self, inv: ServerInvite, *, trusted: bool) -> tuple[str | None, str | None]:
+        """Caller number and display name: P-Asserted-Identity from a trusted source, else From.
+
+        A withheld identity (anonymous user or Privacy: id) gives (None, None): the "Unknown caller"
+        ghost, never a number the bridge invented.
+        """
+        req = inv.request
+        privacy = (req.headers.get("Privacy") or "").lower()
+        identity = req.from_
+        pai = req.headers.get("P-Asserted-Identity")
+        if trusted and pai:
+            try:
+                identity = NameAddr.parse(pai.split(",")[0])
+            except (SipParseError, ValueError):
+                pass
+        user = identity.uri.user or ""
+        if "id" in [p.strip() for p in privacy.split(";")] or user.lower() in ANONYMOUS_USERS:
+            return None, None
+        number = self.settings.normalize(user)
+        name = identity.display.strip('"') if identity.display else None
+        return number, name or None
+
+    # ---------------------------------------------------------------- lifecycle
+    async def stop(self, timeout: float = 5.0) -> None:
+        sessions = self.sessions()
+        for s in sessions:
+            machine = getattr(s, "machine", None)
+            if machine is not None:
+                s.post(machine.shutdown)
+        for s in sessions:
+            if not await s.wait_finished(timeout):
+                await s.abort()

@@ -1,0 +1,202 @@
+"""Matrix -> SIP call: the I/O half of call/outbound.py's state machine."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..call import events as ev
+from ..call.actions import (
+    Action,
+    Finish,
+    SendMatrixAnswer,
+    SendMatrixEnding,
+    SendSipBye,
+    SendSipCancel,
+    StartMedia,
+)
+from ..call.outbound import OutboundCall
+from ..logs import call_logger
+from ..media.call_media import CallMedia
+from ..sip.dialog import Dialog
+from ..sip.digest import Credentials
+from ..sip.errors import SipTimeout, SipTransportError
+from ..sip.message import Response
+from ..sip.ua import ClientInvite, UserAgent
+from .ports import CallLogPort, MatrixPort, PortalInfo
+from .session import CallSession, new_party_id
+
+
+@dataclass(frozen=True)
+class TrunkTarget:
+    """Where and how outbound INVITEs go (built from sip.trunk config)."""
+
+    proxy: str  # outbound proxy URI, e.g. sip:127.0.0.1:5080
+    domain: str  # Request-URI host for dialled numbers
+    from_uri: str
+    from_display: str | None
+    credentials: Credentials | None
+
+    def request_uri(self, number: str) -> str:
+        return f"sip:{number}@{self.domain}"
+
+
+class OutboundSession(CallSession):
+    def __init__(
+        self, *, invite: ev.Invite, sender: str, portal: PortalInfo, number: str, ua: UserAgent, trunk: TrunkTarget,
+        media: CallMedia, matrix: MatrixPort, call_log: CallLogPort, failure_notices: bool,
+        on_finished: Callable[[CallSession], None],
+    ) -> None:
+        self.invite = invite
+        self.sender = sender
+        self.portal = portal
+        self.number = number
+        self.party_id = new_party_id()
+        self.out = ev.OutgoingContent(invite.call_id, self.party_id)
+        self.machine = OutboundCall(version=invite.version, caller_party=invite.party_id)
+        self.ua = ua
+        self.trunk = trunk
+        self.media = media
+        self.matrix = matrix
+        self.call_log = call_log
+        self.failure_notices = failure_notices
+        self.client_invite: ClientInvite | None = None
+        self.dialog: Dialog | None = None
+        self.answer_response: Response | None = None
+        self.webrtc_ready: asyncio.Task[None] | None = None
+        self.media_seen = False
+        self._answered_ok = False
+        self.clog = call_logger("bridge.calls.outbound", invite.call_id)
+        super().__init__(self.clog, on_finished)
+
+    @property
+    def call_id(self) -> str:
+        return self.invite.call_id
+
+    @property
+    def sip_call_id(self) -> str | None:
+        return self.client_invite.call_id if self.client_invite else None
+
+    async def begin(self, buffered: list[ev.Candidate]) -> None:
+        """Send the SIP INVITE at once, then build the WebRTC leg in parallel with the SIP side ringing."""
+        self.start_worker()
+        host, port = await self.media.open_rtp()
+        self.client_invite = self.ua.invite(
+            self.trunk.request_uri(self.number), from_uri=self.trunk.from_uri, from_display=self.trunk.from_display,
+            to_uri=self.trunk.request_uri(self.number), sdp=self.media.sip_offer(),
+            credentials=self.trunk.credentials, outbound_proxy=self.trunk.proxy,
+        )
+        self.clog.set_ids(sip_call_id=self.client_invite.call_id)
+        self.log.info("outbound call from %s to %s: INVITE sent (rtp %s:%d)", self.sender, self.number, host, port)
+        self.client_invite.on_provisional = lambda resp: self.post(lambda: self.machine.sip_provisional(resp.status))
+        self.spawn(self._wait_final(self.client_invite), "sip-final")
+        self.spawn(self._lifetime(), "invite-lifetime")
+        self.media.on_failure = lambda reason: self.post(lambda: self.machine.media_failed(media_seen=self.media_seen))
+        self.webrtc_ready = self.spawn(self._prepare_webrtc(buffered), "webrtc-offer")
+        await self.call_log.call_started(
+            call_id=self.call_id, party_id=self.party_id, sip_call_id=self.client_invite.call_id,
+            room_id=self.portal.room_id, direction="outbound", number=self.number, mxid=self.sender,
+        )
+
+    async def _prepare_webrtc(self, buffered: list[ev.Candidate]) -> None:
+        await self.media.set_webrtc_offer(self.invite.offer_sdp)
+        if buffered:
+            await self.media.add_webrtc_candidates([c.as_dict() for c in buffered])
+
+    async def _wait_final(self, invite: ClientInvite) -> None:
+        try:
+            resp = await invite.wait_final()
+        except SipTimeout:
+            self.post(lambda: self.machine.sip_no_response(timeout=True))
+            return
+        except SipTransportError as exc:
+            self.log.warning("SIP transport failure: %s", exc)
+            self.post(lambda: self.machine.sip_no_response(timeout=False))
+            return
+        if 200 <= resp.status < 300:
+            self.answer_response = resp
+            self.dialog = invite.dialog
+            if self.dialog is not None:
+                self.dialog.on_terminated = self._dialog_terminated
+            self.post(self.machine.sip_answered)
+        else:
+            self.post(lambda: self.machine.sip_failed(resp.status, resp.reason))
+
+    def _dialog_terminated(self, reason: str) -> None:
+        if reason == "bye_received":
+            self.post(self.machine.sip_bye)
+        elif reason != "bye_sent":
+            self.post(self.machine.sip_dialog_lost)
+
+    async def _lifetime(self) -> None:
+        await asyncio.sleep(self.invite.lifetime_ms / 1000)
+        self.post(self.machine.lifetime_expired)
+
+    # --- Matrix events for this call ---
+    def on_candidates(self, cands: ev.Candidates) -> None:
+        if self.invite.party_id is not None and cands.party_id not in (None, self.invite.party_id):
+            return
+        real = [c.as_dict() for c in cands.candidates if not c.is_end]
+        if real:
+            self.spawn(self._add_candidates(real), "webrtc-candidates")
+
+    async def _add_candidates(self, cands: list[dict[str, Any]]) -> None:
+        if self.webrtc_ready is not None:
+            await asyncio.shield(self.webrtc_ready)
+        await self.media.add_webrtc_candidates(cands)
+
+    # --- actions ---
+    async def execute(self, action: Action) -> None:
+        if isinstance(action, SendMatrixAnswer):
+            await self._send_answer()
+        elif isinstance(action, StartMedia):
+            if self._answered_ok:
+                self.media.start()
+                self.media_seen = True
+        elif isinstance(action, SendSipCancel):
+            if self.client_invite is not None:
+                await self.client_invite.cancel()
+        elif isinstance(action, SendSipBye):
+            if self.dialog is not None:
+                await self.dialog.bye()
+        elif isinstance(action, SendMatrixEnding):
+            await self._send_ending(action)
+        elif isinstance(action, Finish):
+            self.log.info("outbound call ended: %s", action.reason)
+            await self.call_log.call_ended(self.call_id, action.reason)
+
+    async def _send_answer(self) -> None:
+        assert self.answer_response is not None
+        try:
+            self.media.apply_sip_answer(self.answer_response.body)
+            if self.webrtc_ready is not None:
+                await self.webrtc_ready
+            sdp = await self.media.create_webrtc_answer()
+        except Exception as exc:
+            # A 200 whose SDP we cannot use, or a Matrix offer aiortc refuses: end both sides.
+            self.log.warning("cannot connect media: %s", exc)
+            self.post(lambda: self.machine.media_failed(media_seen=False))
+            return
+        self._answered_ok = True
+        await self.matrix.send_call_event(self.portal, "m.call.answer", self.out.answer(sdp))
+        await self.matrix.send_call_event(self.portal, "m.call.candidates", self.out.end_of_candidates())
+        await self.call_log.call_answered(self.call_id)
+        self.log.info("SIP answered; m.call.answer sent")
+
+    async def _send_ending(self, action: SendMatrixEnding) -> None:
+        ending = action.ending
+        if ending.kind == "reject":
+            content = self.out.reject(ending.reason)
+            await self.matrix.send_call_event(self.portal, "m.call.reject", content)
+        else:
+            content = self.out.hangup(ending.reason or "user_hangup")
+            await self.matrix.send_call_event(self.portal, "m.call.hangup", content)
+        if self.failure_notices and ending.notice:
+            status = f"{action.sip_status} {action.sip_reason}" if action.sip_status else ""
+            text = ending.notice.format(number=self.matrix.format_number(self.number), status=status)
+            await self.matrix.send_notice(self.portal, text)
+
+    async def release(self) -> None:
+        await self.media.close()

@@ -1,0 +1,46 @@
+"""What the call driver needs from its neighbours, as protocols (the composition root adapts them).
+
+Keeping these narrow lets the driver be read without the Matrix or SIP internals, and keeps the
+direction of flow: matrix/ -> calls/ -> sip/ + media/.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class PortalInfo:
+    room_id: str
+    mxid: str  # the Matrix user of the portal
+    number: str | None  # E.164 digits of the phone side; None = withheld ("Unknown caller")
+
+
+class MatrixPort(Protocol):
+    async def portal_for_room(self, room_id: str) -> PortalInfo | None: ...
+
+    async def send_call_event(self, portal: PortalInfo, event_type: str, content: dict[str, Any]) -> str: ...
+
+    async def send_notice(self, portal: PortalInfo, text: str) -> None: ...
+
+    async def portal_for_inbound(self, mxid: str, number: str | None, caller_name: str | None) -> PortalInfo: ...
+
+    async def is_joined(self, room_id: str, mxid: str) -> bool: ...
+
+    async def wait_joined(self, room_id: str, mxid: str, timeout: float) -> bool: ...
+
+    def can_dial(self, mxid: str) -> bool: ...
+
+    def format_number(self, number: str | None) -> str: ...
+
+
+class CallLogPort(Protocol):
+    async def call_started(
+        self, *, call_id: str, party_id: str, sip_call_id: str, room_id: str, direction: str, number: str | None,
+        mxid: str,
+    ) -> None: ...
+
+    async def call_answered(self, call_id: str) -> None: ...
+
+    async def call_ended(self, call_id: str, reason: str) -> None: ...

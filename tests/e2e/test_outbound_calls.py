@@ -1,0 +1,211 @@
+"""Matrix user calls a phone, end to end: real Synapse, the bridge, sipp as the trunk, real RTP on the
+SIP side (a symmetric-RTP peer playing a 1 kHz tone) and an aiortc WebRTC caller playing 440 Hz."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from bridge.app import Bridge
+from tests.e2e.conftest import E2E, GHOST, NUMBER, SCENARIOS, eventually
+from tests.harness.matrix_client import MatrixTestClient
+from tests.harness.rtp_peer import RtpPeer
+from tests.harness.sipp import SippProcess
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+async def rtp_peer() -> AsyncIterator[RtpPeer]:
+    peer = RtpPeer(tone_hz=1000.0)
+    await peer.open()
+    yield peer
+    await peer.close()
+
+
+async def trunk(e2e: E2E, scenario: str, *args: str, timeout: float = 90.0) -> SippProcess:
+    sipp = SippProcess(SCENARIOS / scenario, local_port=e2e.plan.trunk_port, extra_args=list(args),
+                       timeout=timeout, workdir=e2e.tmp / "sipp")
+    await sipp.start()
+    return sipp
+
+
+async def reject_trunk(e2e: E2E, status: int, phrase: str) -> SippProcess:
+    # sipp checks response codes when it loads the scenario, so the status is written in, not a -key.
+    text = (SCENARIOS / "trunk_reject.xml").read_text().replace("STATUS PHRASE", f"{status} {phrase}")
+    path = e2e.tmp / f"trunk_reject_{status}.xml"
+    path.write_text(text)
+    sipp = SippProcess(path, local_port=e2e.plan.trunk_port, timeout=60, workdir=e2e.tmp / "sipp")
+    await sipp.start()
+    return sipp
+
+
+async def portal_room(alice: MatrixTestClient, ghost: str = GHOST) -> str:
+    room = await alice.create_dm(ghost)
+    await alice.wait_for_membership(room, ghost, "join", timeout=30)
+    return room
+
+
+async def assert_released(bridge: Bridge) -> None:
+    """No call session, no RTP port, no call task left once the call is over."""
+    await eventually(lambda: not bridge.calls.sessions(), 15, "call sessions to finish")
+    assert bridge.calls.ports.in_use == frozenset()
+
+
+async def call_log_row(bridge: Bridge, call_id: str) -> Any:
+    return await bridge.matrix.call_log.get(call_id)
+
+
+async def test_matrix_call_to_phone_has_audio_both_ways_and_matrix_hangup_sends_bye(
+    e2e: E2E, rtp_peer: RtpPeer
+) -> None:
+    bridge = await e2e.bridge()
+    rtp_peer.start_sending(seconds=60)
+    sipp = await trunk(e2e, "trunk_answer.xml", "-key", "rtp_port", str(rtp_peer.port))
+    try:
+        alice = await e2e.client("alice")
+        room = await portal_room(alice)
+        call = await alice.place_call(room, GHOST, trickle=True)
+        answer = await call.wait_answer(timeout=30)
+        content = answer["content"]
+        assert content["version"] == "1" and content["party_id"] and answer["sender"] == GHOST
+        assert "a=candidate" in content["answer"]["sdp"]  # aiortc does not trickle: candidates in the SDP
+        eoc = await alice.wait_for_event(room, lambda ev: ev.get("type") == "m.call.candidates"
+                                         and ev["sender"] == GHOST, timeout=10)
+        assert eoc["content"]["candidates"][-1]["candidate"] == ""
+        # Audio both ways: the trunk's 1 kHz tone decoded on the Matrix side, Matrix RTP counted at the trunk.
+        await call.wait_for_tone(1000.0, timeout=30, min_frames=50)
+        await eventually(lambda: rtp_peer.received >= 50, 20, "RTP packets at the trunk")
+        assert rtp_peer.received_payload_types.get(0, 0) >= 50  # PCMU, as negotiated with the trunk
+        stats = bridge.calls.outbound[call.call_id].media.stats()
+        assert stats.passthrough, "PCMU on both legs should be passed through, not transcoded"
+        await call.hangup()
+        assert await sipp.wait() == 0, sipp.report()  # sipp received the BYE and answered it
+        assert "BYE sip:" in sipp.messages
+        await assert_released(bridge)
+        row = await call_log_row(bridge, call.call_id)
+        assert row.direction == "outbound" and row.number == NUMBER and row.answer_ts and row.end_ts
+        assert row.end_reason == "matrix_user_hangup" and row.sip_call_id
+    finally:
+        await sipp.aclose()
+
+
+async def test_phone_hanging_up_ends_matrix_call_with_user_hangup(e2e: E2E, rtp_peer: RtpPeer) -> None:
+    bridge = await e2e.bridge()
+    rtp_peer.start_sending(seconds=30)
+    sipp = await trunk(e2e, "trunk_answer_then_bye.xml", "-key", "rtp_port", str(rtp_peer.port), "-d", "3000")
+    try:
+        alice = await e2e.client("alice")
+        room = await portal_room(alice)
+        call = await alice.place_call(room, GHOST)
+        await call.wait_answer(timeout=30)
+        await call.wait_for_frames(25, timeout=20)
+        hangup = await call.wait_hangup_or_reject(timeout=30)
+        assert hangup["type"] == "m.call.hangup" and hangup["content"]["reason"] == "user_hangup"
+        assert await sipp.wait() == 0, sipp.report()
+        await assert_released(bridge)
+        assert (await call_log_row(bridge, call.call_id)).end_reason == "sip_bye"
+    finally:
+        await sipp.aclose()
+
+
+@pytest.mark.parametrize("version", ["1", 0])
+async def test_busy_phone_refuses_matrix_call_as_user_busy(e2e: E2E, version: str | int) -> None:
+    bridge = await e2e.bridge()
+    sipp = await reject_trunk(e2e, 486, "Busy Here")
+    try:
+        alice = await e2e.client("alice")
+        room = await portal_room(alice)
+        call = await alice.place_call(room, GHOST, version=version)
+        end = await call.wait_hangup_or_reject(timeout=30)
+        # Element ignores a callee's hangup before answer: version "1" gets m.call.reject; version 0 a hangup.
+        assert end["type"] == ("m.call.reject" if version == "1" else "m.call.hangup")
+        assert end["content"]["reason"] == "user_busy" and end["content"]["version"] == "1"
+        assert await sipp.wait() == 0, sipp.report()  # the 486 was ACKed (sipp matched the ACK)
+        await assert_released(bridge)
+        assert (await call_log_row(bridge, call.call_id)).end_reason == "sip_486"
+    finally:
+        await sipp.aclose()
+
+
+async def test_unreachable_number_rejects_and_posts_notice(e2e: E2E) -> None:
+    await e2e.bridge()
+    sipp = await reject_trunk(e2e, 404, "Not Found")
+    try:
+        alice = await e2e.client("alice")
+        room = await portal_room(alice)
+        call = await alice.place_call(room, GHOST)
+        end = await call.wait_hangup_or_reject(timeout=30)
+        assert end["type"] == "m.call.reject"
+        notice = await alice.wait_for_event(
+            room, lambda ev: ev.get("type") == "m.room.message" and ev["content"].get("msgtype") == "m.notice",
+            timeout=10)
+        assert notice["content"]["body"] == "+1 555 123 4567 is not reachable: 404 Not Found"
+        assert await sipp.wait() == 0, sipp.report()
+    finally:
+        await sipp.aclose()
+
+
+async def test_matrix_hangup_while_ringing_sends_matching_cancel(e2e: E2E) -> None:
+    bridge = await e2e.bridge()
+    sipp = await trunk(e2e, "trunk_ring_until_cancel.xml")
+    try:
+        alice = await e2e.client("alice")
+        room = await portal_room(alice)
+        call = await alice.place_call(room, GHOST)
+        await eventually(lambda: call.call_id in bridge.calls.outbound
+                         and bridge.calls.outbound[call.call_id].machine.state.value == "ringing", 20, "ringing")
+        await call.hangup()
+        # sipp fails the scenario when the CANCEL's branch or CSeq differ from the INVITE's.
+        assert await sipp.wait() == 0, sipp.report()
+        assert "CANCEL_MISMATCH" not in sipp.logs
+        await assert_released(bridge)
+        assert (await call_log_row(bridge, call.call_id)).end_reason == "matrix_user_hangup"
+    finally:
+        await sipp.aclose()
+
+
+async def test_invite_lifetime_running_out_while_ringing_cancels_with_invite_timeout(e2e: E2E) -> None:
+    bridge = await e2e.bridge()
+    sipp = await trunk(e2e, "trunk_ring_until_cancel.xml")
+    try:
+        alice = await e2e.client("alice")
+        room = await portal_room(alice)
+        call = await alice.place_call(room, GHOST, lifetime=3000)
+        end = await call.wait_hangup_or_reject(timeout=30)
+        assert end["type"] == "m.call.reject" and end["content"]["reason"] == "invite_timeout"
+        assert await sipp.wait() == 0, sipp.report()
+        await assert_released(bridge)
+    finally:
+        await sipp.aclose()
+
+
+async def test_caller_leaving_the_room_hangs_up_the_phone(e2e: E2E, rtp_peer: RtpPeer) -> None:
+    bridge = await e2e.bridge()
+    rtp_peer.start_sending(seconds=30)
+    sipp = await trunk(e2e, "trunk_answer.xml", "-key", "rtp_port", str(rtp_peer.port))
+    try:
+        alice = await e2e.client("alice")
+        room = await portal_room(alice)
+        call = await alice.place_call(room, GHOST)
+        await call.wait_answer(timeout=30)
+        await alice.leave(room)
+        assert await sipp.wait() == 0, sipp.report()  # the BYE reached the trunk
+        await assert_released(bridge)
+        assert (await call_log_row(bridge, call.call_id)).end_reason == "caller_left"
+    finally:
+        await sipp.aclose()
+
+
+async def test_user_without_permission_is_refused_and_no_sip_is_sent(e2e: E2E) -> None:
+    def only_alice(data: dict[str, Any]) -> None:
+        data["bridge"]["permissions"] = {"@alice:bridge.test": "user"}
+
+    bridge = await e2e.bridge(only_alice)
+    bob = await e2e.client("bob")
+    room = await bob.create_dm(GHOST)
+    # The ghost refuses a non-permitted user's invite with a reason, so no portal exists and no call goes out.
+    await bob.wait_for_membership(room, GHOST, "leave", timeout=30)
+    assert bridge.ua.dialogs == [] and not bridge.calls.sessions()
