@@ -1,0 +1,21 @@
+"""Bridge database: mautrix.util.async_db tables and numbered migrations (SQLite or PostgreSQL)."""
+
+from bridge.db.call_log import CallLog, CallLogEntry
+from bridge.db.database import Tables, create_database
+from bridge.db.ghost import Ghost, GhostTable
+from bridge.db.portal import Portal, PortalTable
+from bridge.db.txn import TxnTable
+from bridge.db.upgrade import upgrade_table
+
+__all__ = [
+    "CallLog",
+    "CallLogEntry",
+    "Ghost",
+    "GhostTable",
+    "Portal",
+    "PortalTable",
+    "Tables",
+    "TxnTable",
+    "create_database",
+    "upgrade_table",
+]

@@ -1,0 +1,718 @@
+"""Typed bridge configuration loaded from YAML.
+
+Every validation error is a :class:`ConfigError` whose text names the dotted key and says how to fix it, e.g.
+``config error: sip.trunk.proxy: 'foo' is not a SIP URI (expected e.g. sip:trunk.example.net:5060)``.
+The loader is explicit (one function per section) rather than reflective, so each key's rule is readable here.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PLACEHOLDER_TOKENS = frozenset({"", "generate", "changeme", "CHANGE_ME"})
+
+_SIP_URI_RE = re.compile(
+    r"^sips?:(?:[^@\s]+@)?(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?(?:;[^\s]*)?$"
+)
+_SERVER_NAME_RE = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$")
+_USER_ID_RE = re.compile(r"^@[^:\s]+:\S+$")
+_DIGITS_RE = re.compile(r"^[0-9]+$")
+
+class ConfigError(ValueError):
+    """A config problem; ``str()`` is the one-line message printed by the CLI."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        self.problem = problem
+        super().__init__(f"config error: {key}: {problem}" if key else f"config error: {problem}")
+
+
+# --------------------------------------------------------------------------------------------- dataclasses
+
+
+@dataclass(frozen=True)
+class HomeserverConfig:
+    address: str = "http://127.0.0.1:8008"
+    domain: str = "example.org"
+    verify_ssl: bool = True
+
+
+@dataclass(frozen=True)
+class AppserviceConfig:
+    address: str = "http://127.0.0.1:29350"
+    hostname: str = "127.0.0.1"
+    port: int = 29350
+    id: str = "sip"
+    bot_username: str = "sipbot"
+    bot_displayname: str = "SIP bridge"
+    as_token: str = "generate"
+    hs_token: str = "generate"
+    database: str = "sqlite:matrix-sip-bridge.db"
+
+    def __repr__(self) -> str:  # never leak tokens through a repr in a log line
+        return f"AppserviceConfig(address={self.address!r}, id={self.id!r}, bot_username={self.bot_username!r})"
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    username_template: str = "sip_{number}"
+    displayname_template: str = "{name}"  # falls back to {formatted} when the caller sent no name
+    unknown_caller_name: str = "Unknown caller"
+    # None in the file means "only the homeserver's own users"; the loader fills that in.
+    permissions: Mapping[str, str] = field(default_factory=dict)
+    invite_lifetime_ms: int = 60000
+    ring_timeout_s: int = 60
+    failure_notices: bool = True
+
+
+@dataclass(frozen=True)
+class SipListen:
+    transport: str = "udp"
+    host: str = "127.0.0.1"
+    port: int = 5060
+
+
+@dataclass(frozen=True)
+class SipTrunkConfig:
+    proxy: str = "sip:127.0.0.1:5080"
+    domain: str | None = None
+    from_user: str = "bridge"
+    from_domain: str | None = None
+    auth_username: str | None = None
+    auth_password: str | None = None
+    register: bool = False
+    register_expires: int = 3600
+
+    def __repr__(self) -> str:
+        return f"SipTrunkConfig(proxy={self.proxy!r}, from_user={self.from_user!r}, register={self.register})"
+
+
+@dataclass(frozen=True)
+class InboundAccount:
+    username: str
+    password: str
+
+    def __repr__(self) -> str:
+        return f"InboundAccount(username={self.username!r})"
+
+
+@dataclass(frozen=True)
+class InboundRoute:
+    users: tuple[str, ...]
+    number: str | None = None  # exact E.164 digits
+    prefix: str | None = None  # digit prefix
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    per_source_per_second: float = 5.0
+    burst: int = 10
+
+
+@dataclass(frozen=True)
+class SipInboundConfig:
+    trusted_sources: tuple[str, ...] = ("127.0.0.1/32",)
+    accounts: tuple[InboundAccount, ...] = ()
+    realm: str | None = None
+    routes: tuple[InboundRoute, ...] = ()
+    default_route: tuple[str, ...] = ()
+    rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
+
+    @property
+    def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(s, strict=False) for s in self.trusted_sources)
+
+
+@dataclass(frozen=True)
+class SipConfig:
+    listen: tuple[SipListen, ...] = (SipListen(),)
+    advertised_host: str | None = None
+    advertised_port: int | None = None
+    user_agent: str = "matrix-sip-bridge"
+    t1_ms: int = 500
+    t2_ms: int = 4000
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    trunk: SipTrunkConfig = field(default_factory=SipTrunkConfig)
+    inbound: SipInboundConfig = field(default_factory=SipInboundConfig)
+
+
+@dataclass(frozen=True)
+class DialplanConfig:
+    default_country_code: str = "1"
+    national_prefix: str = ""
+    national_number_length: int = 10
+    international_prefixes: tuple[str, ...] = ("011", "00")
+    allowed: tuple[str, ...] = (".*",)
+    blocked: tuple[str, ...] = (r"^1900\d*$",)
+
+
+@dataclass(frozen=True)
+class IceServer:
+    urls: tuple[str, ...]
+    username: str | None = None
+    credential: str | None = None
+
+    def __repr__(self) -> str:
+        return f"IceServer(urls={self.urls!r})"
+
+
+@dataclass(frozen=True)
+class MediaConfig:
+    rtp_host: str = "127.0.0.1"
+    advertised_ip: str | None = None
+    port_start: int = 16384
+    port_end: int = 16484
+    codecs: tuple[str, ...] = ("PCMU", "PCMA", "G722")
+    ice_servers: tuple[IceServer, ...] = ()
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "INFO"
+    format: str = "text"
+
+
+@dataclass(frozen=True)
+class Config:
+    homeserver: HomeserverConfig = field(default_factory=HomeserverConfig)
+    appservice: AppserviceConfig = field(default_factory=AppserviceConfig)
+    bridge: BridgeConfig = field(default_factory=BridgeConfig)
+    sip: SipConfig = field(default_factory=SipConfig)
+    dialplan: DialplanConfig = field(default_factory=DialplanConfig)
+    media: MediaConfig = field(default_factory=MediaConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    path: Path | None = None
+
+    @property
+    def bot_mxid(self) -> str:
+        return f"@{self.appservice.bot_username}:{self.homeserver.domain}"
+
+    def check_tokens(self) -> None:
+        """Raise if the appservice tokens are still placeholders (the bridge must not start then)."""
+        for key in ("as_token", "hs_token"):
+            if getattr(self.appservice, key) in PLACEHOLDER_TOKENS:
+                raise ConfigError(
+                    f"appservice.{key}",
+                    "is a placeholder; run `python -m bridge -c CONFIG -g -r registration.yaml` to generate tokens",
+                )
+
+
+# --------------------------------------------------------------------------------------------- reader
+
+
+_MISSING: Any = object()
+
+
+class _Section:
+    """Typed access to one mapping of the YAML file; remembers which keys were read to flag unknown ones."""
+
+    def __init__(self, data: Any, path: str) -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise ConfigError(path, f"must be a mapping of keys, got {_kind(data)}")
+        self.data: Mapping[str, Any] = data
+        self.path = path
+        self.read: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def raw(self, name: str, default: Any = _MISSING) -> Any:
+        self.read.add(name)
+        if name in self.data and self.data[name] is not None:
+            return self.data[name]
+        if default is _MISSING:
+            raise ConfigError(self.key(name), "is required")
+        return default
+
+    def section(self, name: str) -> _Section:
+        self.read.add(name)
+        return _Section(self.data.get(name), self.key(name))
+
+    def string(self, name: str, default: Any = _MISSING, *, allow_empty: bool = False) -> str:
+        value = self.raw(name, default)
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ConfigError(self.key(name), f"must be a string, got {_kind(value)}")
+        value = str(value)
+        if not allow_empty and not value.strip():
+            raise ConfigError(self.key(name), "must not be empty")
+        return value
+
+    def opt_string(self, name: str) -> str | None:
+        if self.data.get(name) is None:
+            self.read.add(name)
+            return None
+        return self.string(name)
+
+    def integer(self, name: str, default: Any = _MISSING, *, lo: int | None = None, hi: int | None = None) -> int:
+        value = self.raw(name, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(self.key(name), f"must be an integer, got {_kind(value)} {value!r}")
+        _check_range(self.key(name), value, lo, hi)
+        return value
+
+    def number(self, name: str, default: Any = _MISSING, *, lo: float | None = None) -> float:
+        value = self.raw(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(self.key(name), f"must be a number, got {_kind(value)} {value!r}")
+        _check_range(self.key(name), value, lo, None)
+        return float(value)
+
+    def boolean(self, name: str, default: Any = _MISSING) -> bool:
+        value = self.raw(name, default)
+        if not isinstance(value, bool):
+            raise ConfigError(self.key(name), f"must be true or false, got {value!r}")
+        return value
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.string(name, default)
+        if value.lower() not in choices:
+            raise ConfigError(self.key(name), f"{value!r} is not one of {', '.join(choices)}")
+        return value.lower()
+
+    def items(self, name: str, default: Any = _MISSING) -> list[Any]:
+        value = self.raw(name, default)
+        if not isinstance(value, list):
+            raise ConfigError(self.key(name), f"must be a list, got {_kind(value)}")
+        return value
+
+    def string_list(self, name: str, default: Any = _MISSING, check: Callable[[str, str], None] | None = None) -> (
+        tuple[str, ...]
+    ):
+        out = []
+        for i, item in enumerate(self.items(name, default)):
+            key = f"{self.key(name)}[{i}]"
+            if isinstance(item, bool) or not isinstance(item, str | int):
+                raise ConfigError(key, f"must be a string, got {_kind(item)}")
+            if check:
+                check(key, str(item))
+            out.append(str(item))
+        return tuple(out)
+
+    def finish(self) -> None:
+        """Unknown keys are errors: a typo silently falling back to a default is worse than a refusal."""
+        for name in self.data:
+            if name not in self.read:
+                close = difflib.get_close_matches(str(name), sorted(self.read), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else " (remove it; see example-config.yaml)"
+                raise ConfigError(self.key(str(name)), f"unknown key{hint}")
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _check_range(key: str, value: float, lo: float | None, hi: float | None) -> None:
+    if lo is not None and value < lo:
+        raise ConfigError(key, f"{value} is too small (minimum {lo})")
+    if hi is not None and value > hi:
+        raise ConfigError(key, f"{value} is too large (maximum {hi})")
+
+
+def _check_http_url(key: str, value: str) -> None:
+    if not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
+        raise ConfigError(key, f"{value!r} is not an http(s) URL (expected e.g. http://127.0.0.1:8008)")
+
+
+def _check_sip_uri(key: str, value: str) -> None:
+    if not _SIP_URI_RE.match(value):
+        raise ConfigError(key, f"{value!r} is not a SIP URI (expected e.g. sip:trunk.example.net:5060)")
+
+
+def _check_regex(key: str, value: str) -> None:
+    try:
+        re.compile(value)
+    except re.error as e:
+        raise ConfigError(key, f"{value!r} is not a valid regular expression ({e})") from None
+
+
+def _check_cidr(key: str, value: str) -> None:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ConfigError(key, f"{value!r} is not an IP network (expected e.g. 203.0.113.0/24)") from None
+
+
+def _check_user_id(key: str, value: str) -> None:
+    if not _USER_ID_RE.match(value):
+        raise ConfigError(key, f"{value!r} is not a Matrix user ID (expected e.g. @alice:example.org)")
+
+
+def _check_digits(key: str, value: str) -> None:
+    if not _DIGITS_RE.match(value):
+        raise ConfigError(key, f"{value!r} must be digits only (E.164 without '+', e.g. 15551234567)")
+
+
+def _check_ip(key: str, value: str) -> None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ConfigError(key, f"{value!r} is not an IP address (expected e.g. 127.0.0.1 or ::1)") from None
+
+
+def _check_template(key: str, template: str, fields: tuple[str, ...], required: str | None = None) -> None:
+    try:
+        template.format(**{f: "x" for f in fields})
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError(key, f"bad template {template!r} ({e!r}); allowed fields: "
+                          + ", ".join("{" + f + "}" for f in fields)) from None
+    if required and "{" + required + "}" not in template:
+        raise ConfigError(key, f"must contain {{{required}}} (e.g. sip_{{{required}}})")
+
+
+# --------------------------------------------------------------------------------------------- sections
+
+
+def _homeserver(s: _Section) -> HomeserverConfig:
+    address = s.string("address", "http://127.0.0.1:8008")
+    _check_http_url(s.key("address"), address)
+    domain = s.string("domain")  # required: no default can be right, and it decides who may use the bridge
+    if not _SERVER_NAME_RE.match(domain):
+        raise ConfigError(s.key("domain"), f"{domain!r} is not a server name (expected e.g. example.org)")
+    out = HomeserverConfig(address=address.rstrip("/"), domain=domain, verify_ssl=s.boolean("verify_ssl", True))
+    s.finish()
+    return out
+
+
+def _appservice(s: _Section) -> AppserviceConfig:
+    address = s.string("address", "http://127.0.0.1:29350")
+    _check_http_url(s.key("address"), address)
+    localpart_re = re.compile(r"^[a-z0-9._=/+-]+$")
+    bot = s.string("bot_username", "sipbot")
+    if not localpart_re.match(bot):
+        raise ConfigError(s.key("bot_username"), f"{bot!r} is not a valid lowercase user localpart (e.g. sipbot)")
+    database = s.string("database", "sqlite:matrix-sip-bridge.db")
+    if not re.match(r"^(sqlite3?|postgres(ql)?):", database):
+        raise ConfigError(s.key("database"), f"{database!r} must start with sqlite: or postgres:// "
+                          "(e.g. sqlite:matrix-sip-bridge.db)")
+    out = AppserviceConfig(
+        address=address.rstrip("/"),
+        hostname=s.string("hostname", "127.0.0.1"),
+        port=s.integer("port", 29350, lo=1, hi=65535),
+        id=s.string("id", "sip"),
+        bot_username=bot,
+        bot_displayname=s.string("bot_displayname", "SIP bridge"),
+        as_token=s.string("as_token", "generate", allow_empty=True),
+        hs_token=s.string("hs_token", "generate", allow_empty=True),
+        database=database,
+    )
+    s.finish()
+    return out
+
+
+def _bridge(s: _Section, domain: str) -> BridgeConfig:
+    username_template = s.string("username_template", "sip_{number}")
+    _check_template(s.key("username_template"), username_template, ("number",), required="number")
+    if not re.match(r"^[a-z0-9._=/+-]+$", username_template.replace("{number}", "1")):
+        raise ConfigError(s.key("username_template"), f"{username_template!r} must give a lowercase localpart")
+    displayname_template = s.string("displayname_template", "{name}")
+    _check_template(s.key("displayname_template"), displayname_template, ("formatted", "number", "name"))
+    perms_raw = s.raw("permissions", None)
+    permissions: dict[str, str] = {}
+    if perms_raw is None:
+        permissions = {domain: "user"}
+    elif not isinstance(perms_raw, Mapping):
+        raise ConfigError(s.key("permissions"), "must be a mapping like {\"example.org\": user}")
+    else:
+        for who, level in perms_raw.items():
+            key = f"{s.key('permissions')}.{who}"
+            who = str(who)
+            if who != "*" and not _USER_ID_RE.match(who) and not _SERVER_NAME_RE.match(who):
+                raise ConfigError(key, "must be \"*\", a server name (example.org) or a user ID (@alice:example.org)")
+            if level not in ("user", "admin", "none"):
+                raise ConfigError(key, f"{level!r} is not one of user, admin, none")
+            permissions[who] = str(level)
+    out = BridgeConfig(
+        username_template=username_template,
+        displayname_template=displayname_template,
+        unknown_caller_name=s.string("unknown_caller_name", "Unknown caller"),
+        permissions=permissions,
+        invite_lifetime_ms=s.integer("invite_lifetime_ms", 60000, lo=5000, hi=600000),
+        ring_timeout_s=s.integer("ring_timeout_s", 60, lo=5, hi=600),
+        failure_notices=s.boolean("failure_notices", True),
+    )
+    s.finish()
+    return out
+
+
+def _listen(item: Any, key: str) -> SipListen:
+    s = _Section(item, key)
+    transport = s.choice("transport", "udp", ("udp", "tcp", "tls"))
+    host = s.string("host", "127.0.0.1")
+    _check_ip(s.key("host"), host)
+    out = SipListen(transport=transport, host=host, port=s.integer("port", 5060, lo=0, hi=65535))
+    s.finish()
+    return out
+
+
+def _trunk(s: _Section) -> SipTrunkConfig:
+    proxy = s.string("proxy", "sip:127.0.0.1:5080")
+    _check_sip_uri(s.key("proxy"), proxy)
+    out = SipTrunkConfig(
+        proxy=proxy,
+        domain=s.opt_string("domain"),
+        from_user=s.string("from_user", "bridge"),
+        from_domain=s.opt_string("from_domain"),
+        auth_username=s.opt_string("auth_username"),
+        auth_password=s.opt_string("auth_password"),
+        register=s.boolean("register", False),
+        register_expires=s.integer("register_expires", 3600, lo=60, hi=86400),
+    )
+    if out.register and not out.auth_username:
+        raise ConfigError(s.key("auth_username"), "is required when register is true (the registrar's user)")
+    if out.auth_username and not out.auth_password:
+        raise ConfigError(s.key("auth_password"), "is required when auth_username is set")
+    s.finish()
+    return out
+
+
+def _inbound(s: _Section) -> SipInboundConfig:
+    accounts = []
+    for i, item in enumerate(s.items("accounts", [])):
+        a = _Section(item, f"{s.key('accounts')}[{i}]")
+        accounts.append(InboundAccount(username=a.string("username"), password=a.string("password")))
+        a.finish()
+    routes = []
+    for i, item in enumerate(s.items("routes", [])):
+        r = _Section(item, f"{s.key('routes')}[{i}]")
+        number = r.opt_string("number")
+        prefix = r.opt_string("prefix")
+        if (number is None) == (prefix is None):
+            raise ConfigError(r.path, "needs exactly one of number or prefix (e.g. {number: \"15551234567\", "
+                              "users: [\"@alice:example.org\"]})")
+        _check_digits(r.key("number" if number else "prefix"), number or prefix or "")
+        users = r.string_list("users", check=_check_user_id)
+        if not users:
+            raise ConfigError(r.key("users"), "must list at least one Matrix user ID")
+        routes.append(InboundRoute(users=users, number=number, prefix=prefix))
+        r.finish()
+    rl = s.section("rate_limit")
+    rate_limit = RateLimitConfig(
+        per_source_per_second=rl.number("per_source_per_second", 5, lo=0.1),
+        burst=rl.integer("burst", 10, lo=1),
+    )
+    rl.finish()
+    out = SipInboundConfig(
+        trusted_sources=s.string_list("trusted_sources", ["127.0.0.1/32"], check=_check_cidr),
+        accounts=tuple(accounts),
+        realm=s.opt_string("realm"),
+        routes=tuple(routes),
+        default_route=s.string_list("default_route", [], check=_check_user_id),
+        rate_limit=rate_limit,
+    )
+    s.finish()
+    return out
+
+
+def _sip(s: _Section) -> SipConfig:
+    listen_items = s.items("listen", [{"transport": "udp", "host": "127.0.0.1", "port": 5060}])
+    if not listen_items:
+        raise ConfigError(s.key("listen"), "must list at least one listener (e.g. {transport: udp, host: "
+                          "127.0.0.1, port: 5060})")
+    listen = tuple(_listen(item, f"{s.key('listen')}[{i}]") for i, item in enumerate(listen_items))
+    tls_cert = s.opt_string("tls_cert")
+    tls_key = s.opt_string("tls_key")
+    if any(lst.transport == "tls" for lst in listen):
+        for name, value in (("tls_cert", tls_cert), ("tls_key", tls_key)):
+            if not value:
+                raise ConfigError(s.key(name), "is required when a listener uses transport tls (path to a PEM file)")
+            if not Path(value).is_file():
+                raise ConfigError(s.key(name), f"file {value!r} does not exist")
+    advertised_port = s.raw("advertised_port", None)
+    t1 = s.integer("t1_ms", 500, lo=50, hi=10000)
+    out = SipConfig(
+        listen=listen,
+        advertised_host=s.opt_string("advertised_host"),
+        advertised_port=None if advertised_port is None else s.integer("advertised_port", lo=1, hi=65535),
+        user_agent=s.string("user_agent", "matrix-sip-bridge"),
+        t1_ms=t1,
+        t2_ms=s.integer("t2_ms", 4000, lo=t1, hi=60000),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        trunk=_trunk(s.section("trunk")),
+        inbound=_inbound(s.section("inbound")),
+    )
+    s.finish()
+    return out
+
+
+def _dialplan(s: _Section) -> DialplanConfig:
+    cc = s.string("default_country_code", "1")
+    _check_digits(s.key("default_country_code"), cc)
+    if len(cc) > 3:
+        raise ConfigError(s.key("default_country_code"), f"{cc!r} is longer than 3 digits (e.g. 1, 44, 353)")
+    national_prefix = s.string("national_prefix", "", allow_empty=True)
+    if national_prefix:
+        _check_digits(s.key("national_prefix"), national_prefix)
+    out = DialplanConfig(
+        default_country_code=cc,
+        national_prefix=national_prefix,
+        national_number_length=s.integer("national_number_length", 10, lo=0, hi=15),
+        international_prefixes=s.string_list("international_prefixes", ["011", "00"], check=_check_digits),
+        allowed=s.string_list("allowed", [".*"], check=_check_regex),
+        blocked=s.string_list("blocked", [r"^1900\d*$"], check=_check_regex),
+    )
+    if not out.allowed:
+        raise ConfigError(s.key("allowed"), "is empty, so nothing could be dialled; use [\".*\"] to allow all")
+    s.finish()
+    return out
+
+
+def _media(s: _Section) -> MediaConfig:
+    rtp_host = s.string("rtp_host", "127.0.0.1")
+    _check_ip(s.key("rtp_host"), rtp_host)
+    advertised_ip = s.opt_string("advertised_ip")
+    if advertised_ip:
+        _check_ip(s.key("advertised_ip"), advertised_ip)
+    start = s.integer("port_start", 16384, lo=1024, hi=65534)
+    end = s.integer("port_end", 16484, lo=1025, hi=65535)
+    if end - start < 2:
+        raise ConfigError(s.key("port_end"), f"{end} must be at least port_start + 2 ({start + 2})")
+    known = ("PCMU", "PCMA", "G722")
+
+    def check_codec(key: str, value: str) -> None:
+        if value.upper() not in known:
+            raise ConfigError(key, f"{value!r} is not a supported codec ({', '.join(known)})")
+
+    codecs = tuple(c.upper() for c in s.string_list("codecs", list(known), check=check_codec))
+    if not codecs:
+        raise ConfigError(s.key("codecs"), "must list at least one codec (e.g. [PCMU, PCMA])")
+    ice = []
+    for i, item in enumerate(s.items("ice_servers", [])):
+        e = _Section(item, f"{s.key('ice_servers')}[{i}]")
+        raw_urls = e.raw("urls")
+        if isinstance(raw_urls, str):
+            urls: tuple[str, ...] = (raw_urls,)
+        else:
+            urls = e.string_list("urls")
+        for j, url in enumerate(urls):
+            if not re.match(r"^(stuns?|turns?):\S+$", url):
+                raise ConfigError(f"{e.key('urls')}[{j}]", f"{url!r} is not a stun:/turn: URL (e.g. "
+                                  "stun:stun.example.org:3478)")
+        ice.append(IceServer(urls=urls, username=e.opt_string("username"), credential=e.opt_string("credential")))
+        e.finish()
+    out = MediaConfig(rtp_host=rtp_host, advertised_ip=advertised_ip, port_start=start, port_end=end,
+                      codecs=codecs, ice_servers=tuple(ice))
+    s.finish()
+    return out
+
+
+def _logging(s: _Section) -> LoggingConfig:
+    out = LoggingConfig(
+        level=s.choice("level", "INFO", ("debug", "info", "warning", "error", "critical")).upper(),
+        format=s.choice("format", "text", ("text", "json")),
+    )
+    s.finish()
+    return out
+
+
+def parse_config(data: Any, path: Path | None = None) -> Config:
+    """Validate already-parsed YAML data. Raises :class:`ConfigError`."""
+    root = _Section(data, "")
+    homeserver = _homeserver(root.section("homeserver"))
+    config = Config(
+        homeserver=homeserver,
+        appservice=_appservice(root.section("appservice")),
+        bridge=_bridge(root.section("bridge"), homeserver.domain),
+        sip=_sip(root.section("sip")),
+        dialplan=_dialplan(root.section("dialplan")),
+        media=_media(root.section("media")),
+        logging=_logging(root.section("logging")),
+        path=path,
+    )
+    root.finish()
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config file. Raises :class:`ConfigError` (also for I/O and YAML errors)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError("", f"cannot read {path}: {e.strerror} (copy bridge/example-config.yaml there)") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError("", f"{path} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    return parse_config(data, path)
+
+
+# --------------------------------------------------------------------------------------------- registration
+
+
+def user_namespace_regex(config: Config) -> str:
+    """Regex covering every ghost localpart the username template can produce (and nothing of the bot)."""
+    before, _, after = config.bridge.username_template.partition("{number}")
+    return f"@{re.escape(before)}.+{re.escape(after)}:{re.escape(config.homeserver.domain)}"
+
+
+def build_registration(config: Config, as_token: str, hs_token: str) -> dict[str, Any]:
+    """The appservice registration document the homeserver loads."""
+    return {
+        "id": config.appservice.id,
+        "url": config.appservice.address,
+        "as_token": as_token,
+        "hs_token": hs_token,
+        "sender_localpart": config.appservice.bot_username,
+        "rate_limited": False,
+        "namespaces": {
+            "users": [
+                {"regex": user_namespace_regex(config), "exclusive": True},
+                {"regex": f"@{re.escape(config.appservice.bot_username)}:"
+                          f"{re.escape(config.homeserver.domain)}", "exclusive": True},
+            ],
+            "aliases": [],
+            "rooms": [],
+        },
+    }
+
+
+def replace_tokens(text: str, as_token: str, hs_token: str) -> str:
+    """Rewrite ``as_token``/``hs_token`` inside the top-level ``appservice:`` block, keeping everything else
+    (comments, order, formatting) byte-for-byte. Keys missing from the block are appended to it."""
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, ln in enumerate(lines) if re.match(r"^appservice:\s*(#.*)?$", ln)), None)
+    if start is None:
+        sep = "" if not text or text.endswith("\n") else "\n"
+        return f'{text}{sep}appservice:\n  as_token: "{as_token}"\n  hs_token: "{hs_token}"\n'
+    end = len(lines)
+    for i in range(start + 1, len(lines)):
+        if lines[i].strip() and not lines[i].startswith((" ", "\t", "#")):
+            end = i
+            break
+    tokens = {"as_token": as_token, "hs_token": hs_token}
+    done: set[str] = set()
+    indent = "  "
+    for i in range(start + 1, end):
+        m = re.match(r"^(\s+)(as_token|hs_token)(\s*:\s*)([^#\n]*?)(\s*#.*)?(\r?\n)?$", lines[i])
+        if m:
+            indent = m.group(1)
+            lines[i] = f'{m.group(1)}{m.group(2)}{m.group(3)}"{tokens[m.group(2)]}"{m.group(5) or ""}' \
+                       f'{m.group(6) or ""}'
+            done.add(m.group(2))
+        elif re.match(r"^\s+\S", lines[i]) and not lines[i].lstrip().startswith("#"):
+            indent = re.match(r"^(\s+)", lines[i]).group(1)  # type: ignore[union-attr]
+    missing = [f'{indent}{k}: "{v}"\n' for k, v in tokens.items() if k not in done]
+    if missing:
+        insert_at = end
+        while insert_at > start + 1 and not lines[insert_at - 1].strip():
+            insert_at -= 1
+        if insert_at > 0 and not lines[insert_at - 1].endswith("\n"):
+            lines[insert_at - 1] += "\n"
+        lines[insert_at:insert_at] = missing
+    return "".join(lines)

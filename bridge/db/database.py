@@ -1,0 +1,33 @@
+"""Opening the bridge database and grouping its tables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mautrix.util.async_db import Database
+
+from bridge.db.call_log import CallLog
+from bridge.db.ghost import GhostTable
+from bridge.db.portal import PortalTable
+from bridge.db.txn import TxnTable
+from bridge.db.upgrade import upgrade_table
+
+
+def create_database(url: str) -> Database:
+    """A not-yet-started Database for ``sqlite:<path>`` or ``postgres://...``; ``await db.start()`` connects
+    and applies pending migrations, ``await db.stop()`` closes it."""
+    if url.startswith("postgresql://"):
+        url = "postgres://" + url[len("postgresql://"):]
+    return Database.create(url, upgrade_table=upgrade_table)
+
+
+@dataclass(frozen=True)
+class Tables:
+    portal: PortalTable
+    ghost: GhostTable
+    txn: TxnTable
+    call_log: CallLog
+
+    @classmethod
+    def for_db(cls, db: Database) -> Tables:
+        return cls(portal=PortalTable(db), ghost=GhostTable(db), txn=TxnTable(db), call_log=CallLog(db))

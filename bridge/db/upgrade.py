@@ -1,0 +1,52 @@
+"""Numbered schema migrations. Append a new ``@upgrade_table.register`` function for each change; never edit
+one that has shipped (databases record the last applied number in the ``version`` table)."""
+
+from __future__ import annotations
+
+from mautrix.util.async_db import Connection, Scheme, UpgradeTable
+
+upgrade_table = UpgradeTable(database_name="matrix-sip-bridge")
+
+
+async def upgrade_v1(conn: Connection, scheme: Scheme) -> None:
+    await conn.execute(
+        """CREATE TABLE portal (
+            room_id    TEXT PRIMARY KEY,
+            mxid       TEXT NOT NULL,
+            number     TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            UNIQUE (mxid, number)
+        )"""
+    )
+    await conn.execute(
+        """CREATE TABLE ghost (
+            mxid        TEXT PRIMARY KEY,
+            number      TEXT NOT NULL,
+            displayname TEXT
+        )"""
+    )
+    await conn.execute(
+        """CREATE TABLE txn (
+            txn_id      TEXT PRIMARY KEY,
+            received_at BIGINT NOT NULL
+        )"""
+    )
+    await conn.execute(
+        """CREATE TABLE call_log (
+            call_id     TEXT PRIMARY KEY,
+            party_id    TEXT,
+            sip_call_id TEXT,
+            room_id     TEXT NOT NULL,
+            direction   TEXT NOT NULL CHECK (direction IN ('outbound', 'inbound')),
+            number      TEXT,
+            mxid        TEXT,
+            invite_ts   BIGINT NOT NULL,
+            answer_ts   BIGINT,
+            end_ts      BIGINT,
+            end_reason  TEXT
+        )"""
+    )
+    await conn.execute("CREATE INDEX call_log_sip_call_id_idx ON call_log (sip_call_id)")
+
+
+upgrade_table.register(upgrade_v1, description="Initial schema: portal, ghost, txn, call_log")

@@ -1,0 +1,141 @@
+"""``MatrixSide``: everything Matrix, composed in one place. ``app.py`` builds one and starts/stops it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import aiohttp
+from aiohttp import web
+from mautrix.appservice import AppServiceAPI
+from mautrix.appservice.state_store import ASStateStore
+from mautrix.client.state_store import MemoryStateStore
+from mautrix.errors import MatrixRequestError
+from mautrix.types import UserID
+from mautrix.util.async_db import Database
+
+from bridge.config import Config
+from bridge.db.database import Tables
+from bridge.matrix.appservice import AppserviceServer
+from bridge.matrix.bot import Bot
+from bridge.matrix.dispatcher import EventDispatcher
+from bridge.matrix.ghosts import Ghosts
+from bridge.matrix.handler import CallHandler, NullCallHandler
+from bridge.matrix.permissions import Permissions
+from bridge.matrix.portals import Portals
+from bridge.matrix.room_queue import RoomQueues
+
+log = logging.getLogger(__name__)
+
+TXN_RETENTION_MS = 7 * 24 * 3600 * 1000  # homeservers retry a transaction for far less than this
+START_RETRY_S = 60.0  # how long start() keeps retrying an unreachable homeserver
+
+
+class _MemoryASStateStore(MemoryStateStore, ASStateStore):
+    """mautrix's in-memory state cache (membership/power levels it saw through its own requests). Only a cache:
+    portal and membership decisions always ask the homeserver or the DB."""
+
+    def __init__(self) -> None:
+        MemoryStateStore.__init__(self)
+        ASStateStore.__init__(self)
+
+
+class MatrixSide:
+    """Construct inside a running event loop (it opens an aiohttp client session).
+
+    Attributes for the call driver: ``portals``, ``ghosts``, ``call_log``, ``permissions``, ``tables``,
+    ``web_app`` (the appservice aiohttp app; ``start(serve=True)`` also listens on appservice.hostname:port).
+    Set ``handler`` (a :class:`CallHandler`) before events arrive; it may be replaced any time.
+    """
+
+    def __init__(self, config: Config, db: Database, handler: CallHandler | None = None) -> None:
+        self.config = config
+        self.db = db
+        self.tables = Tables.for_db(db)
+        self.call_log = self.tables.call_log
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=config.homeserver.verify_ssl)
+        )
+        self.az = AppServiceAPI(
+            base_url=config.homeserver.address,
+            bot_mxid=UserID(config.bot_mxid),
+            token=config.appservice.as_token,
+            log=logging.getLogger("bridge.matrix.api"),  # type: ignore[arg-type]
+            state_store=_MemoryASStateStore(),
+            client_session=self._session,
+        )
+        self.permissions = Permissions(config.bridge.permissions, config.homeserver.domain)
+        self.ghosts = Ghosts(self.az, config, self.tables.ghost)
+        self.portals = Portals(self.az, config, self.tables.portal, self.ghosts, self.permissions)
+        self.bot = Bot(self.az, config, self.permissions, self.portals)
+        self.dispatcher = EventDispatcher(config, self.ghosts, self.portals, self.bot, self.permissions,
+                                          handler or NullCallHandler())
+        self.queues = RoomQueues()
+        self.server = AppserviceServer(config.appservice.hs_token, self.tables.txn, self.queues,
+                                       self.dispatcher.dispatch, self.ghosts.handle_user_query)
+        self.web_app: web.Application = self.server.app
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None  # the bound port once serving (useful when configured as 0)
+
+    @property
+    def handler(self) -> CallHandler:
+        return self.dispatcher.handler
+
+    @handler.setter
+    def handler(self, handler: CallHandler) -> None:
+        self.dispatcher.handler = handler
+
+    async def start(self, *, serve: bool = True) -> None:
+        """Open the DB (running migrations), listen for the homeserver, register the bot and set its name."""
+        await self.db.start()
+        await self.tables.txn.prune(int(time.time() * 1000) - TXN_RETENTION_MS)
+        if serve:
+            self._runner = web.AppRunner(self.web_app, access_log=None)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, self.config.appservice.hostname, self.config.appservice.port)
+            await site.start()
+            server = getattr(site, "_server", None)
+            sockets = getattr(server, "sockets", None) or []
+            self.port = sockets[0].getsockname()[1] if sockets else self.config.appservice.port
+            log.info("appservice listening on %s:%s", self.config.appservice.hostname, self.port)
+        await self._prepare_bot()
+        if serve:
+            await self._ping_homeserver()
+
+    async def _ping_homeserver(self) -> None:
+        """Ask the homeserver to ping us (MSC2659). Besides proving the round trip, a successful ping makes
+        Synapse deliver transactions it queued while the bridge was down at once instead of after its backoff."""
+        try:
+            await self.az.bot_intent().appservice_ping(self.config.appservice.id)
+            log.info("homeserver reached the appservice (ping ok)")
+        except MatrixRequestError as e:
+            log.warning("homeserver could not ping the appservice at %s: %s (check appservice.address and the "
+                        "registration's url)", self.config.appservice.address, e)
+
+    async def _prepare_bot(self) -> None:
+        intent = self.az.bot_intent()
+        deadline = time.monotonic() + START_RETRY_S
+        while True:
+            try:
+                await intent.ensure_registered()
+                await intent.set_displayname(self.config.appservice.bot_displayname)
+                return
+            except (TimeoutError, aiohttp.ClientConnectionError) as e:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("homeserver %s not reachable yet (%s); retrying", self.config.homeserver.address, e)
+                await asyncio.sleep(2)
+
+    async def stop(self) -> None:
+        """Stop listening, cancel room workers, close the HTTP session and the DB. Idempotent."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.queues.close()
+        if not self._session.closed:
+            await self._session.close()
+        try:
+            await self.db.stop()
+        except RuntimeError:  # never started
+            pass
