@@ -110,16 +110,26 @@ class CallSession:
 
     async def wait_finished(self, timeout: float) -> bool:
         try:
-            await asyncio.wait_for(self.finished.wait(), timeout)
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation of the caller.
+            async with asyncio.timeout(timeout):
+                await self.finished.wait()
             return True
         except TimeoutError:
             return False
 
     async def abort(self) -> None:
-        """Hard stop (bridge shutdown after the polite end timed out)."""
-        if self._worker is not None and not self._worker.done():
-            self._worker.cancel()
-            try:
-                await self._worker
-            except (asyncio.CancelledError, Exception):
-                pass
+        """Hard stop: the call could not start, or the polite end timed out at shutdown.
+
+        Releases everything whether or not the worker ever ran (its finally block does it when it did).
+        """
+        if self._worker is not None:
+            if not self._worker.done():
+                self._worker.cancel()
+                try:
+                    await self._worker
+                except (asyncio.CancelledError, Exception):
+                    pass
+            return
+        if not self.finished.is_set():
+            self.finished.set()
+            await self._release()

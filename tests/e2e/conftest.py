@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,12 @@ class E2E:
             if overrides:
                 overrides(data)
 
-        bridge = await start_bridge(self.plan, self.synapse, per_test)
+        self.plan.sink.stop()
+        try:
+            bridge = await start_bridge(self.plan, self.synapse, per_test)
+        except BaseException:
+            self.plan.sink.start()
+            raise
         self.bridges.append(bridge)
         return bridge
 
@@ -50,9 +57,53 @@ class E2E:
         return client
 
 
+class AppserviceSink:
+    """Answers the appservice port with 200 while no bridge is running (between tests).
+
+    Synapse backs off exponentially (2 s, 4 s, 8 s, ...) from an appservice whose push failed; with the
+    bridge restarted for every test, a push landing between two tests would otherwise delay every later one.
+    A thread, not the event loop: pytest-asyncio gives each test its own loop.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def _ok(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                body = b"{}"
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_PUT = do_POST = do_GET = _ok
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
 @pytest.fixture(scope="session")
 def e2e_env(tmp_path_factory: pytest.TempPathFactory, synapse_factory: Any) -> tuple[StackPlan, SynapseServer]:
     plan = StackPlan(tmp_path_factory.mktemp("stack"))
+    plan.sink = AppserviceSink(plan.as_port)
+    plan.sink.start()
     server = synapse_factory([plan.write_registration()], server_name=SERVER_NAME)
     plan.homeserver_url = server.url
     for user in USERS:
@@ -71,6 +122,8 @@ async def e2e(e2e_env: tuple[StackPlan, SynapseServer], tmp_path: Path) -> Async
             await client.close()
         for bridge in env.bridges:
             await bridge.stop()
+        if env.bridges:
+            plan.sink.start()
 
 
 async def eventually(cond: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:

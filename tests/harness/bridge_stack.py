@@ -61,6 +61,7 @@ class StackPlan:
     hs_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     rtp_range: tuple[int, int] = field(default_factory=free_rtp_range)
     homeserver_url: str = "http://127.0.0.1:8008"
+    sink: Any = None  # tests: what answers the appservice port while no bridge runs
 
     def config_dict(self, overrides: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         data: dict[str, Any] = {

@@ -1,0 +1,302 @@
+"""Phones calling Matrix users, end to end: sipp as the phone (streaming RTP from a symmetric-RTP peer),
+real Synapse, the bridge, and aiortc-based Matrix clients that join the portal and answer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from bridge.app import Bridge
+from tests.e2e.conftest import E2E, SCENARIOS, eventually
+from tests.harness.matrix_client import IncomingCall, MatrixTestClient
+from tests.harness.rtp_peer import RtpPeer
+from tests.harness.sipp import SippProcess
+
+pytestmark = pytest.mark.e2e
+
+DIALLED = "18005550100"
+CALLER = "15557654321"
+CALLER_GHOST = f"@sip_{CALLER}:bridge.test"
+ALICE = "@alice:bridge.test"
+GOOD_SDP = ("v=0\r\no=phone 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+            "m=audio 40000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n")
+
+
+def routes(**bridge: Any) -> Callable[[dict[str, Any]], None]:
+    def apply(data: dict[str, Any]) -> None:
+        data["sip"]["inbound"]["routes"] = [{"number": DIALLED, "users": [ALICE]}]
+        data["bridge"].update(bridge)
+
+    return apply
+
+
+@pytest.fixture
+async def rtp_peer() -> AsyncIterator[RtpPeer]:
+    peer = RtpPeer(tone_hz=1000.0)
+    await peer.open()
+    yield peer
+    await peer.close()
+
+
+async def phone(e2e: E2E, scenario: str, *args: str, caller: str = CALLER, name: str = "Bob Phone",
+                host: str = "127.0.0.1", calls: int = 1, rate: float | None = None,
+                replace: dict[str, str] | None = None) -> SippProcess:
+    path = SCENARIOS / scenario
+    if replace:
+        text = path.read_text()
+        for old, new in replace.items():
+            text = text.replace(old, new)
+        path = e2e.tmp / f"{len(list(e2e.tmp.glob('*.xml')))}-{scenario}"
+        path.write_text(text)
+    sipp = SippProcess(path, remote=("127.0.0.1", e2e.plan.sip_port), host=host, service=DIALLED, calls=calls,
+                       rate=rate, timeout=90,
+                       extra_args=["-key", "caller", caller, "-key", "caller_name", name, *args],
+                       workdir=e2e.tmp / "sipp")
+    await sipp.start()
+    return sipp
+
+
+async def alice_client(e2e: E2E, device_id: str | None = None) -> MatrixTestClient:
+    client = await e2e.client("alice", device_id=device_id)
+    await client.start_sync(auto_join=True)
+    return client
+
+
+async def assert_released(bridge: Bridge) -> None:
+    await eventually(lambda: not bridge.calls.sessions(), 15, "call sessions to finish")
+    assert bridge.calls.ports.in_use == frozenset()
+
+
+async def test_phone_call_rings_element_with_audio_both_ways_and_caller_bye_ends_it(
+    e2e: E2E, rtp_peer: RtpPeer
+) -> None:
+    bridge = await e2e.bridge(routes())
+    alice = await alice_client(e2e)
+    rtp_peer.start_sending(seconds=60)
+    sipp = await phone(e2e, "caller_talk.xml", "-key", "rtp_port", str(rtp_peer.port), "-d", "4000")
+    try:
+        call = await alice.wait_incoming_call(timeout=40)
+        invite = call.invite["content"]
+        assert invite["version"] == "1" and invite["invitee"] == ALICE and invite["lifetime"] == 60000
+        assert invite["party_id"] and "a=candidate" in invite["offer"]["sdp"]
+        assert call.invite["sender"] == CALLER_GHOST
+        eoc = await alice.wait_for_event(call.room_id, lambda ev: ev.get("type") == "m.call.candidates"
+                                         and ev["sender"] == CALLER_GHOST, timeout=10)
+        assert eoc["content"]["candidates"] == [{"candidate": "", "sdpMid": "0", "sdpMLineIndex": 0}]
+        profile = await alice.request("GET", f"/profile/{CALLER_GHOST}/displayname")
+        assert profile["displayname"] == "Bob Phone"
+        await call.answer()
+        select = await call.wait_select_answer(timeout=15)
+        assert select["content"]["selected_party_id"] == alice.party_id
+        await call.wait_for_tone(1000.0, timeout=30, min_frames=50)
+        await eventually(lambda: rtp_peer.received >= 50, 20, "RTP packets at the phone")
+        hangup = await call.wait_hangup(timeout=30)
+        assert hangup["content"]["reason"] == "user_hangup"
+        assert await sipp.wait() == 0, sipp.report()
+        assert "SIP/2.0 180 Ringing" in sipp.messages
+        await assert_released(bridge)
+    finally:
+        await sipp.aclose()
+
+
+async def test_matrix_hangup_after_answer_sends_bye_to_the_phone(e2e: E2E, rtp_peer: RtpPeer) -> None:
+    bridge = await e2e.bridge(routes())
+    alice = await alice_client(e2e)
+    rtp_peer.start_sending(seconds=60)
+    sipp = await phone(e2e, "caller_wait_bye.xml", "-key", "rtp_port", str(rtp_peer.port))
+    try:
+        call = await alice.wait_incoming_call(timeout=40)
+        await call.answer()
+        await call.wait_for_frames(25, timeout=30)
+        await call.hangup()
+        assert await sipp.wait() == 0, sipp.report()
+        await assert_released(bridge)
+    finally:
+        await sipp.aclose()
+
+
+@pytest.mark.parametrize(("how", "status"), [("reject", "603"), ("busy", "486")])
+async def test_matrix_refusal_maps_to_sip_status(e2e: E2E, how: str, status: str) -> None:
+    bridge = await e2e.bridge(routes())
+    alice = await alice_client(e2e)
+    sipp = await phone(e2e, "caller_expect_final.xml", replace={"STATUS": status, "BODY": GOOD_SDP})
+    try:
+        call = await alice.wait_incoming_call(timeout=40)
+        if how == "reject":
+            await call.reject()
+        else:
+            await call.hangup("user_busy")
+        assert await sipp.wait() == 0, sipp.report()
+        await assert_released(bridge)
+    finally:
+        await sipp.aclose()
+
+
+async def test_no_answer_within_lifetime_is_480_and_invite_timeout(e2e: E2E) -> None:
+    bridge = await e2e.bridge(routes(invite_lifetime_ms=5000))
+    alice = await alice_client(e2e)
+    sipp = await phone(e2e, "caller_expect_final.xml", replace={"STATUS": "480", "BODY": GOOD_SDP})
+    try:
+        call = await alice.wait_incoming_call(timeout=40)
+        hangup = await call.wait_hangup(timeout=20)
+        assert hangup["content"]["reason"] == "invite_timeout"
+        assert await sipp.wait() == 0, sipp.report()
+        await assert_released(bridge)
+    finally:
+        await sipp.aclose()
+
+
+async def test_user_not_joining_before_ring_timeout_is_480(e2e: E2E) -> None:
+    bridge = await e2e.bridge(routes(ring_timeout_s=5))
+    alice = await e2e.client("alice")
+    await alice.start_sync(auto_join=False)
+    sipp = await phone(e2e, "caller_expect_final.xml", replace={"STATUS": "480", "BODY": GOOD_SDP})
+    try:
+        assert await sipp.wait() == 0, sipp.report()
+        await assert_released(bridge)
+    finally:
+        await sipp.aclose()
+
+
+async def test_sip_cancel_while_ringing_hangs_up_the_matrix_call(e2e: E2E) -> None:
+    bridge = await e2e.bridge(routes())
+    alice = await alice_client(e2e)
+    sipp = await phone(e2e, "caller_cancel.xml", "-key", "rtp_port", "40000", "-d", "1500")
+    try:
+        call = await alice.wait_incoming_call(timeout=40)
+        hangup = await call.wait_hangup(timeout=20)
+        assert hangup["content"]["reason"] == "user_hangup"
+        assert await sipp.wait() == 0, sipp.report()  # 200 for the CANCEL, 487 for the INVITE
+        await assert_released(bridge)
+    finally:
+        await sipp.aclose()
+
+
+async def test_two_devices_answering_first_wins_and_second_never_connects(e2e: E2E, rtp_peer: RtpPeer) -> None:
+    bridge = await e2e.bridge(routes())
+    first = await alice_client(e2e, device_id="DEVICEONE")
+    second = await e2e.client("alice", device_id="DEVICETWO")
+    await second.start_sync(auto_join=False)
+    rtp_peer.start_sending(seconds=60)
+    sipp = await phone(e2e, "caller_wait_bye.xml", "-key", "rtp_port", str(rtp_peer.port))
+    try:
+        call1 = await first.wait_incoming_call(timeout=40)
+        call2: IncomingCall = await second.wait_incoming_call(call1.room_id, timeout=20)
+        await call1.answer()
+        await call1.wait_select_answer(timeout=15)
+        await call2.answer()
+        select = await call2.wait_select_answer(timeout=15)
+        assert select["content"]["selected_party_id"] == first.party_id != second.party_id
+        await call1.wait_for_frames(50, timeout=30)
+        await asyncio.sleep(3)
+        assert "connected" not in call2.connection_states and call2.frames_received == 0
+        await call1.hangup()
+        assert await sipp.wait() == 0, sipp.report()
+        await assert_released(bridge)
+    finally:
+        await sipp.aclose()
+
+
+async def test_offerless_invite_gets_offer_in_200_and_answer_from_ack(e2e: E2E, rtp_peer: RtpPeer) -> None:
+    bridge = await e2e.bridge(routes())
+    alice = await alice_client(e2e)
+    rtp_peer.start_sending(seconds=60)
+    sipp = await phone(e2e, "caller_offerless.xml", "-key", "rtp_port", str(rtp_peer.port), "-d", "4000")
+    try:
+        call = await alice.wait_incoming_call(timeout=40)
+        await call.answer()
+        await call.wait_for_tone(1000.0, timeout=30, min_frames=50)
+        await eventually(lambda: rtp_peer.received >= 50, 20, "RTP packets at the phone")
+        await call.wait_hangup(timeout=30)
+        assert await sipp.wait() == 0, sipp.report()
+        await assert_released(bridge)
+    finally:
+        await sipp.aclose()
+
+
+async def test_untrusted_source_gets_403_and_leaves_no_trace_in_matrix(e2e: E2E) -> None:
+    def untrusted(data: dict[str, Any]) -> None:
+        routes()(data)
+        data["sip"]["inbound"]["trusted_sources"] = ["127.0.0.2/32"]
+
+    bridge = await e2e.bridge(untrusted)
+    alice = await alice_client(e2e)
+    sipp = await phone(e2e, "caller_expect_final.xml", replace={"STATUS": "403", "BODY": GOOD_SDP})
+    try:
+        assert await sipp.wait() == 0, sipp.report()
+        await asyncio.sleep(2)
+        assert await bridge.matrix.tables.portal.all_for_user(ALICE) == []
+        assert not bridge.calls.sessions() and bridge.ua.dialogs == []
+        with pytest.raises(TimeoutError):
+            await alice.wait_incoming_call(timeout=2)
+    finally:
+        await sipp.aclose()
+
+
+@pytest.mark.parametrize("sdp", [
+    "v=0\r\nthis is not sdp\r\n",
+    GOOD_SDP.replace("m=audio 40000 RTP/AVP 0 101", "m=audio 99999999 RTP/AVP 0"),
+    GOOD_SDP.replace("RTP/AVP 0 101", "RTP/AVP 18").replace("a=rtpmap:0 PCMU/8000", "a=rtpmap:18 G729/8000"),
+])
+async def test_hostile_or_unusable_sdp_gets_488(e2e: E2E, sdp: str) -> None:
+    bridge = await e2e.bridge(routes())
+    sipp = await phone(e2e, "caller_expect_final.xml", replace={"STATUS": "488", "BODY": sdp})
+    try:
+        assert await sipp.wait() == 0, sipp.report()
+        await assert_released(bridge)
+    finally:
+        await sipp.aclose()
+
+
+async def test_invite_flood_from_one_source_is_limited_while_a_real_call_works(e2e: E2E, rtp_peer: RtpPeer) -> None:
+    def limited(data: dict[str, Any]) -> None:
+        routes()(data)
+        data["sip"]["inbound"]["trusted_sources"] = ["127.0.0.0/8"]
+        data["sip"]["inbound"]["rate_limit"] = {"per_source_per_second": 2, "burst": 4}
+
+    bridge = await e2e.bridge(limited)
+    alice = await alice_client(e2e)
+    # The flood dials a number with no route; past the burst the bridge answers 503 without any work.
+    flood_text = (SCENARIOS / "caller_expect_final.xml").read_text().replace("BODY", GOOD_SDP).replace(
+        '<recv response="STATUS" timeout="60000"/>',
+        '<recv response="404" optional="true" next="ack"/>\n  <recv response="503" timeout="60000"/>\n'
+        '  <label id="ack"/>')
+    flood_path = e2e.tmp / "flood.xml"
+    flood_path.write_text(flood_text)
+    flood = SippProcess(flood_path, remote=("127.0.0.1", e2e.plan.sip_port), host="127.0.0.3", service="999",
+                        calls=60, rate=60, timeout=60, workdir=e2e.tmp / "sipp",
+                        extra_args=["-key", "caller", "666", "-key", "caller_name", "Flood", "-l", "60"])
+    await flood.start()
+    rtp_peer.start_sending(seconds=60)
+    legit = await phone(e2e, "caller_talk.xml", "-key", "rtp_port", str(rtp_peer.port), "-d", "3000")
+    try:
+        call = await alice.wait_incoming_call(timeout=40)
+        await call.answer()
+        await call.wait_for_frames(25, timeout=30)
+        assert await legit.wait() == 0, legit.report()
+        assert await flood.wait() == 0, flood.report()
+        refused = flood.messages.count("SIP/2.0 503 Service Unavailable")
+        assert refused >= 40, f"only {refused} of 60 flood INVITEs were rate limited"
+        await assert_released(bridge)
+    finally:
+        await legit.aclose()
+        await flood.aclose()
+
+
+async def test_withheld_caller_id_rings_as_unknown_caller(e2e: E2E) -> None:
+    await e2e.bridge(routes())
+    alice = await alice_client(e2e)
+    sipp = await phone(e2e, "caller_expect_final.xml", caller="anonymous", name="Anonymous",
+                       replace={"STATUS": "603", "BODY": GOOD_SDP})
+    try:
+        call = await alice.wait_incoming_call(timeout=40)
+        assert call.invite["sender"] == "@sip_unknown:bridge.test"
+        profile = await alice.request("GET", "/profile/@sip_unknown:bridge.test/displayname")
+        assert profile["displayname"] == "Unknown caller"
+        await call.reject()
+        assert await sipp.wait() == 0, sipp.report()
+    finally:
+        await sipp.aclose()
