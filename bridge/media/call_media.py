@@ -1,0 +1,325 @@
+"""One call's media pair: the facade the call driver uses.
+
+Outbound (Matrix -> SIP): ``open_rtp``, ``set_webrtc_offer``, ``sip_offer`` -> INVITE,
+``apply_sip_answer`` (200 OK), ``create_webrtc_answer`` -> m.call.answer, ``start``.
+Inbound (SIP -> Matrix): ``open_rtp``, ``answer_sip_offer`` (or ``sip_offer_for_offerless``),
+``create_webrtc_offer`` -> m.call.invite, ``set_webrtc_answer``, ``start``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bridge.sip import sdp as sip_sdp
+
+from . import webrtc_leg
+from .codecs import SIP_CODECS, choose_webrtc_codecs
+from .errors import MediaError
+from .ports import PortAllocator
+from .relay import Relay, RelayPlan
+from .rtp_leg import RtpLeg
+from .settings import MediaSettings
+from .webrtc_leg import WebRtcLeg
+from .webrtc_sdp import SdpRtpmap, add_telephone_event, audio_rtpmaps, find_codec
+
+SIP_TELEPHONE_EVENT_PT = 101
+# payload types we add to aiortc's offer for telephone-event (aiortc uses 96, 9, 0, 8)
+WEBRTC_TE_PT_8K = 101
+WEBRTC_TE_PT_48K = 110
+
+
+@dataclass
+class MediaStats:
+    rtp_packets_in: int = 0
+    rtp_packets_out: int = 0
+    webrtc_frames_in: int = 0
+    webrtc_frames_out: int = 0
+    dropped: int = 0
+    malformed: int = 0
+    codec_sip: str | None = None
+    codec_webrtc: str | None = None
+    passthrough: bool = False
+    dtmf: list[tuple[str, str]] = field(default_factory=list)
+    """Digits seen, with the side they came from ("matrix" or "sip")."""
+
+
+class CallMedia:
+    def __init__(
+        self,
+        settings: MediaSettings,
+        ports: PortAllocator,
+        *,
+        log: logging.LoggerAdapter[Any] | logging.Logger,
+    ) -> None:
+        self.settings = settings
+        self.ports = ports
+        self.log = log
+        self.on_failure: Callable[[str], None] | None = None
+        self.on_dtmf: Callable[[str, str], None] | None = None
+        self._port: int | None = None
+        self._rtp = RtpLeg(
+            log=log, ptime=settings.ptime, jitter_ms=settings.jitter_ms, queue_packets=settings.queue_packets
+        )
+        self._webrtc = WebRtcLeg(settings.ice_servers, log=log, queue_packets=settings.queue_packets)
+        self._webrtc.on_failure = self._failed
+        self._relay = Relay(self._rtp, self._webrtc, log=log)
+        self._relay.on_dtmf = self._dtmf
+        self._sip_offer: sip_sdp.SessionDescription | None = None
+        self._sip_codec: str | None = None
+        self._webrtc_offer: str | None = None
+        self._pending_webrtc: tuple[SdpRtpmap, SdpRtpmap | None] | None = None  # WebRTC answer before the SIP one
+        self._closed = False
+        self._ice_timer: asyncio.TimerHandle | None = None
+        self._failure_reported = False
+
+    # -- SIP leg ------------------------------------------------------------------------------
+    async def open_rtp(self) -> tuple[str, int]:
+        if self._port is not None:
+            return self.settings.sdp_address, self._port
+        loop = asyncio.get_running_loop()
+        for _ in range(self.ports.capacity):
+            port = self.ports.allocate()
+            try:
+                await loop.create_datagram_endpoint(lambda: self._rtp, local_addr=(self.settings.rtp_host, port))
+            except OSError as exc:  # taken by another process: try the next one
+                self.log.debug("RTP port %s unavailable: %s", port, exc)
+                self.ports.release(port)
+                continue
+            self._port = port
+            return self.settings.sdp_address, port
+        raise MediaError("no bindable RTP port in the configured range")
+
+    def _local(self) -> tuple[str, int]:
+        if self._port is None:
+            raise MediaError("open_rtp() first")
+        return self.settings.sdp_address, self._port
+
+    def _supported(self) -> list[sip_sdp.Codec]:
+        codecs = []
+        for name in self.settings.codecs:
+            spec = SIP_CODECS.get(name.upper())
+            if spec is not None:
+                codecs.append(sip_sdp.Codec(payload_type=spec.static_pt, name=spec.name, clock_rate=spec.clock_rate))
+        if not codecs:
+            raise MediaError(f"none of the configured codecs {self.settings.codecs} is supported")
+        return codecs
+
+    def sip_offer(self) -> bytes:
+        address, port = self._local()
+        self._sip_offer = sip_sdp.build_offer(
+            address, port, self._supported(), telephone_event_pt=SIP_TELEPHONE_EVENT_PT, ptime=self.settings.ptime
+        )
+        return self._sip_offer.serialize().encode()
+
+    def sip_offer_for_offerless(self) -> bytes:
+        return self.sip_offer()
+
+    def apply_sip_answer(self, sdp: bytes) -> None:
+        if self._sip_offer is None:
+            raise MediaError("apply_sip_answer() without sip_offer()")
+        answer = sip_sdp.SessionDescription.parse(sdp)
+        self._apply_negotiated(sip_sdp.read_answer(self._sip_offer, answer))
+
+    def answer_sip_offer(self, sdp: bytes) -> bytes:
+        address, port = self._local()
+        offer = sip_sdp.SessionDescription.parse(sdp)
+        answer, negotiated = sip_sdp.negotiate_answer(
+            offer, address=address, port=port, supported=self._supported(), telephone_event=True
+        )
+        self._apply_negotiated(negotiated)
+        return answer.serialize().encode()
+
+    def _apply_negotiated(self, negotiated: sip_sdp.Negotiated) -> None:
+        codec = negotiated.codec
+        if codec.name.upper() not in SIP_CODECS:
+            raise sip_sdp.SdpError(f"codec {codec.name} not supported")
+        remote: tuple[str, int] | None = (negotiated.remote_address, negotiated.remote_port)
+        if negotiated.remote_port == 0 or negotiated.remote_address in ("0.0.0.0", "::"):
+            remote = None  # RFC 2543-style hold / disabled stream
+        self._rtp.configure(
+            payload_type=codec.payload_type,
+            clock_rate=codec.clock_rate,
+            telephone_event_pt=negotiated.telephone_event_pt,
+            remote=remote,
+        )
+        # the direction is ours: no sending when we may only receive
+        self._rtp.hold = negotiated.on_hold
+        previous, self._sip_codec = self._sip_codec, codec.name.upper()
+        self.log.info("SIP media: %s pt %s to %s", self._sip_codec, codec.payload_type, remote)
+        plan = self._relay.plan
+        if self._pending_webrtc is not None:
+            chosen, te = self._pending_webrtc
+            self._pending_webrtc = None
+            self._plan_webrtc(chosen, te)
+        elif plan is not None and previous != self._sip_codec:
+            # re-INVITE switched codecs: keep the WebRTC side, transcode from now on
+            self._relay.configure(
+                RelayPlan(
+                    self._sip_codec,
+                    plan.webrtc_codec,
+                    plan.webrtc_pt,
+                    plan.telephone_event_pt,
+                    plan.telephone_event_clock,
+                    passthrough=self._passthrough(plan.webrtc_codec),
+                )
+            )
+
+    def _passthrough(self, webrtc_codec: str) -> bool:
+        return (
+            webrtc_leg.AIORTC_INTERNALS_OK and self._sip_codec is not None and webrtc_codec.upper() == self._sip_codec
+        )
+
+    # -- WebRTC leg ---------------------------------------------------------------------------
+    async def set_webrtc_offer(self, sdp: str) -> None:
+        """Keep the Matrix offer; it is applied in create_webrtc_answer once the SIP codec is
+        known (aiortc fixes the codec list at setRemoteDescription). Candidates that arrive
+        meanwhile are buffered."""
+        codecs = audio_rtpmaps(sdp)
+        if not codecs:
+            raise MediaError("Matrix offer has no audio codecs")
+        self._webrtc_offer = sdp
+
+    async def create_webrtc_answer(self) -> str:
+        if self._webrtc_offer is None:
+            raise MediaError("create_webrtc_answer() without set_webrtc_offer()")
+        offered = audio_rtpmaps(self._webrtc_offer)
+        prefs = choose_webrtc_codecs(
+            self._sip_codec, [c.name for c in offered], passthrough_ok=webrtc_leg.AIORTC_INTERNALS_OK
+        )
+        answer = await self._webrtc.answer(self._webrtc_offer, prefs)
+        chosen = self._chosen(answer)
+        te = find_codec(self._webrtc_offer, "telephone-event", _te_clock(chosen))
+        if te is not None:
+            answer = add_telephone_event(answer, te.payload_type, te.clock_rate)
+        self._plan_webrtc(chosen, te)
+        return answer
+
+    async def create_webrtc_offer(self) -> str:
+        # offerless INVITE: our SIP offer lists our preferred codec first; bet on it
+        expected = self._sip_codec or (self._supported()[0].name if self._sip_offer is not None else None)
+        prefs = choose_webrtc_codecs(
+            expected, ["opus", "G722", "PCMU", "PCMA"], passthrough_ok=webrtc_leg.AIORTC_INTERNALS_OK
+        )
+        if len(prefs) == 1:  # passthrough candidate first, transcoding choices after it
+            prefs += [name for name in ("opus", "G722", "PCMU", "PCMA") if name.upper() != prefs[0].upper()]
+        offer = await self._webrtc.offer(prefs)
+        offer = add_telephone_event(offer, WEBRTC_TE_PT_8K, 8000)
+        offer = add_telephone_event(offer, WEBRTC_TE_PT_48K, 48000)
+        return offer
+
+    async def set_webrtc_answer(self, sdp: str) -> None:
+        await self._webrtc.accept_answer(sdp)
+        chosen = self._chosen(sdp)
+        te = find_codec(sdp, "telephone-event", _te_clock(chosen))
+        self._plan_webrtc(chosen, te)
+
+    def _chosen(self, sdp: str) -> SdpRtpmap:
+        known = [c for c in audio_rtpmaps(sdp) if c.name.lower() == "opus" or c.name.upper() in SIP_CODECS]
+        if not known:
+            raise MediaError("no common audio codec with the Matrix side")
+        return known[0]
+
+    def _plan_webrtc(self, chosen: SdpRtpmap, te: SdpRtpmap | None) -> None:
+        if self._sip_codec is None:
+            # offerless INVITE: the phone's answer (in the ACK) is still to come
+            self._pending_webrtc = (chosen, te)
+            return
+        self._relay.configure(
+            RelayPlan(
+                sip_codec=self._sip_codec,
+                webrtc_codec=chosen.name,
+                webrtc_pt=chosen.payload_type,
+                telephone_event_pt=te.payload_type if te else None,
+                telephone_event_clock=te.clock_rate if te else 8000,
+                passthrough=self._passthrough(chosen.name),
+            )
+        )
+
+    async def add_webrtc_candidates(self, candidates: list[dict[str, Any]]) -> None:
+        await self._webrtc.add_candidates(candidates)
+
+    # -- running ------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._closed:
+            return
+        self._relay.start()
+        if self._ice_timer is None and self.settings.ice_timeout_s > 0:
+            loop = asyncio.get_running_loop()
+            self._ice_timer = loop.call_later(self.settings.ice_timeout_s, self._check_connected)
+
+    def _check_connected(self) -> None:
+        state = self._webrtc.connection_state
+        if state != "connected" and not self._closed:
+            self.log.warning("WebRTC still %s after %.0f s", state, self.settings.ice_timeout_s)
+            self._failed("ice_timeout")
+
+    def set_hold(self, on_hold: bool) -> None:
+        self._relay.hold = on_hold
+
+    def send_dtmf(self, digit: str, duration_ms: int = 100) -> None:
+        """Send a key press towards SIP as RFC 4733 (raises DtmfError on a non-digit)."""
+        self._rtp.send_dtmf(digit, duration_ms)
+
+    def _failed(self, reason: str) -> None:
+        if self._failure_reported or self._closed:
+            return  # one report per call: the driver hangs up on the first
+        self._failure_reported = True
+        if self.on_failure is not None:
+            self.on_failure(reason)
+
+    def _dtmf(self, digit: str, direction: str) -> None:
+        if self.on_dtmf is not None:
+            self.on_dtmf(digit, direction)
+
+    @property
+    def rtp_port(self) -> int | None:
+        return self._port
+
+    @property
+    def rtp_leg(self) -> RtpLeg:
+        return self._rtp
+
+    @property
+    def webrtc_connection_state(self) -> str:
+        return self._webrtc.connection_state
+
+    def stats(self) -> MediaStats:
+        plan = self._relay.plan
+        return MediaStats(
+            rtp_packets_in=self._rtp.packets_in,
+            rtp_packets_out=self._rtp.packets_out,
+            webrtc_frames_in=self._relay.webrtc_frames_in,
+            webrtc_frames_out=self._relay.webrtc_frames_out,
+            dropped=self._rtp.dropped
+            + self._relay.dropped
+            + self._webrtc.outgoing.dropped
+            + self._rtp.jitter.late
+            + self._rtp.jitter.lost,
+            malformed=self._rtp.malformed,
+            codec_sip=self._sip_codec,
+            codec_webrtc=plan.webrtc_codec if plan else None,
+            passthrough=plan.passthrough if plan else False,
+            dtmf=list(self._relay.dtmf_digits),
+        )
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._ice_timer is not None:
+            self._ice_timer.cancel()
+        await self._relay.close()
+        await self._webrtc.close()
+        await self._rtp.close()
+        if self._port is not None:
+            self.ports.release(self._port)
+            self._port = None
+
+
+def _te_clock(codec: SdpRtpmap) -> int:
+    # RFC 4733: telephone-event uses the clock of the audio codec it accompanies
+    return codec.clock_rate

@@ -1,0 +1,212 @@
+"""Joins the RTP leg and the WebRTC leg of one call.
+
+Passthrough (same G.711/G.722 codec on both legs): SIP payloads go into the outgoing aiortc
+track as pre-encoded ``av.Packet``s, and Matrix payloads are taken from the RTP tap straight
+to the RTP leg; nothing is decoded. Otherwise SIP payloads are decoded to PCM for aiortc to
+encode (Opus), and decoded Matrix frames are re-encoded for the SIP codec.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiortc.mediastreams import MediaStreamError
+from av import AudioFrame
+
+from . import webrtc_leg
+from .codecs import SipDecoder, SipEncoder, WebRtcEncoder, encoded_packet
+from .dtmf import DtmfDetector, DtmfError, DtmfEvent, decode_event, encode_event
+from .rtp_leg import RtpLeg
+from .rtp_packet import RtpPacket, RtpParseError, parse_rtp
+from .webrtc_leg import WebRtcLeg
+
+DtmfCallback = Callable[[str, str], None]
+
+
+@dataclass(frozen=True)
+class RelayPlan:
+    sip_codec: str
+    webrtc_codec: str
+    webrtc_pt: int
+    telephone_event_pt: int | None
+    telephone_event_clock: int
+    passthrough: bool
+
+
+class Relay:
+    def __init__(self, rtp: RtpLeg, webrtc: WebRtcLeg, *, log: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+        self.log = log
+        self.rtp = rtp
+        self.webrtc = webrtc
+        self.plan: RelayPlan | None = None
+        self.on_dtmf: DtmfCallback | None = None
+        self.hold = False
+        self.running = False
+        self.webrtc_frames_in = 0
+        self.webrtc_frames_out = 0
+        self.dropped = 0
+        self.dtmf_digits: list[tuple[str, str]] = []
+        self._decoder: SipDecoder | None = None
+        self._webrtc_encoder: WebRtcEncoder | None = None
+        self._encoder: SipEncoder | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._ts_base: int | None = None
+        self._dtmf_in = DtmfDetector()
+        rtp.on_audio = self._from_sip
+        rtp.on_dtmf = self._sip_dtmf
+        rtp.on_dtmf_event = self._sip_dtmf_event
+        self._dtmf_out_ts = 0
+        webrtc.set_rtp_tap(self._from_webrtc_rtp)
+
+    def configure(self, plan: RelayPlan) -> None:
+        self.plan = plan
+        self._decoder = None if plan.passthrough else SipDecoder(plan.sip_codec)
+        self._webrtc_encoder = None
+        if not plan.passthrough and webrtc_leg.AIORTC_INTERNALS_OK:
+            self._webrtc_encoder = WebRtcEncoder(plan.webrtc_codec, plan.webrtc_pt)
+        self._encoder = None if plan.passthrough else SipEncoder(plan.sip_codec)
+        self.log.info(
+            "media plan: SIP %s <-> WebRTC %s (%s), telephone-event %s",
+            plan.sip_codec,
+            plan.webrtc_codec,
+            "passthrough" if plan.passthrough else "transcoding",
+            plan.telephone_event_pt,
+        )
+        if self.running:
+            self._ensure_pump()
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self.running = True
+        self._ensure_pump()
+
+    def _ensure_pump(self) -> None:
+        if self.plan is None or self.plan.passthrough or self._pump is not None:
+            return
+        self._pump = asyncio.get_running_loop().create_task(self._pump_webrtc_to_sip())
+
+    # -- SIP -> Matrix ------------------------------------------------------------------------
+    def _from_sip(self, packet: RtpPacket) -> None:
+        if not self.running or self.hold or self.plan is None:
+            self.dropped += 1
+            return
+        if self._ts_base is None:
+            self._ts_base = packet.timestamp
+        pts = (packet.timestamp - self._ts_base) & 0xFFFFFFFF
+        track = self.webrtc.outgoing
+        if self._decoder is None:
+            track.push(encoded_packet(packet.payload, pts))
+            self.webrtc_frames_out += 1
+            return
+        try:
+            frames = self._decoder.decode(packet.payload, pts)
+        except Exception as exc:  # a corrupt payload must not stop the stream
+            self.dropped += 1
+            self.log.debug("cannot decode SIP payload: %s", exc)
+            return
+        encoder = self._webrtc_encoder
+        for frame in frames:
+            if encoder is None:
+                track.push(frame)  # aiortc encodes
+                self.webrtc_frames_out += 1
+                continue
+            for encoded in encoder.encode(frame):
+                track.push(encoded)
+                self.webrtc_frames_out += 1
+
+    def _sip_dtmf(self, digit: str) -> None:
+        self._report_dtmf(digit, "sip")
+
+    def _sip_dtmf_event(self, event: DtmfEvent, new: bool) -> None:
+        """Forward the phone's RFC 4733 packets into the WebRTC stream (browsers play them as tones)."""
+        plan, injector = self.plan, self.webrtc.injector
+        if plan is None or plan.telephone_event_pt is None or injector is None or not self.running or self.hold:
+            return
+        clock = plan.telephone_event_clock
+        if new or injector.last_timestamp is None:
+            # the event starts where the next audio packet would: same clock as the WebRTC codec
+            self._dtmf_out_ts = ((injector.last_timestamp or 0) + clock // 50) & 0xFFFFFFFF
+        duration = event.duration * clock // 8000
+        payload = encode_event(event.event, end=event.end, volume=event.volume, duration=duration)
+        injector.inject(plan.telephone_event_pt, new, self._dtmf_out_ts, payload)
+
+    # -- Matrix -> SIP ------------------------------------------------------------------------
+    def _from_webrtc_rtp(self, data: bytes) -> bool:
+        """RTP tap (see webrtc_leg): consume telephone-event always, audio in passthrough."""
+        plan = self.plan
+        if plan is None:
+            return False
+        try:
+            packet = parse_rtp(data)
+        except RtpParseError:
+            return False
+        pt = packet.payload_type
+        if pt == plan.telephone_event_pt:
+            self._webrtc_dtmf(packet, plan)
+            return True
+        if plan.passthrough and pt == plan.webrtc_pt:
+            if self.running and not self.hold:
+                self.rtp.send_audio(packet.payload, source_ts=packet.timestamp)  # same 8 kHz clock
+                self.webrtc_frames_in += 1
+            else:
+                self.dropped += 1
+            return True
+        return False
+
+    def _webrtc_dtmf(self, packet: RtpPacket, plan: RelayPlan) -> None:
+        try:
+            event = decode_event(packet.payload)
+        except DtmfError:
+            return
+        new = self._dtmf_in.feed(packet.timestamp, event)
+        if new and event.digit:
+            self._report_dtmf(event.digit, "matrix")
+        if plan.telephone_event_clock != 8000:  # e.g. telephone-event/48000 next to Opus
+            event = DtmfEvent(event.event, event.end, event.volume, event.duration * 8000 // plan.telephone_event_clock)
+        if self.running and not self.hold:
+            self.rtp.relay_dtmf(event, new)
+
+    async def _pump_webrtc_to_sip(self) -> None:
+        """Transcoding: decoded frames from aiortc -> SIP codec -> RTP."""
+        try:
+            await self.webrtc.remote_track_ready.wait()
+            track = self.webrtc.remote_track
+            assert track is not None
+            while True:
+                frame = await track.recv()
+                encoder = self._encoder
+                if encoder is None or self.hold or not isinstance(frame, AudioFrame):
+                    continue
+                self.webrtc_frames_in += 1
+                payloads, timestamp = encoder.encode(frame)
+                for payload in payloads:
+                    self.rtp.send_audio(payload, source_ts=timestamp)
+                    if timestamp is not None:
+                        timestamp += len(payload)  # G.711/G.722: one byte per 8 kHz tick
+        except MediaStreamError:
+            self.log.debug("WebRTC track ended")
+
+    def _report_dtmf(self, digit: str, direction: str) -> None:
+        self.dtmf_digits.append((digit, direction))
+        self.log.info("DTMF %s from %s", digit, direction)
+        if self.on_dtmf is not None:
+            try:
+                self.on_dtmf(digit, direction)
+            except Exception:
+                self.log.exception("DTMF callback failed")
+
+    async def close(self) -> None:
+        self.running = False
+        self.webrtc.set_rtp_tap(None)
+        self.rtp.on_audio = None
+        self.rtp.on_dtmf = None
+        self.rtp.on_dtmf_event = None
+        if self._pump is not None:
+            self._pump.cancel()
+            await asyncio.gather(self._pump, return_exceptions=True)
+            self._pump = None

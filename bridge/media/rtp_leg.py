@@ -1,0 +1,298 @@
+"""The plain-RTP (SIP side) leg: one UDP socket, symmetric RTP, jitter buffer, RFC 4733.
+
+Everything here runs in ``datagram_received`` or is called synchronously by the relay, so
+the hot path has no task switches; the only task is the optional DTMF generator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+from .dtmf import DtmfDetector, DtmfError, DtmfEvent, decode_event, digit_to_event, encode_event
+from .jitter import JitterBuffer
+from .rtp_packet import RtpPacket, RtpParseError, build_rtp, is_rtcp, parse_rtp, seq_add, ts_add, ts_diff
+
+Address = tuple[str, int]
+AudioSink = Callable[[RtpPacket], None]
+DtmfSink = Callable[[str], None]
+
+COMFORT_NOISE_PT = 13
+DTMF_VOLUME = 10
+
+
+class RtpLeg(asyncio.DatagramProtocol):
+    """One plain RTP stream pair. Configure with :meth:`configure` once SDP is negotiated."""
+
+    def __init__(
+        self,
+        *,
+        log: logging.Logger | logging.LoggerAdapter[Any],
+        ptime: int = 20,
+        jitter_ms: int = 60,
+        queue_packets: int = 50,
+    ) -> None:
+        self.log = log
+        self.ptime = ptime
+        self.transport: asyncio.DatagramTransport | None = None
+        self._lost = asyncio.Event()
+        self.on_audio: AudioSink | None = None
+        self.on_dtmf: DtmfSink | None = None
+        """Called once per key press with the digit."""
+        self.on_dtmf_event: Callable[[DtmfEvent, bool], None] | None = None
+        """Called for every telephone-event packet (event, starts a new key press)."""
+        self.hold = False
+        """When True nothing is sent (the SIP side is held)."""
+
+        self.payload_type: int | None = None
+        self.telephone_event_pt: int | None = None
+        self.clock_rate = 8000
+        self._remote_sdp: Address | None = None
+        self._remote: Address | None = None
+        self._remote_ssrc: int | None = None
+        self._jitter = JitterBuffer(max(1, jitter_ms // ptime), queue_packets)
+        self._dtmf_in = DtmfDetector()
+
+        # outgoing stream state (RFC 3550 5.1: random initial values)
+        self.ssrc = random.getrandbits(32)
+        self._seq = random.getrandbits(16)
+        self._ts = random.getrandbits(32)
+        self._last_send: float | None = None
+        self._marker = True
+        self._pending_samples = 0
+        self._ts_offset: int | None = None
+        self._dtmf_out_ts: int | None = None
+        self._dtmf_active = False
+        self._dtmf_tasks: set[asyncio.Task[None]] = set()
+
+        # counters (read by stats())
+        self.packets_in = 0
+        self.packets_out = 0
+        self.malformed = 0
+        self.foreign = 0
+        self.dropped = 0
+        self._malformed_logged = False
+
+    # -- setup ------------------------------------------------------------------------------
+    def configure(
+        self,
+        *,
+        payload_type: int,
+        clock_rate: int,
+        telephone_event_pt: int | None,
+        remote: Address | None,
+    ) -> None:
+        self.payload_type = payload_type
+        self.clock_rate = clock_rate
+        self.telephone_event_pt = telephone_event_pt
+        if remote != self._remote_sdp:
+            # new far end (first answer or re-INVITE): latch again on its packets
+            self._remote_sdp = remote
+            self._remote = None
+            self._remote_ssrc = None
+            self._jitter.reset()
+
+    @property
+    def remote(self) -> Address | None:
+        """Where we send: the latched source address, else what the SDP said."""
+        return self._remote or self._remote_sdp
+
+    @property
+    def latched(self) -> bool:
+        return self._remote is not None
+
+    @property
+    def local_address(self) -> Address | None:
+        if self.transport is None:
+            return None
+        sockname = self.transport.get_extra_info("sockname")
+        return (sockname[0], sockname[1]) if sockname else None
+
+    # -- asyncio protocol -------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # a cast, not an isinstance check: CPython 3.11's selector datagram transport does not
+        # subclass asyncio.DatagramTransport
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._lost.set()
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable and the like: the far end may not be up yet
+        self.log.debug("RTP socket error: %s", exc)
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        if is_rtcp(data):
+            return  # RTCP is not relayed; peers send it to port+1 anyway
+        try:
+            packet = parse_rtp(data)
+        except RtpParseError as exc:
+            self.malformed += 1
+            if not self._malformed_logged:
+                self._malformed_logged = True
+                self.log.info("dropping malformed RTP from %s:%s (%s); further ones only counted", *addr, exc)
+            return
+        pt = packet.payload_type
+        if pt != self.payload_type and pt != self.telephone_event_pt:
+            if pt != COMFORT_NOISE_PT:
+                self.foreign += 1
+            return
+        if self._remote is None:
+            self._latch(addr, packet.ssrc)
+        elif addr != self._remote:
+            if packet.ssrc != self._remote_ssrc:
+                self.foreign += 1
+                return
+            self._latch(addr, packet.ssrc)  # same stream from a new address: NAT rebinding
+        if pt == self.telephone_event_pt:
+            self._handle_dtmf(packet)
+            return
+        self.packets_in += 1
+        for ready in self._jitter.push(packet):
+            if self.on_audio is not None:
+                try:
+                    self.on_audio(ready)
+                except Exception:
+                    self.log.exception("RTP audio sink failed")
+
+    def _latch(self, addr: Address, ssrc: int) -> None:
+        if addr != self._remote_sdp:
+            self.log.info("symmetric RTP: sending to %s:%s (SDP said %s)", addr[0], addr[1], self._remote_sdp)
+        self._remote = addr
+        self._remote_ssrc = ssrc
+
+    def _handle_dtmf(self, packet: RtpPacket) -> None:
+        try:
+            event = decode_event(packet.payload)
+        except DtmfError:
+            self.malformed += 1
+            return
+        new = self._dtmf_in.feed(packet.timestamp, event)
+        try:
+            if new and event.digit and self.on_dtmf is not None:
+                self.on_dtmf(event.digit)
+            if self.on_dtmf_event is not None:
+                self.on_dtmf_event(event, new)
+        except Exception:
+            self.log.exception("DTMF sink failed")
+
+    # -- sending ------------------------------------------------------------------------------
+    def _sendto(self, data: bytes) -> None:
+        remote = self.remote
+        if self.transport is None or remote is None or self.hold:
+            self.dropped += 1
+            return
+        self.transport.sendto(data, remote)
+        self.packets_out += 1
+
+    def send_audio(self, payload: bytes, source_ts: int | None = None, samples: int | None = None) -> None:
+        """Send one audio payload.
+
+        ``source_ts`` is the payload's timestamp on the sender's 8 kHz clock (the Matrix
+        stream's RTP timestamp in passthrough, the decoded frame's pts when transcoding). Our
+        timestamp then moves with it (offset fixed per talk, rebased after DTMF or a source
+        jump), so arrival jitter cannot make our clock drift; a payload older than the last
+        one sent is dropped as late. Without it the wall clock stands in for the source clock.
+        ``samples`` defaults to ``len(payload)``: right for PCMU/PCMA (1 byte per sample) and
+        G.722 (1 byte per 8 kHz RTP clock tick).
+        """
+        if self.payload_type is None or self._dtmf_active:
+            self.dropped += 1  # not negotiated yet, or a DTMF event owns the stream
+            return
+        expected = ts_add(self._ts, self._pending_samples) if self._last_send is not None else self._ts
+        now = time.monotonic()
+        limit = 5 * self.clock_rate  # 5 s: beyond that the source restarted, not a gap
+        if source_ts is not None:
+            ts = (source_ts + self._ts_offset) & 0xFFFFFFFF if self._ts_offset is not None else expected
+            jump = ts_diff(ts, expected)
+            if self._ts_offset is None or jump > limit or ts_diff(ts, self._ts) < -limit:
+                self._ts_offset = (expected - source_ts) & 0xFFFFFFFF
+                ts, jump = expected, 0
+            elif self._last_send is not None and ts_diff(ts, self._ts) <= 0:
+                self.dropped += 1  # late or duplicate: its slot has been sent already
+                return
+            gap = jump * 1000 / self.clock_rate
+        else:
+            gap = (now - self._last_send) * 1000 - self.ptime if self._last_send is not None else 0.0
+            ts = expected
+            if gap > 2 * self.ptime:  # wall-clock silence: move the timestamp on (RFC 3550 5.1)
+                ts = ts_add(expected, round(gap / self.ptime) * self.clock_rate * self.ptime // 1000)
+        # the marker starts a talkspurt: first packet, after DTMF, after a silence (RFC 3551 4.1)
+        marker = self._marker or gap > 2 * self.ptime
+        self._ts = ts
+        self._pending_samples = samples if samples is not None else len(payload)
+        self._last_send = now
+        self._marker = False
+        self._sendto(build_rtp(self.payload_type, marker, self._seq, ts, self.ssrc, payload))
+        self._seq = seq_add(self._seq, 1)
+
+    def relay_dtmf(self, event: DtmfEvent, new: bool) -> None:
+        """Forward one telephone-event packet (duration in this leg's 8 kHz clock).
+
+        ``new`` marks the first packet of a key press: it gets the marker bit and a fresh
+        event timestamp; updates and the end packets reuse that timestamp (RFC 4733 2.5).
+        """
+        if self.telephone_event_pt is None:
+            self.dropped += 1
+            return
+        if new or self._dtmf_out_ts is None:
+            if self._last_send is not None:
+                self._ts = ts_add(self._ts, self._pending_samples)
+                self._pending_samples = 0
+            self._dtmf_out_ts = self._ts
+            self._dtmf_active = True
+            marker = True
+        else:
+            marker = False
+        payload = encode_event(event.event, end=event.end, volume=event.volume, duration=event.duration)
+        self._sendto(build_rtp(self.telephone_event_pt, marker, self._seq, self._dtmf_out_ts, self.ssrc, payload))
+        self._seq = seq_add(self._seq, 1)
+        if event.end and self._dtmf_active:
+            # audio resumes after the event (the end retransmits keep the event timestamp)
+            self._dtmf_active = False
+            self._ts = ts_add(self._dtmf_out_ts, event.duration)
+            self._pending_samples = 0
+            self._last_send = time.monotonic()
+            self._marker = True
+            self._ts_offset = None  # our clock moved on its own: rebase on the next audio
+
+    def send_dtmf(self, digit: str, duration_ms: int = 100) -> None:
+        """Generate one RFC 4733 key press (updates every ptime, end packet sent 3 times)."""
+        event = digit_to_event(digit)
+        task = asyncio.get_running_loop().create_task(self._dtmf_press(event, duration_ms))
+        self._dtmf_tasks.add(task)
+        task.add_done_callback(self._dtmf_tasks.discard)
+
+    async def _dtmf_press(self, event: int, duration_ms: int) -> None:
+        step = self.clock_rate * self.ptime // 1000
+        total = max(step, self.clock_rate * duration_ms // 1000)
+        duration = step
+        first = True
+        while duration < total:
+            self.relay_dtmf(DtmfEvent(event, False, DTMF_VOLUME, duration), first)
+            first = False
+            await asyncio.sleep(self.ptime / 1000)
+            duration += step
+        for _ in range(3):
+            self.relay_dtmf(DtmfEvent(event, True, DTMF_VOLUME, total), first)
+            first = False
+
+    # -- teardown -----------------------------------------------------------------------------
+    async def close(self) -> None:
+        for task in list(self._dtmf_tasks):
+            task.cancel()
+        if self._dtmf_tasks:
+            await asyncio.gather(*self._dtmf_tasks, return_exceptions=True)
+        if self.transport is not None:
+            # the socket is only closed on a later loop iteration: wait so the port is really free
+            self.transport.close()
+            await self._lost.wait()
+
+    @property
+    def jitter(self) -> JitterBuffer:
+        return self._jitter
