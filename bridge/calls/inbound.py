@@ -22,7 +22,7 @@ from ..call.actions import (
 )
 from ..call.candidates import CandidateBuffer
 from ..call.inbound import InboundCall
-from ..logs import call_logger
+from ..logs import CallLogger
 from ..media.call_media import CallMedia
 from ..sip.dialog import Dialog
 from ..sip.ua import ServerInvite
@@ -34,7 +34,7 @@ class InboundSession(CallSession):
     def __init__(
         self, *, server_invite: ServerInvite, callee: str, caller_number: str | None, caller_name: str | None,
         media: CallMedia, matrix: MatrixPort, call_log: CallLogPort, lifetime_ms: int, ring_timeout_s: float,
-        on_finished: Callable[[CallSession], None],
+        on_finished: Callable[[CallSession], None], log: CallLogger,
     ) -> None:
         self.sip = server_invite
         self.callee = callee
@@ -55,7 +55,8 @@ class InboundSession(CallSession):
         self.answers: dict[str, str] = {}  # party_id -> answer SDP, as they arrive
         self.candidates = CandidateBuffer(max_calls=4)
         self._media_ok = False
-        self.clog = call_logger("bridge.calls.inbound", self.call_id, server_invite.call_id)
+        self.clog = log  # shared with the media plane: both sides of one call log the same IDs
+        self.clog.set_ids(call_id=self.call_id, sip_call_id=server_invite.call_id)
         super().__init__(self.clog, on_finished)
 
     @property

@@ -19,6 +19,7 @@ from ..call.candidates import CandidateBuffer
 from ..call.dialplan import check_dial
 from ..call.policy import RateLimiter, Route, TrustedSources, route_number
 from ..config import DialplanConfig
+from ..logs import CallLogger, call_logger
 from ..media.call_media import CallMedia
 from ..media.ports import PortAllocator
 from ..media.settings import MediaSettings
@@ -112,10 +113,8 @@ class CallManager:
     def sessions(self) -> list[CallSession]:
         return [*self.outbound.values(), *self.inbound.values()]
 
-    def _new_media(self, call_id: str) -> CallMedia:
-        from ..logs import call_logger
-
-        return CallMedia(self.settings.media, self.ports, log=call_logger("bridge.media", call_id))
+    def _new_media(self, log: CallLogger) -> CallMedia:
+        return CallMedia(self.settings.media, self.ports, log=log)
 
     def _finished(self, session: CallSession) -> None:
         if isinstance(session, OutboundSession):
@@ -207,9 +206,10 @@ class CallManager:
             await refuse(f"Cannot call {self.matrix.format_number(number)}: {problem}")
             return
         buffered, _ = self.candidates.take(invite.call_id, invite.party_id)
+        clog = call_logger("bridge.calls.outbound", invite.call_id)
         session = OutboundSession(
             invite=invite, sender=sender, portal=portal, number=number, ua=self._ua(), trunk=self.settings.trunk,
-            media=self._new_media(invite.call_id), matrix=self.matrix, call_log=self.call_log,
+            media=self._new_media(clog), log=clog, matrix=self.matrix, call_log=self.call_log,
             failure_notices=self.settings.failure_notices, on_finished=self._finished,
         )
         self.outbound[invite.call_id] = session
@@ -254,9 +254,10 @@ class CallManager:
             await inv.respond(404, "Not Found")
             return
         callee = users[0]  # ringing several users at once is not supported yet; the first route target rings
+        clog = call_logger("bridge.calls.inbound", "-", inv.call_id)
         session = InboundSession(
             server_invite=inv, callee=callee, caller_number=caller_number, caller_name=caller_name,
-            media=self._new_media(inv.call_id), matrix=self.matrix, call_log=self.call_log,
+            media=self._new_media(clog), log=clog, matrix=self.matrix, call_log=self.call_log,
             lifetime_ms=self.settings.inbound.lifetime_ms, ring_timeout_s=self.settings.inbound.ring_timeout_s,
             on_finished=self._finished,
         )

@@ -18,7 +18,7 @@ from ..call.actions import (
     StartMedia,
 )
 from ..call.outbound import OutboundCall
-from ..logs import call_logger
+from ..logs import CallLogger
 from ..media.call_media import CallMedia
 from ..sip.dialog import Dialog
 from ..sip.digest import Credentials
@@ -47,7 +47,7 @@ class OutboundSession(CallSession):
     def __init__(
         self, *, invite: ev.Invite, sender: str, portal: PortalInfo, number: str, ua: UserAgent, trunk: TrunkTarget,
         media: CallMedia, matrix: MatrixPort, call_log: CallLogPort, failure_notices: bool,
-        on_finished: Callable[[CallSession], None],
+        on_finished: Callable[[CallSession], None], log: CallLogger,
     ) -> None:
         self.invite = invite
         self.sender = sender
@@ -68,7 +68,7 @@ class OutboundSession(CallSession):
         self.webrtc_ready: asyncio.Task[None] | None = None
         self.media_seen = False
         self._answered_ok = False
-        self.clog = call_logger("bridge.calls.outbound", invite.call_id)
+        self.clog = log  # shared with the media plane: both sides of one call log the same IDs
         super().__init__(self.clog, on_finished)
 
     @property

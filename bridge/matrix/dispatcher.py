@@ -82,9 +82,6 @@ class EventDispatcher:
         if portal is None:
             log.debug("ignoring %s %s: %s is not a portal room", evt["type"], evt.get("event_id"), room_id)
             return
-        if evt["type"] == "m.call.invite" and not self.permissions.can_use(sender):
-            log.info("ignoring call invite %s from %s: not permitted", evt.get("event_id"), sender)
-            return
         ts = evt.get("origin_server_ts")
         await self.handler.on_call_event(CallEvent(
             room_id=room_id,

@@ -126,6 +126,24 @@ async def e2e(e2e_env: tuple[StackPlan, SynapseServer], tmp_path: Path) -> Async
             plan.sink.start()
 
 
+def bridge_call_tasks() -> list[asyncio.Task[Any]]:
+    """Live tasks running code of the bridge's call driver or media plane (none may outlive a call)."""
+    out = []
+    for task in asyncio.all_tasks():
+        code = getattr(task.get_coro(), "cr_code", None)
+        filename = code.co_filename if code is not None else ""
+        if "/bridge/calls/" in filename or "/bridge/media/" in filename:
+            out.append(task)
+    return out
+
+
+async def assert_released(bridge: Bridge) -> None:
+    """No call session, RTP port, or call/media task is left once the calls are over."""
+    await eventually(lambda: not bridge.calls.sessions(), 15, "call sessions to finish")
+    assert bridge.calls.ports.in_use == frozenset()
+    await eventually(lambda: not bridge_call_tasks(), 5, f"call tasks to end: {bridge_call_tasks()}")
+
+
 async def eventually(cond: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not cond():

@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from bridge.app import Bridge
-from tests.e2e.conftest import E2E, SCENARIOS, eventually
+from tests.e2e.conftest import E2E, SCENARIOS, assert_released, eventually
 from tests.harness.matrix_client import IncomingCall, MatrixTestClient
 from tests.harness.rtp_peer import RtpPeer
 from tests.harness.sipp import SippProcess
@@ -63,11 +62,6 @@ async def alice_client(e2e: E2E, device_id: str | None = None) -> MatrixTestClie
     client = await e2e.client("alice", device_id=device_id)
     await client.start_sync(auto_join=True)
     return client
-
-
-async def assert_released(bridge: Bridge) -> None:
-    await eventually(lambda: not bridge.calls.sessions(), 15, "call sessions to finish")
-    assert bridge.calls.ports.in_use == frozenset()
 
 
 async def test_phone_call_rings_element_with_audio_both_ways_and_caller_bye_ends_it(

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from bridge.app import Bridge
-from tests.e2e.conftest import E2E, GHOST, NUMBER, SCENARIOS, eventually
+from tests.e2e.conftest import E2E, GHOST, NUMBER, SCENARIOS, assert_released, eventually
 from tests.harness.matrix_client import MatrixTestClient
 from tests.harness.rtp_peer import RtpPeer
 from tests.harness.sipp import SippProcess
@@ -46,12 +46,6 @@ async def portal_room(alice: MatrixTestClient, ghost: str = GHOST) -> str:
     room = await alice.create_dm(ghost)
     await alice.wait_for_membership(room, ghost, "join", timeout=30)
     return room
-
-
-async def assert_released(bridge: Bridge) -> None:
-    """No call session, no RTP port, no call task left once the call is over."""
-    await eventually(lambda: not bridge.calls.sessions(), 15, "call sessions to finish")
-    assert bridge.calls.ports.in_use == frozenset()
 
 
 async def call_log_row(bridge: Bridge, call_id: str) -> Any:
