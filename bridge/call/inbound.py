@@ -89,6 +89,16 @@ class InboundCall:
             return self._finish(f"matrix_{reason}", SendSipResponse(status, phrase))
         return []
 
+    def answered_elsewhere(self) -> list[Action]:
+        """Another Matrix user rung for the same SIP call answered first: stop ringing this one.
+
+        Also valid once this branch's own answer was accepted, when the other user won the race to the SIP 200.
+        """
+        if self.ended:
+            return []
+        extra = [self._hangup("user_hangup")] if self.invite_sent else []
+        return self._finish("answered_elsewhere", *extra)
+
     def user_left(self) -> list[Action]:
         if self.ended:
             return []

@@ -80,3 +80,17 @@ def matrix_hangup_before_answer_to_sip(reason: str | None) -> tuple[int, str]:
 def media_failure_reason(media_seen: bool) -> str:
     """ice_timeout if media had flowed before the failure, else ice_failed (spec: m.call.hangup)."""
     return "ice_timeout" if media_seen else "ice_failed"
+
+
+def aggregate_fork_finals(statuses: list[int]) -> tuple[int, str]:
+    """The one SIP final for an INVITE that rang several Matrix users and none answered.
+
+    Any decline wins (someone chose not to take it), then busy, else nobody answered.
+    """
+    if 603 in statuses:
+        return SIP_FOR_MATRIX_REJECT
+    if 486 in statuses:
+        return 486, "Busy Here"
+    if statuses and all(s >= 500 for s in statuses):
+        return 500, "Server Internal Error"
+    return SIP_FOR_NO_ANSWER

@@ -22,6 +22,7 @@ from ..call.actions import (
 )
 from ..call.candidates import CandidateBuffer
 from ..call.inbound import InboundCall
+from ..call.reasons import aggregate_fork_finals
 from ..logs import CallLogger
 from ..media.call_media import CallMedia
 from ..sip.dialog import Dialog
@@ -30,13 +31,50 @@ from .ports import CallLogPort, MatrixPort, PortalInfo
 from .session import CallSession, new_call_id, new_party_id
 
 
+class InboundFork:
+    """One inbound INVITE ringing one or more Matrix users (one branch each).
+
+    The SIP caller sees one 180, then either the 200 of the first branch whose user answered (the other
+    branches are told to stop ringing) or, once every branch has failed, one aggregated final response.
+    """
+
+    def __init__(self, sip: ServerInvite) -> None:
+        self.sip = sip
+        self.branches: list[InboundSession] = []
+        self.winner: InboundSession | None = None
+        self._ringing_sent = False
+        self._finals: dict[int, int] = {}  # id(branch) -> its final status
+
+    async def respond(self, branch: InboundSession, status: int, reason: str) -> Dialog | None:
+        if status < 200:
+            if not self._ringing_sent and self.winner is None:
+                self._ringing_sent = True
+                await self.sip.respond(status, reason)
+            return None
+        if status < 300:
+            if self.winner is not None or self.sip.cancelled.is_set():
+                return None
+            self.winner = branch
+            for other in self.branches:
+                if other is not branch:
+                    other.post(other.machine.answered_elsewhere)
+            return await self.sip.respond(status, reason, body=branch.local_sip_sdp,
+                                          headers=[("Content-Type", "application/sdp")])
+        self._finals[id(branch)] = status
+        if self.winner is None and len(self._finals) == len(self.branches):
+            final, phrase = aggregate_fork_finals(list(self._finals.values()))
+            await self.sip.respond(final, phrase)
+        return None
+
+
 class InboundSession(CallSession):
     def __init__(
         self, *, server_invite: ServerInvite, callee: str, caller_number: str | None, caller_name: str | None,
         media: CallMedia, matrix: MatrixPort, call_log: CallLogPort, lifetime_ms: int, ring_timeout_s: float,
-        on_finished: Callable[[CallSession], None], log: CallLogger,
+        on_finished: Callable[[CallSession], None], log: CallLogger, fork: InboundFork,
     ) -> None:
         self.sip = server_invite
+        self.fork = fork
         self.callee = callee
         self.caller_number = caller_number
         self.caller_name = caller_name
@@ -55,6 +93,7 @@ class InboundSession(CallSession):
         self.answers: dict[str, str] = {}  # party_id -> answer SDP, as they arrive
         self.candidates = CandidateBuffer(max_calls=4)
         self._media_ok = False
+        self.local_sip_sdp = b""
         self.clog = log  # shared with the media plane: both sides of one call log the same IDs
         self.clog.set_ids(call_id=self.call_id, sip_call_id=server_invite.call_id)
         super().__init__(self.clog, on_finished)
@@ -67,21 +106,23 @@ class InboundSession(CallSession):
     def room_id(self) -> str | None:
         return self.portal.room_id if self.portal else None
 
-    async def begin(self) -> bytes | None:
-        """Prepare media (answer to the SIP offer, or our offer for an offerless INVITE).
+    async def prepare(self) -> None:
+        """Prepare media: our answer to the SIP offer, or our offer for an offerless INVITE.
 
-        Raises SdpError for an SDP we cannot accept (the caller answers 488); otherwise starts ringing.
+        Raises SdpError for an SDP we cannot accept (the caller answers 488).
         """
         await self.media.open_rtp()
         if self.offerless:
             self.local_sip_sdp = self.media.sip_offer_for_offerless()
         else:
             self.local_sip_sdp = self.media.answer_sip_offer(self.sip.request.body)
+
+    def ring(self) -> None:
+        """Start the call: find or create the portal, wait for the user, then send the Matrix invite."""
         self.start_worker()
         self.spawn(self._ring(), "inbound-ring")
         self.spawn(self._watch_cancel(), "sip-cancel-watch")
         self.media.on_failure = lambda reason: self.post(lambda: self.machine.media_failed(media_seen=self._media_ok))
-        return self.local_sip_sdp
 
     async def _ring(self) -> None:
         self.portal = await self.matrix.portal_for_inbound(self.callee, self.caller_number, self.caller_name)
@@ -168,15 +209,14 @@ class InboundSession(CallSession):
         if status == 200:
             if not self._media_ok:
                 return  # media_failed is queued and will answer SIP
-            self.dialog = await self.sip.respond(200, reason, body=self.local_sip_sdp,
-                                                 headers=[("Content-Type", "application/sdp")])
+            self.dialog = await self.fork.respond(self, 200, reason)
             if self.dialog is not None:
                 self.dialog.on_terminated = self._dialog_terminated
             await self.call_log.call_answered(self.call_id)
             if self.offerless:
                 self.spawn(self._take_ack_answer(), "sip-ack-answer")
         else:
-            await self.sip.respond(status, reason)
+            await self.fork.respond(self, status, reason)
 
     async def _take_ack_answer(self) -> None:
         ack = await self.sip.wait_ack(timeout=40)

@@ -28,7 +28,7 @@ from ..sip.message import NameAddr, SipParseError
 from ..sip.sdp import SdpError
 from ..sip.ua import ServerInvite, UserAgent
 from ..sip.uri import SipUri
-from .inbound import InboundSession
+from .inbound import InboundFork, InboundSession
 from .outbound import OutboundSession, TrunkTarget
 from .ports import CallLogPort, MatrixPort
 from .session import CallSession
@@ -253,27 +253,36 @@ class CallManager:
             log.info("INVITE %s from %s for %s: no route -> 404", inv.call_id, host, dialled)
             await inv.respond(404, "Not Found")
             return
-        callee = users[0]  # ringing several users at once is not supported yet; the first route target rings
-        clog = call_logger("bridge.calls.inbound", "-", inv.call_id)
-        session = InboundSession(
-            server_invite=inv, callee=callee, caller_number=caller_number, caller_name=caller_name,
-            media=self._new_media(clog), log=clog, matrix=self.matrix, call_log=self.call_log,
-            lifetime_ms=self.settings.inbound.lifetime_ms, ring_timeout_s=self.settings.inbound.ring_timeout_s,
-            on_finished=self._finished,
-        )
+        fork = InboundFork(inv)
         try:
-            await session.begin()
+            for callee in dict.fromkeys(users):  # each routed user rings in their own portal room
+                clog = call_logger("bridge.calls.inbound", "-", inv.call_id)
+                session = InboundSession(
+                    server_invite=inv, callee=callee, caller_number=caller_number, caller_name=caller_name,
+                    media=self._new_media(clog), matrix=self.matrix, call_log=self.call_log,
+                    lifetime_ms=self.settings.inbound.lifetime_ms, ring_timeout_s=self.settings.inbound.ring_timeout_s,
+                    on_finished=self._finished, log=clog, fork=fork,
+                )
+                fork.branches.append(session)
+                await session.prepare()
         except SdpError as exc:
             log.info("INVITE %s from %s: unacceptable SDP (%s) -> 488", inv.call_id, host, exc)
-            await session.abort()
+            await self._abort_fork(fork)
             await inv.respond(488, "Not Acceptable Here")
             return
         except Exception:
             log.exception("INVITE %s: could not start the call", inv.call_id)
-            await session.abort()
+            await self._abort_fork(fork)
             await inv.respond(500, "Server Internal Error")
             return
-        self.inbound[session.call_id] = session
+        for session in fork.branches:
+            self.inbound[session.call_id] = session
+            session.ring()
+
+    @staticmethod
+    async def _abort_fork(fork: InboundFork) -> None:
+        for session in fork.branches:
+            await session.abort()
 
     async def _authorised(self, inv: ServerInvite) -> bool:
         host = inv.source.addr[0]

@@ -294,3 +294,58 @@ async def test_withheld_caller_id_rings_as_unknown_caller(e2e: E2E) -> None:
         assert await sipp.wait() == 0, sipp.report()
     finally:
         await sipp.aclose()
+
+
+async def test_number_routed_to_two_users_rings_both_and_one_answer_wins(e2e: E2E, rtp_peer: RtpPeer) -> None:
+    carol_id = "@carol:bridge.test"
+
+    def two_users(data: dict[str, Any]) -> None:
+        data["sip"]["inbound"]["routes"] = [{"number": DIALLED, "users": [ALICE, carol_id]}]
+
+    bridge = await e2e.bridge(two_users)
+    alice = await alice_client(e2e)
+    carol = await e2e.client("carol")
+    await carol.start_sync(auto_join=True)
+    rtp_peer.start_sending(seconds=60)
+    sipp = await phone(e2e, "caller_wait_bye.xml", "-key", "rtp_port", str(rtp_peer.port))
+    try:
+        alice_call = await alice.wait_incoming_call(timeout=40)
+        carol_call = await carol.wait_incoming_call(timeout=40)
+        assert alice_call.room_id != carol_call.room_id  # each user rings in their own portal
+        await alice_call.reject()  # one user declining does not end the call for the other
+        await asyncio.sleep(1)
+        assert "SIP/2.0 603" not in sipp.messages
+        await carol_call.answer()
+        await carol_call.wait_select_answer(timeout=15)
+        await carol_call.wait_for_tone(1000.0, timeout=30, min_frames=50)
+        await eventually(lambda: rtp_peer.received >= 50, 20, "RTP packets at the phone")
+        await carol_call.hangup()
+        assert await sipp.wait() == 0, sipp.report()
+        assert sipp.messages.count("SIP/2.0 200 OK") >= 1 and "SIP/2.0 603" not in sipp.messages
+        await assert_released(bridge)
+    finally:
+        await sipp.aclose()
+
+
+async def test_number_routed_to_two_users_stops_the_other_ringing_when_one_answers(e2e: E2E) -> None:
+    carol_id = "@carol:bridge.test"
+
+    def two_users(data: dict[str, Any]) -> None:
+        data["sip"]["inbound"]["routes"] = [{"number": DIALLED, "users": [ALICE, carol_id]}]
+
+    bridge = await e2e.bridge(two_users)
+    alice = await alice_client(e2e)
+    carol = await e2e.client("carol")
+    await carol.start_sync(auto_join=True)
+    sipp = await phone(e2e, "caller_wait_bye.xml", "-key", "rtp_port", "40000")
+    try:
+        alice_call = await alice.wait_incoming_call(timeout=40)
+        carol_call = await carol.wait_incoming_call(timeout=40)
+        await carol_call.answer()
+        hangup = await alice_call.wait_hangup(timeout=15)  # alice's device stops ringing
+        assert hangup["content"]["call_id"] == alice_call.call_id
+        await carol_call.hangup()
+        assert await sipp.wait() == 0, sipp.report()
+        await assert_released(bridge)
+    finally:
+        await sipp.aclose()

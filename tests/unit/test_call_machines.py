@@ -175,3 +175,13 @@ def test_inbound_media_failure_is_bye_and_ice_failed() -> None:
     call.matrix_answer(ALICE, "DEV1")
     actions = call.media_failed(media_seen=False)
     assert kinds(actions) == [SendSipBye, SendMatrixEnding, Finish]
+
+
+def test_inbound_answered_elsewhere_hangs_up_a_ringing_branch_without_sip_action() -> None:
+    call = ringing_call()
+    assert kinds(call.answered_elsewhere()) == [SendMatrixEnding, Finish]
+    waiting = InboundCall(callee=ALICE)
+    assert kinds(waiting.answered_elsewhere()) == [Finish]
+    lost_race = ringing_call()
+    lost_race.matrix_answer(ALICE, "D")  # answered too, but the other user's 200 went out first
+    assert kinds(lost_race.answered_elsewhere()) == [SendMatrixEnding, Finish]

@@ -61,3 +61,12 @@ def test_matrix_hangup_before_answer_maps_busy_to_486_else_480() -> None:
 def test_media_failure_reason_depends_on_whether_media_flowed() -> None:
     assert media_failure_reason(False) == "ice_failed"
     assert media_failure_reason(True) == "ice_timeout"
+
+
+def test_fork_finals_prefer_decline_then_busy_then_no_answer() -> None:
+    from bridge.call.reasons import aggregate_fork_finals
+
+    assert aggregate_fork_finals([480, 603]) == (603, "Decline")
+    assert aggregate_fork_finals([480, 486]) == (486, "Busy Here")
+    assert aggregate_fork_finals([480, 480]) == (480, "Temporarily Unavailable")
+    assert aggregate_fork_finals([500, 503])[0] == 500
