@@ -203,3 +203,45 @@ async def test_user_without_permission_is_refused_and_no_sip_is_sent(e2e: E2E) -
     # The ghost refuses a non-permitted user's invite with a reason, so no portal exists and no call goes out.
     await bob.wait_for_membership(room, GHOST, "leave", timeout=30)
     assert bridge.ua.dialogs == [] and not bridge.calls.sessions()
+
+
+async def test_dtmf_from_element_reaches_the_phone_as_rfc4733_events(e2e: E2E, rtp_peer: RtpPeer) -> None:
+    await e2e.bridge()
+    rtp_peer.start_sending(seconds=60)
+    sipp = await trunk(e2e, "trunk_answer.xml", "-key", "rtp_port", str(rtp_peer.port))
+    try:
+        alice = await e2e.client("alice")
+        room = await portal_room(alice)
+        call = await alice.place_call(room, GHOST, dtmf=True)
+        answer = await call.wait_answer(timeout=30)
+        assert answer["content"]["capabilities"]["m.call.dtmf"] is True  # Element shows its dial pad
+        await call.wait_for_frames(25, timeout=20)
+        await call.send_dtmf("1#")
+        # RFC 4733 on the SIP leg with the trunk's payload type 101: event 1 then event 11 ('#').
+        await eventually(lambda: [e for i, e in enumerate(rtp_peer.dtmf_events)
+                                  if i == 0 or rtp_peer.dtmf_events[i - 1] != e] == [1, 11], 20, "DTMF 1#")
+        await call.hangup()
+        assert await sipp.wait() == 0, sipp.report()
+    finally:
+        await sipp.aclose()
+
+
+async def test_opus_only_matrix_caller_is_transcoded_to_pcmu_both_ways(e2e: E2E, rtp_peer: RtpPeer) -> None:
+    bridge = await e2e.bridge()
+    rtp_peer.start_sending(seconds=60)
+    sipp = await trunk(e2e, "trunk_answer.xml", "-key", "rtp_port", str(rtp_peer.port))
+    try:
+        alice = await e2e.client("alice")
+        room = await portal_room(alice)
+        call = await alice.place_call(room, GHOST, codecs=["opus"])
+        answer = await call.wait_answer(timeout=30)
+        assert "opus/48000" in answer["content"]["answer"]["sdp"]
+        stats = bridge.calls.outbound[call.call_id].media.stats()
+        assert not stats.passthrough and stats.codec_sip == "PCMU"
+        await call.wait_for_tone(1000.0, timeout=30, min_frames=50)
+        await eventually(lambda: rtp_peer.received_payload_types.get(0, 0) >= 50, 20, "PCMU at the trunk")
+        await call.hangup()
+        assert await sipp.wait() == 0, sipp.report()
+        await assert_released(bridge)
+    finally:
+        await sipp.aclose()
