@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Idempotent setup on a fresh Debian 12 machine (as root, or with sudo):
+#   - apt: sip-tester (sipp) and kamailio for the SIP end-to-end tests, python3-venv if venv is missing;
+#   - .venv with Python 3.11/3.12 and `pip install -e '.[test,postgres]'`.
+# Audio codecs need no system packages: the av (PyAV) wheels bundle FFmpeg with libopus/libvpx, and the
+# pylibsrtp/cryptography wheels bundle libsrtp/OpenSSL.
+# Works from any cwd. Env: PYTHON=/path/to/python3.11 to pick the interpreter.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+REPO_ROOT=$(pwd)
+say() { printf '[setup] %s\n' "$*"; }
+
+if [ "$(id -u)" -eq 0 ]; then
+    SUDO=()
+elif command -v sudo >/dev/null 2>&1; then
+    SUDO=(sudo -n)
+else
+    SUDO=(false)  # apt steps will fail with a clear message below
+fi
+
+pick_python() {
+    local candidate
+    for candidate in "${PYTHON:-}" python3.11 python3.12 python3; do
+        [ -n "$candidate" ] || continue
+        command -v "$candidate" >/dev/null 2>&1 || continue
+        if "$candidate" -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] < (3, 13) else 1)'; then
+            command -v "$candidate"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# --- system packages ---------------------------------------------------------------------------------------
+apt_missing=()
+command -v sipp >/dev/null 2>&1 || apt_missing+=(sip-tester)
+command -v kamailio >/dev/null 2>&1 || [ -x /usr/sbin/kamailio ] || apt_missing+=(kamailio)
+PY=$(pick_python || true)
+if [ -z "$PY" ]; then
+    apt_missing+=(python3 python3-venv)
+elif ! "$PY" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    apt_missing+=(python3-venv)
+fi
+
+if [ ${#apt_missing[@]} -gt 0 ]; then
+    say "installing with apt-get: ${apt_missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! "${SUDO[@]}" apt-get update -qq || \
+       ! "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" >/dev/null; then
+        say "ERROR: apt-get install ${apt_missing[*]} failed (need root or passwordless sudo)"
+        exit 1
+    fi
+    PY=$(pick_python || true)
+else
+    say "system packages present: sipp, kamailio, python venv"
+fi
+if [ -z "$PY" ]; then
+    say "ERROR: no Python 3.11 or 3.12 found (set PYTHON=/path/to/python3.11)"
+    exit 1
+fi
+
+# --- virtualenv --------------------------------------------------------------------------------------------
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] < (3, 13) else 1)'; then
+    say "creating .venv with $PY ($("$PY" --version 2>&1))"
+    rm -rf .venv
+    "$PY" -m venv .venv
+else
+    say ".venv exists ($(.venv/bin/python --version 2>&1))"
+fi
+
+# pip is quiet unless something fails; its log is kept for that case.
+PIP_LOG=$(mktemp)
+trap 'rm -f "$PIP_LOG"' EXIT
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
+say "installing the package with its test and postgres extras into .venv"
+if ! .venv/bin/python -m pip install -q -e '.[test,postgres]' >"$PIP_LOG" 2>&1; then
+    cat "$PIP_LOG"
+    say "ERROR: pip install failed"
+    exit 1
+fi
+grep -i -E "^(warning|error)" "$PIP_LOG" | grep -v "is ignored: it is neither a file nor a directory" || true
+say "done: $REPO_ROOT/.venv ready ($(.venv/bin/python -c 'import aiortc, synapse; print(f"aiortc {aiortc.__version__}, synapse {synapse.__version__}")' 2>/dev/null || echo 'imports not checked'))"
