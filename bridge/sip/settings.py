@@ -1,0 +1,38 @@
+"""Settings of the SIP user agent (listen addresses, timers, TLS)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+TRANSPORTS = ("udp", "tcp", "tls")
+
+
+@dataclass
+class ListenAddress:
+    transport: str  # "udp" | "tcp" | "tls"
+    host: str
+    port: int  # 0 = ephemeral (tests)
+
+    def __post_init__(self) -> None:
+        self.transport = self.transport.lower()
+        if self.transport not in TRANSPORTS:
+            raise ValueError(f"listen transport must be one of {TRANSPORTS}, got {self.transport!r}")
+
+
+@dataclass
+class SipSettings:
+    listen: list[ListenAddress] = field(default_factory=lambda: [ListenAddress("udp", "127.0.0.1", 5060)])
+    advertised_host: str | None = None  # public address for Via/Contact behind NAT
+    advertised_port: int | None = None
+    t1: float = 0.5
+    t2: float = 4.0
+    t4: float = 5.0
+    user_agent: str = "matrix-sip-bridge"
+    tls_certfile: str | None = None
+    tls_keyfile: str | None = None
+    tls_cafile: str | None = None
+    tls_verify: bool = True
+    max_message_size: int = 65535
+    trying_delay: float = 0.2  # INVITE server sends 100 if the application has not answered within this
+    connect_timeout: float = 10.0  # TCP/TLS connect
+    udp_receive_buffer: int = 4 * 1024 * 1024  # SO_RCVBUF for UDP listeners (kernel caps it at rmem_max)
