@@ -20,6 +20,7 @@ from .db.database import create_database
 from .logs import setup_logging
 from .matrix.connector import MatrixSide
 from .matrix.ghosts import UNKNOWN_NUMBER
+from .media.ice import restrict_host_addresses
 from .media.settings import IceServer, MediaSettings
 from .sip.digest import Credentials
 from .sip.registration import Registration
@@ -52,7 +53,7 @@ def trunk_target(config: Config) -> TrunkTarget:
     trunk = config.sip.trunk
     proxy = SipUri.parse(trunk.proxy)
     domain = trunk.domain or proxy.host
-    from_domain = trunk.from_domain or config.homeserver.domain
+    from_domain = trunk.from_domain or domain
     creds = None
     if trunk.auth_username and trunk.auth_password is not None:
         creds = Credentials(trunk.auth_username, trunk.auth_password)
@@ -192,6 +193,7 @@ class Bridge:
 async def run(config: Config) -> None:
     """Run until SIGINT/SIGTERM."""
     setup_logging(config.logging.level, config.logging.format)
+    restrict_host_addresses(config.media.ice_host_addresses)
     bridge = Bridge(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -173,6 +173,7 @@ class MediaConfig:
     port_end: int = 16484
     codecs: tuple[str, ...] = ("PCMU", "PCMA", "G722")
     ice_servers: tuple[IceServer, ...] = ()
+    ice_host_addresses: tuple[str, ...] = ()  # empty: every interface (aioice's default)
 
 
 @dataclass(frozen=True)
@@ -603,8 +604,9 @@ def _media(s: _Section) -> MediaConfig:
                                   "stun:stun.example.org:3478)")
         ice.append(IceServer(urls=urls, username=e.opt_string("username"), credential=e.opt_string("credential")))
         e.finish()
+    ice_hosts = tuple(s.string_list("ice_host_addresses", [], check=_check_ip))
     out = MediaConfig(rtp_host=rtp_host, advertised_ip=advertised_ip, port_start=start, port_end=end,
-                      codecs=codecs, ice_servers=tuple(ice))
+                      codecs=codecs, ice_servers=tuple(ice), ice_host_addresses=ice_hosts)
     s.finish()
     return out
 

@@ -27,6 +27,7 @@ from ..logs import CallLogger
 from ..media.call_media import CallMedia
 from ..sip.dialog import Dialog
 from ..sip.ua import ServerInvite
+from .in_dialog import answer_in_dialog
 from .ports import CallLogPort, MatrixPort, PortalInfo
 from .session import CallSession, new_call_id, new_party_id
 
@@ -212,6 +213,7 @@ class InboundSession(CallSession):
             self.dialog = await self.fork.respond(self, 200, reason)
             if self.dialog is not None:
                 self.dialog.on_terminated = self._dialog_terminated
+                self.dialog.on_request = lambda req: answer_in_dialog(self.media, req, self.clog)
             await self.call_log.call_answered(self.call_id)
             if self.offerless:
                 self.spawn(self._take_ack_answer(), "sip-ack-answer")

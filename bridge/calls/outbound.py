@@ -25,6 +25,7 @@ from ..sip.digest import Credentials
 from ..sip.errors import SipTimeout, SipTransportError
 from ..sip.message import Response
 from ..sip.ua import ClientInvite, UserAgent
+from .in_dialog import answer_in_dialog
 from .ports import CallLogPort, MatrixPort, PortalInfo
 from .session import CallSession, new_party_id
 
@@ -120,6 +121,7 @@ class OutboundSession(CallSession):
             self.dialog = invite.dialog
             if self.dialog is not None:
                 self.dialog.on_terminated = self._dialog_terminated
+                self.dialog.on_request = lambda req: answer_in_dialog(self.media, req, self.clog)
             self.post(self.machine.sip_answered)
         else:
             self.post(lambda: self.machine.sip_failed(resp.status, resp.reason))

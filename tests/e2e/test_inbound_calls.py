@@ -349,3 +349,25 @@ async def test_number_routed_to_two_users_stops_the_other_ringing_when_one_answe
         await assert_released(bridge)
     finally:
         await sipp.aclose()
+
+
+async def test_phone_putting_call_on_hold_gets_recvonly_answer_and_rtp_stops(e2e: E2E, rtp_peer: RtpPeer) -> None:
+    bridge = await e2e.bridge(routes())
+    alice = await alice_client(e2e)
+    rtp_peer.start_sending(seconds=60)
+    sipp = await phone(e2e, "caller_hold.xml", "-key", "rtp_port", str(rtp_peer.port), "-d", "3000")
+    try:
+        call = await alice.wait_incoming_call(timeout=40)
+        await call.answer()
+        await eventually(lambda: rtp_peer.received >= 25, 20, "RTP before hold")
+        # The scenario fails unless the hold re-INVITE is answered 200 with a=recvonly; then we send nothing.
+        await eventually(lambda: "hold answered with a=recvonly" in sipp.logs, 20, "hold re-INVITE answered")
+        await asyncio.sleep(0.5)
+        held_at = rtp_peer.received
+        await asyncio.sleep(1.5)
+        assert rtp_peer.received - held_at <= 2, "RTP kept flowing to a phone that put us on hold"
+        await call.wait_hangup(timeout=30)
+        assert await sipp.wait() == 0, sipp.report()
+        await assert_released(bridge)
+    finally:
+        await sipp.aclose()

@@ -221,3 +221,14 @@ def test_user_namespace_regex_covers_ghosts_but_not_the_bot() -> None:
     assert rx.fullmatch("@sip_unknown:example.org")
     assert not rx.fullmatch("@sipbot:example.org")
     assert not rx.fullmatch("@sip_1:example.org.evil")
+
+
+def test_media_ice_host_addresses_are_validated_ips() -> None:
+    from bridge.config import ConfigError, parse_config
+
+    ok = parse_config({"homeserver": {"domain": "example.org"}, "media": {"ice_host_addresses": ["127.0.0.1", "::1"]}})
+    assert ok.media.ice_host_addresses == ("127.0.0.1", "::1")
+    import pytest
+
+    with pytest.raises(ConfigError, match=r"media\.ice_host_addresses"):
+        parse_config({"homeserver": {"domain": "example.org"}, "media": {"ice_host_addresses": ["eth0"]}})

@@ -1,0 +1,47 @@
+"""Requests from the phone inside an established dialog: re-INVITE / UPDATE (hold, codec change), INFO, OPTIONS.
+
+BYE never gets here for handling: the SIP core answers it and reports the end through on_terminated.
+"""
+
+from __future__ import annotations
+
+from ..logs import CallLogger
+from ..media.call_media import CallMedia
+from ..sip.sdp import SdpError
+from ..sip.server import ServerInvite, ServerRequest
+
+SDP = [("Content-Type", "application/sdp")]
+
+
+async def answer_in_dialog(media: CallMedia, req: ServerRequest | ServerInvite, log: CallLogger) -> None:
+    method = req.request.method
+    if method == "BYE":
+        return
+    if method in ("INVITE", "UPDATE"):
+        body = req.request.body
+        if not body:
+            if isinstance(req, ServerInvite):
+                # Offerless re-INVITE: we offer in the 200, the answer comes in the ACK (RFC 3261 14.2).
+                await req.respond(200, body=media.sip_offer(), headers=SDP)
+                ack = await req.wait_ack(timeout=32)
+                if ack is not None and ack.body:
+                    try:
+                        media.apply_sip_answer(ack.body)
+                    except SdpError as exc:
+                        log.warning("re-INVITE: unusable SDP answer in the ACK: %s", exc)
+            else:
+                await req.respond(200)
+            return
+        try:
+            answer = media.answer_sip_offer(body)
+        except SdpError as exc:
+            log.info("%s with unacceptable SDP (%s) -> 488", method, exc)
+            await req.respond(488, "Not Acceptable Here")
+            return
+        log.info("%s from the phone answered (hold/codec change applied)", method)
+        await req.respond(200, body=answer, headers=SDP)
+        return
+    if method in ("INFO", "OPTIONS"):
+        await req.respond(200)
+        return
+    await req.respond(501, "Not Implemented")
