@@ -13,8 +13,9 @@ from bridge.sip.digest import Credentials
 from bridge.sip.errors import SipTimeout, SipTransportError
 from bridge.sip.ids import new_branch
 from bridge.sip.logs import call_log
-from bridge.sip.message import Headers, NameAddr, Request, Response
+from bridge.sip.message import Headers, Request, Response
 from bridge.sip.transport import Address
+from bridge.sip.uri import SipUri
 
 if TYPE_CHECKING:
     from bridge.sip.ua import UserAgent
@@ -150,11 +151,13 @@ class ClientInvite:
 
     def _dialog_from(self, resp: Response, *, state: str) -> Dialog:
         """12.1.2: route set = reversed Record-Route, remote target = Contact, local CSeq = the INVITE's."""
-        contact = resp.headers.get("Contact")
+        # The Request-URI is a bare URI: its ;params belong to the URI (a name-addr parse would take them as
+        # header parameters and drop e.g. ;transport=tcp from the target).
         try:
-            target = NameAddr.parse(contact).uri if contact else NameAddr.parse(self.request.uri).uri
+            contact = resp.contact
         except ValueError:
-            target = NameAddr.parse(self.request.uri).uri
+            contact = None
+        target = contact.uri if contact is not None else SipUri.parse(self.request.uri)
         connection = self._tx.connection if self._tx is not None else None
         return Dialog(
             self._ua, call_id=self.call_id, local_tag=self.local_tag, remote_tag=resp.to.tag or "",
