@@ -174,6 +174,7 @@ class MediaConfig:
     codecs: tuple[str, ...] = ("PCMU", "PCMA", "G722")
     ice_servers: tuple[IceServer, ...] = ()
     ice_host_addresses: tuple[str, ...] = ()  # empty: every interface (aioice's default)
+    ice_timeout_s: float = 30.0  # a WebRTC leg not connected this long after negotiation has failed
 
 
 @dataclass(frozen=True)
@@ -605,8 +606,10 @@ def _media(s: _Section) -> MediaConfig:
         ice.append(IceServer(urls=urls, username=e.opt_string("username"), credential=e.opt_string("credential")))
         e.finish()
     ice_hosts = tuple(s.string_list("ice_host_addresses", [], check=_check_ip))
+    ice_timeout = s.number("ice_timeout_s", 30.0, lo=1)
     out = MediaConfig(rtp_host=rtp_host, advertised_ip=advertised_ip, port_start=start, port_end=end,
-                      codecs=codecs, ice_servers=tuple(ice), ice_host_addresses=ice_hosts)
+                      codecs=codecs, ice_servers=tuple(ice), ice_host_addresses=ice_hosts,
+                      ice_timeout_s=ice_timeout)
     s.finish()
     return out
 

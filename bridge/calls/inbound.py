@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 from ..call import events as ev
 from ..call.actions import (
@@ -94,6 +95,7 @@ class InboundSession(CallSession):
         self.answers: dict[str, str] = {}  # party_id -> answer SDP, as they arrive
         self.candidates = CandidateBuffer(max_calls=4)
         self._media_ok = False
+        self._select_sent: asyncio.Task[str] | None = None
         self.local_sip_sdp = b""
         self.clog = log  # shared with the media plane: both sides of one call log the same IDs
         self.clog.set_ids(call_id=self.call_id, sip_call_id=server_invite.call_id)
@@ -123,7 +125,8 @@ class InboundSession(CallSession):
         self.start_worker()
         self.spawn(self._ring(), "inbound-ring")
         self.spawn(self._watch_cancel(), "sip-cancel-watch")
-        self.media.on_failure = lambda reason: self.post(lambda: self.machine.media_failed(media_seen=self._media_ok))
+        self.media.on_failure = lambda reason: self.post(
+            lambda: self.machine.media_failed(media_seen=self.media.stats().webrtc_frames_in > 0))
 
     async def _ring(self) -> None:
         self.portal = await self.matrix.portal_for_inbound(self.callee, self.caller_number, self.caller_name)
@@ -187,15 +190,22 @@ class InboundSession(CallSession):
                 await self.dialog.bye()
         elif isinstance(action, SendMatrixEnding):
             if self.portal is not None:
-                content = self.out.hangup(action.ending.reason or "user_hangup")
-                await self.matrix.send_call_event(self.portal, "m.call.hangup", content)
+                await self._send_matrix("m.call.hangup", self.out.hangup(action.ending.reason or "user_hangup"))
         elif isinstance(action, Finish):
             self.clog.info("inbound call ended: %s", action.reason)
             await self.call_log.call_ended(self.call_id, action.reason)
 
     async def _select(self, party_id: str) -> None:
+        """Take this party's answer and tell Matrix which one won.
+
+        The select_answer send is a Synapse round trip (~50 ms); the phone's 200 must not wait for it, so it
+        runs as an owned task and later Matrix events of this call wait for it (see _send_matrix).
+        """
         assert self.portal is not None
-        await self.matrix.send_call_event(self.portal, "m.call.select_answer", self.out.select_answer(party_id))
+        portal = self.portal
+        self._select_sent = self.spawn(
+            self.matrix.send_call_event(portal, "m.call.select_answer", self.out.select_answer(party_id)),
+            "select-answer")
         try:
             await self.media.set_webrtc_answer(self.answers[party_id])
             cands, _ended = self.candidates.take(self.call_id, party_id)
@@ -205,6 +215,13 @@ class InboundSession(CallSession):
         except Exception as exc:
             self.clog.warning("cannot apply the Matrix answer: %s", exc)
             self.post(lambda: self.machine.media_failed(media_seen=False))
+
+    async def _send_matrix(self, event_type: str, content: dict[str, Any]) -> None:
+        """Send a call event after any select_answer still in flight, so the room sees them in order."""
+        assert self.portal is not None
+        if self._select_sent is not None and not self._select_sent.done():
+            await asyncio.wait([self._select_sent])
+        await self.matrix.send_call_event(self.portal, event_type, content)
 
     async def _respond(self, status: int, reason: str) -> None:
         if status == 200:

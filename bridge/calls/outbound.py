@@ -67,7 +67,6 @@ class OutboundSession(CallSession):
         self.dialog: Dialog | None = None
         self.answer_response: Response | None = None
         self.webrtc_ready: asyncio.Task[None] | None = None
-        self.media_seen = False
         self._answered_ok = False
         self.clog = log  # shared with the media plane: both sides of one call log the same IDs
         super().__init__(self.clog, on_finished)
@@ -94,7 +93,8 @@ class OutboundSession(CallSession):
         self.client_invite.on_provisional = lambda resp: self.post(lambda: self.machine.sip_provisional(resp.status))
         self.spawn(self._wait_final(self.client_invite), "sip-final")
         self.spawn(self._lifetime(), "invite-lifetime")
-        self.media.on_failure = lambda reason: self.post(lambda: self.machine.media_failed(media_seen=self.media_seen))
+        self.media.on_failure = lambda _reason: self.post(
+            lambda: self.machine.media_failed(media_seen=self._media_seen()))
         self.webrtc_ready = self.spawn(self._prepare_webrtc(buffered), "webrtc-offer")
         await self.call_log.call_started(
             call_id=self.call_id, party_id=self.party_id, sip_call_id=self.client_invite.call_id,
@@ -132,6 +132,10 @@ class OutboundSession(CallSession):
         elif reason != "bye_sent":
             self.post(self.machine.sip_dialog_lost)
 
+    def _media_seen(self) -> bool:
+        """Did audio ever arrive from the Matrix side? Decides ice_timeout (it did) vs ice_failed (never)."""
+        return self.media.stats().webrtc_frames_in > 0
+
     async def _lifetime(self) -> None:
         await asyncio.sleep(self.invite.lifetime_ms / 1000)
         self.post(self.machine.lifetime_expired)
@@ -156,7 +160,6 @@ class OutboundSession(CallSession):
         elif isinstance(action, StartMedia):
             if self._answered_ok:
                 self.media.start()
-                self.media_seen = True
         elif isinstance(action, SendSipCancel):
             if self.client_invite is not None:
                 await self.client_invite.cancel()

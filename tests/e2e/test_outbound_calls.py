@@ -245,3 +245,26 @@ async def test_opus_only_matrix_caller_is_transcoded_to_pcmu_both_ways(e2e: E2E,
         await assert_released(bridge)
     finally:
         await sipp.aclose()
+
+
+async def test_webrtc_leg_that_never_connects_ends_with_ice_failed_and_bye(e2e: E2E, rtp_peer: RtpPeer) -> None:
+    def quick_ice(data: dict[str, Any]) -> None:
+        data["media"]["ice_timeout_s"] = 3
+
+    bridge = await e2e.bridge(quick_ice)
+    rtp_peer.start_sending(seconds=60)
+    sipp = await trunk(e2e, "trunk_answer.xml", "-key", "rtp_port", str(rtp_peer.port))
+    try:
+        alice = await e2e.client("alice")
+        room = await portal_room(alice)
+        call = await alice.place_call(room, GHOST, trickle=False)
+        assert call.pc is not None
+        await call.pc.close()  # the caller's WebRTC stack dies: nothing will ever answer the bridge's ICE checks
+        end = await alice.wait_for_event(room, lambda ev: ev.get("type") == "m.call.hangup"
+                                         and ev["sender"] == GHOST, timeout=30)
+        assert end["content"]["reason"] == "ice_failed" and end["content"]["call_id"] == call.call_id
+        assert await sipp.wait() == 0, sipp.report()  # the trunk got its BYE
+        await assert_released(bridge)
+        assert (await call_log_row(bridge, call.call_id)).end_reason == "ice_failed"
+    finally:
+        await sipp.aclose()

@@ -54,7 +54,7 @@ class RtpPeer(asyncio.DatagramProtocol):
     async def open(self, port: int = 0) -> int:
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(self.host, port))
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport
         return int(transport.get_extra_info("sockname")[1])
 
     @property

@@ -1,3 +1,5 @@
+from collections.abc import Sequence
+
 from bridge.call.actions import (
     Finish,
     SendMatrixAnswer,
@@ -13,7 +15,7 @@ from bridge.call.inbound import InboundCall, InState
 from bridge.call.outbound import OutboundCall, OutState
 
 
-def kinds(actions: list[object]) -> list[type]:
+def kinds(actions: Sequence[object]) -> list[type]:
     return [type(a) for a in actions]
 
 
