@@ -12,7 +12,7 @@
 # Ports (defaults of example-config.yaml; change them there and here together):
 #   29350/tcp         appservice HTTP listener (the homeserver pushes transactions here); set
 #                     appservice.hostname to 0.0.0.0 in the config to reach it from outside the container
-#   5060/udp 5060/tcp SIP listeners (sip.listeners)
+#   5060/udp 5060/tcp SIP listeners (sip.listen)
 #   16384-16484/udp   RTP towards the SIP side (media.port_start..port_end)
 # The WebRTC leg (aiortc/aioice) binds ephemeral UDP ports that cannot be confined to a range, so use
 # --network host (as above) or a TURN server in media.ice_servers for calls to work behind Docker's NAT.

@@ -10,7 +10,6 @@ import time
 from typing import Any
 
 from .call.dialplan import format_number, normalize_number
-from .call.policy import Route
 from .calls.manager import CallManager, CallSettings, InboundSettings
 from .calls.outbound import TrunkTarget
 from .calls.ports import PortalInfo
@@ -149,7 +148,7 @@ class Bridge:
                     trusted_sources=list(inbound.trusted_sources),
                     accounts={a.username: a.password for a in inbound.accounts},
                     realm=inbound.realm or config.homeserver.domain,
-                    routes=[Route(tuple(r.users), number=r.number, prefix=r.prefix) for r in inbound.routes],
+                    routes=list(inbound.routes),
                     default_route=list(inbound.default_route),
                     rate_per_second=inbound.rate_limit.per_source_per_second, rate_burst=inbound.rate_limit.burst,
                     lifetime_ms=config.bridge.invite_lifetime_ms, ring_timeout_s=config.bridge.ring_timeout_s,

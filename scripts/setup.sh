@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent setup on a fresh Debian 12 machine (as root, or with sudo):
-#   - apt: sip-tester (sipp) and kamailio for the SIP end-to-end tests, python3-venv if venv is missing;
+#   - apt: sip-tester (sipp) and kamailio for the SIP end-to-end tests, postgresql (server binaries) for the
+#     database tests, python3-venv if venv is missing;
 #   - .venv with Python 3.11/3.12 and `pip install -e '.[test,postgres]'`.
 # Audio codecs need no system packages: the av (PyAV) wheels bundle FFmpeg with libopus/libvpx, and the
 # pylibsrtp/cryptography wheels bundle libsrtp/OpenSSL.
@@ -36,6 +37,8 @@ pick_python() {
 apt_missing=()
 command -v sipp >/dev/null 2>&1 || apt_missing+=(sip-tester)
 command -v kamailio >/dev/null 2>&1 || [ -x /usr/sbin/kamailio ] || apt_missing+=(kamailio)
+# PostgreSQL server binaries: the database tests run every table on a throwaway cluster as well as SQLite.
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || apt_missing+=(postgresql)
 PY=$(pick_python || true)
 if [ -z "$PY" ]; then
     apt_missing+=(python3 python3-venv)
@@ -53,7 +56,7 @@ if [ ${#apt_missing[@]} -gt 0 ]; then
     fi
     PY=$(pick_python || true)
 else
-    say "system packages present: sipp, kamailio, python venv"
+    say "system packages present: sipp, kamailio, postgresql, python venv"
 fi
 if [ -z "$PY" ]; then
     say "ERROR: no Python 3.11 or 3.12 found (set PYTHON=/path/to/python3.11)"

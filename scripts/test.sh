@@ -26,7 +26,7 @@ step() {  # step NAME CMD... : run, record PASS/FAIL with duration
 }
 
 run_pytest() {
-    .venv/bin/python -m pytest -q -p no:cacheprovider --durations=10 "$@"
+    .venv/bin/python -m pytest -q -rs -p no:cacheprovider --durations=10 "$@"
     local rc=$?
     if [ "$rc" -eq 5 ]; then
         say "pytest collected no tests: treated as a failure"

@@ -1,4 +1,4 @@
-"""Inbound trust and routing decisions: which SIP sources may call, and which Matrix users ring.
+"""Inbound trust decisions: which SIP sources may call, and how often (routing is in dialplan.py).
 
 Pure functions over plain values so they are unit-tested without sockets. No SIP request ever
 leads to an outbound call: inbound INVITEs can only ring Matrix users.
@@ -10,30 +10,6 @@ import ipaddress
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
-
-
-@dataclass(frozen=True)
-class Route:
-    users: tuple[str, ...]
-    number: str | None = None  # exact match on normalised digits
-    prefix: str | None = None  # prefix match; the longest prefix wins
-
-
-def route_number(number: str | None, routes: Sequence[Route], default: Sequence[str]) -> tuple[str, ...]:
-    """Matrix users to ring for a dialled number: exact match beats prefix, longest prefix wins."""
-    if number:
-        for route in routes:
-            if route.number is not None and route.number == number:
-                return route.users
-        best: Route | None = None
-        for route in routes:
-            if route.prefix is not None and number.startswith(route.prefix):
-                if best is None or len(route.prefix) > len(best.prefix or ""):
-                    best = route
-        if best is not None:
-            return best.users
-    return tuple(default)
 
 
 class TrustedSources:

@@ -16,9 +16,9 @@ from typing import Any, Protocol
 
 from ..call import events as ev
 from ..call.candidates import CandidateBuffer
-from ..call.dialplan import check_dial
-from ..call.policy import RateLimiter, Route, TrustedSources, route_number
-from ..config import DialplanConfig
+from ..call.dialplan import check_dial, route_users
+from ..call.policy import RateLimiter, TrustedSources
+from ..config import DialplanConfig, InboundRoute
 from ..logs import CallLogger, call_logger
 from ..media.call_media import CallMedia
 from ..media.ports import PortAllocator
@@ -43,7 +43,7 @@ class InboundSettings:
     trusted_sources: Sequence[str] = ("127.0.0.1/32",)
     accounts: dict[str, str] = field(default_factory=dict)  # digest username -> password
     realm: str = "matrix-sip-bridge"
-    routes: Sequence[Route] = ()
+    routes: Sequence[InboundRoute] = ()
     default_route: Sequence[str] = ()
     rate_per_second: float = 5.0
     rate_burst: int = 10
@@ -184,9 +184,6 @@ class CallManager:
         if portal is None:
             log.info("ignoring m.call.invite %s in %s: not a portal room", invite.call_id, room_id)
             return
-        if sender != portal.mxid:
-            log.info("ignoring m.call.invite %s from %s: not the portal's user", invite.call_id, sender)
-            return
         out_refusal = ev.OutgoingContent(invite.call_id, "bridgerefusal")
         kind = "m.call.reject" if invite.version != 0 else "m.call.hangup"
 
@@ -199,6 +196,9 @@ class CallManager:
 
         if not self.matrix.can_dial(sender):
             await refuse("You are not allowed to place calls through this bridge.")
+            return
+        if sender != portal.mxid:
+            await refuse(f"Only {portal.mxid} can place calls from this chat.")
             return
         number = portal.number
         problem = "this chat has no phone number" if not number else check_dial(number, self.settings.dialplan)
@@ -248,7 +248,8 @@ class CallManager:
             await inv.respond(400, "Bad Request")
             log.info("INVITE %s from %s: unreadable identity: %s", inv.call_id, host, exc)
             return
-        users = route_number(dialled, self.settings.inbound.routes, self.settings.inbound.default_route)
+        default = tuple(self.settings.inbound.default_route)
+        users = route_users(dialled, self.settings.inbound.routes, default) if dialled else default
         if not users:
             log.info("INVITE %s from %s for %s: no route -> 404", inv.call_id, host, dialled)
             await inv.respond(404, "Not Found")

@@ -371,3 +371,100 @@ async def test_phone_putting_call_on_hold_gets_recvonly_answer_and_rtp_stops(e2e
         await assert_released(bridge)
     finally:
         await sipp.aclose()
+
+
+def auth_only(data: dict[str, Any]) -> None:
+    routes()(data)
+    data["sip"]["inbound"]["trusted_sources"] = ["127.0.0.2/32"]  # the caller (127.0.0.1) is not trusted
+    data["sip"]["inbound"]["accounts"] = [{"username": "pbx", "password": "s3cret"}]
+
+
+async def test_untrusted_caller_with_a_digest_account_is_challenged_and_rings(e2e: E2E) -> None:
+    bridge = await e2e.bridge(auth_only)
+    alice = await alice_client(e2e)
+    sipp = await phone(e2e, "caller_auth.xml", "-au", "pbx", "-ap", "s3cret",
+                       replace={"STATUS": "603", "BODY": GOOD_SDP})
+    try:
+        call = await alice.wait_incoming_call(timeout=40)  # authenticated: the call rings
+        await call.reject()
+        assert await sipp.wait() == 0, sipp.report()
+        assert "SIP/2.0 401 Unauthorized" in sipp.messages and "WWW-Authenticate: Digest" in sipp.messages
+        await assert_released(bridge)
+    finally:
+        await sipp.aclose()
+
+
+async def test_wrong_digest_password_gets_403(e2e: E2E) -> None:
+    bridge = await e2e.bridge(auth_only)
+    sipp = await phone(e2e, "caller_auth.xml", "-au", "pbx", "-ap", "wrong",
+                       replace={"STATUS": "403", "BODY": GOOD_SDP})
+    try:
+        assert await sipp.wait() == 0, sipp.report()
+        assert not bridge.calls.sessions()
+    finally:
+        await sipp.aclose()
+
+
+class _Recorder(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.datagrams: list[bytes] = []
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.datagrams.append(data)
+
+
+async def test_no_sip_request_makes_the_bridge_call_out_toll_fraud(e2e: E2E) -> None:
+    """Inbound INVITEs (trusted or not, routed or not, for any number) can only ring Matrix users."""
+    bridge = await e2e.bridge(routes())
+    loop = asyncio.get_running_loop()
+    trunk_transport, trunk = await loop.create_datagram_endpoint(
+        _Recorder, local_addr=("127.0.0.1", e2e.plan.trunk_port))
+    try:
+        for dialled in ("15559998888", "011441234567890", "19005550123"):
+            sipp = SippProcess(SCENARIOS / "caller_expect_final.xml", remote=("127.0.0.1", e2e.plan.sip_port),
+                               service=dialled, timeout=30, workdir=e2e.tmp / "sipp",
+                               extra_args=["-key", "caller", CALLER, "-key", "caller_name", "Fraud"])
+            text = sipp.scenario_path.read_text().replace("STATUS", "404").replace("BODY", GOOD_SDP)
+            sipp.scenario_path = e2e.tmp / f"fraud-{dialled}.xml"
+            sipp.scenario_path.write_text(text)
+            await sipp.start()
+            try:
+                assert await sipp.wait() == 0, sipp.report()
+            finally:
+                await sipp.aclose()
+        await asyncio.sleep(1)
+        assert trunk.datagrams == [], "an inbound INVITE caused traffic towards the trunk"
+        assert bridge.ua.dialogs == [] and not bridge.calls.sessions()
+    finally:
+        trunk_transport.close()
+
+
+async def test_trusted_p_asserted_identity_names_the_caller(e2e: E2E) -> None:
+    await e2e.bridge(routes())
+    alice = await alice_client(e2e)
+    pai = 'P-Asserted-Identity: "Carrier Verified" <sip:+15550001111@127.0.0.1>\nMax-Forwards: 70\nContent-Type'
+    sipp = await phone(e2e, "caller_expect_final.xml", caller="spoofed", replace={
+        "STATUS": "603", "BODY": GOOD_SDP, "Max-Forwards: 70\nContent-Type": pai})
+    try:
+        call = await alice.wait_incoming_call(timeout=40)
+        assert call.invite["sender"] == "@sip_15550001111:bridge.test"
+        await call.reject()
+        assert await sipp.wait() == 0, sipp.report()
+    finally:
+        await sipp.aclose()
+
+
+async def test_matrix_user_leaving_the_room_after_answer_sends_bye(e2e: E2E, rtp_peer: RtpPeer) -> None:
+    bridge = await e2e.bridge(routes())
+    alice = await alice_client(e2e)
+    rtp_peer.start_sending(seconds=60)
+    sipp = await phone(e2e, "caller_wait_bye.xml", "-key", "rtp_port", str(rtp_peer.port))
+    try:
+        call = await alice.wait_incoming_call(timeout=40)
+        await call.answer()
+        await call.wait_for_frames(25, timeout=30)
+        await alice.leave(call.room_id)
+        assert await sipp.wait() == 0, sipp.report()  # the BYE reached the phone
+        await assert_released(bridge)
+    finally:
+        await sipp.aclose()

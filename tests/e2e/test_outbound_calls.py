@@ -268,3 +268,43 @@ async def test_webrtc_leg_that_never_connects_ends_with_ice_failed_and_bye(e2e: 
         assert (await call_log_row(bridge, call.call_id)).end_reason == "ice_failed"
     finally:
         await sipp.aclose()
+
+
+async def test_select_answer_naming_another_party_ends_the_sip_side(e2e: E2E, rtp_peer: RtpPeer) -> None:
+    bridge = await e2e.bridge()
+    rtp_peer.start_sending(seconds=60)
+    sipp = await trunk(e2e, "trunk_answer.xml", "-key", "rtp_port", str(rtp_peer.port))
+    try:
+        alice = await e2e.client("alice")
+        room = await portal_room(alice)
+        call = await alice.place_call(room, GHOST)
+        await eventually(lambda: call.call_id in bridge.calls.outbound
+                         and bridge.calls.outbound[call.call_id].machine.state.value == "answered", 30, "answered")
+        # Another callee device (or bridge) won: the caller selects its party, not ours.
+        await alice.send_event(room, "m.call.select_answer", {
+            "call_id": call.call_id, "party_id": call.party_id, "version": "1", "selected_party_id": "SOMEONEELSE"})
+        assert await sipp.wait() == 0, sipp.report()  # the trunk got a BYE
+        await assert_released(bridge)
+        assert (await call_log_row(bridge, call.call_id)).end_reason == "answered_elsewhere"
+    finally:
+        await sipp.aclose()
+
+
+async def test_call_from_someone_else_in_the_portal_is_refused_visibly_without_sip(e2e: E2E) -> None:
+    def only_alice(data: dict[str, Any]) -> None:
+        data["bridge"]["permissions"] = {"@alice:bridge.test": "user"}
+
+    bridge = await e2e.bridge(only_alice)
+    alice = await e2e.client("alice")
+    room = await portal_room(alice)
+    bob = await e2e.client("bob")
+    await alice.request("POST", f"/rooms/{room}/invite", {"user_id": "@bob:bridge.test"})
+    await bob.join(room)
+    call = await bob.place_call(room, GHOST)
+    end = await call.wait_hangup_or_reject(timeout=20)
+    assert end["type"] == "m.call.reject"  # bob's client stops ringing at once
+    notice = await bob.wait_for_event(
+        room, lambda ev: ev.get("type") == "m.room.message" and ev["content"].get("msgtype") == "m.notice",
+        timeout=10)
+    assert "not allowed" in notice["content"]["body"]
+    assert bridge.ua.dialogs == [] and not bridge.calls.sessions()

@@ -1,6 +1,6 @@
 from bridge.call.candidates import CandidateBuffer
 from bridge.call.events import Candidate
-from bridge.call.policy import RateLimiter, Route, TrustedSources, route_number
+from bridge.call.policy import RateLimiter, TrustedSources
 
 C1 = Candidate("candidate:1 1 udp 1 127.0.0.1 5000 typ host", "0", 0)
 C2 = Candidate("candidate:2 1 udp 1 127.0.0.1 5002 typ host", "0", 0)
@@ -29,16 +29,6 @@ def test_candidate_buffer_is_bounded() -> None:
     for i in range(5):
         buf.add(f"call{i}", "p", [C1])
     assert len(buf) == 2
-
-
-def test_routes_exact_beats_prefix_and_longest_prefix_wins() -> None:
-    routes = [Route(("@p:x",), prefix="1"), Route(("@q:x",), prefix="1555"), Route(("@e:x",), number="15551234567")]
-    assert route_number("15551234567", routes, ()) == ("@e:x",)
-    assert route_number("15559999999", routes, ()) == ("@q:x",)
-    assert route_number("12125551212", routes, ()) == ("@p:x",)
-    assert route_number("445555", routes, ("@d:x",)) == ("@d:x",)
-    assert route_number("445555", routes, ()) == ()
-    assert route_number(None, routes, ()) == ()
 
 
 def test_trusted_sources_by_cidr_ipv4_ipv6_and_mapped() -> None:
