@@ -308,3 +308,33 @@ async def test_call_from_someone_else_in_the_portal_is_refused_visibly_without_s
         timeout=10)
     assert "not allowed" in notice["content"]["body"]
     assert bridge.ua.dialogs == [] and not bridge.calls.sessions()
+
+
+async def test_stopping_the_bridge_ends_calls_cleanly_on_both_sides(e2e: E2E, rtp_peer: RtpPeer) -> None:
+    bridge = await e2e.bridge()
+    rtp_peer.start_sending(seconds=60)
+    sipp = await trunk(e2e, "trunk_answer.xml", "-key", "rtp_port", str(rtp_peer.port))
+    try:
+        alice = await e2e.client("alice")
+        room = await portal_room(alice)
+        call = await alice.place_call(room, GHOST)
+        await call.wait_answer(timeout=30)
+        await call.wait_for_frames(25, timeout=20)
+        await bridge.stop()  # what SIGTERM does
+        assert await sipp.wait() == 0, sipp.report()  # the phone got a BYE
+        end = await call.wait_hangup_or_reject(timeout=15)
+        assert end["type"] == "m.call.hangup" and end["content"]["reason"] == "unknown_error"
+        assert bridge.calls.ports.in_use == frozenset() and not bridge.calls.sessions()
+        assert (await call_log_row_after_stop(e2e, call.call_id)) == "bridge_shutdown"
+    finally:
+        await sipp.aclose()
+
+
+async def call_log_row_after_stop(e2e: E2E, call_id: str) -> str | None:
+    """Read the call log from the stopped bridge's SQLite file, as the next start would."""
+    import sqlite3
+
+    path = e2e.bridges[-1].config.appservice.database.removeprefix("sqlite:")
+    with sqlite3.connect(path) as db:
+        row = db.execute("SELECT end_reason FROM call_log WHERE call_id=?", (call_id,)).fetchone()
+    return row[0] if row else None
