@@ -51,5 +51,5 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Third-party chatter at INFO would drown call logs.
-    for noisy in ("aioice", "aiortc", "aiohttp.access", "mautrix"):
+    for noisy in ("aioice", "aiortc", "aiohttp.access", "mautrix", "aiosqlite"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
