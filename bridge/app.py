@@ -169,6 +169,9 @@ class Bridge:
     async def start(self) -> None:
         await self.ua.start()
         await self.matrix.start()
+        stale = await self.matrix.call_log.close_unfinished(int(time.time() * 1000), "bridge_restart")
+        if stale:
+            log.warning("%d call(s) were still in progress when the bridge last stopped; marked bridge_restart", stale)
         trunk = self.config.sip.trunk
         if trunk.register:
             domain = trunk.domain or SipUri.parse(trunk.proxy).host

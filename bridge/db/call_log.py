@@ -53,6 +53,12 @@ class CallLog:
             "UPDATE call_log SET end_ts=$2, end_reason=$3 WHERE call_id=$1 AND end_ts IS NULL", call_id, ts, reason
         )
 
+    async def close_unfinished(self, ts: int, reason: str) -> int:
+        """At start-up: calls still open in the log died with the previous process; end them. Returns how many."""
+        rows = await self.db.fetch("SELECT call_id FROM call_log WHERE end_ts IS NULL")
+        await self.db.execute("UPDATE call_log SET end_ts=$1, end_reason=$2 WHERE end_ts IS NULL", ts, reason)
+        return len(rows)
+
     async def set_sip_call_id(self, call_id: str, sip_call_id: str) -> None:
         await self.db.execute("UPDATE call_log SET sip_call_id=$2 WHERE call_id=$1", call_id, sip_call_id)
 

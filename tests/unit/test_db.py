@@ -218,6 +218,18 @@ async def test_call_log_lifecycle_keeps_first_answer_and_end(db: Database) -> No
     assert [e.call_id for e in await log.recent()] == ["c2", "c1"]
 
 
+async def test_call_log_closes_calls_left_open_by_a_previous_process(db: Database) -> None:
+    log = Tables.for_db(db).call_log
+    await log.insert(CallLogEntry(call_id="done", room_id="!r:x", direction="outbound", invite_ts=1))
+    await log.update_ended("done", 2, "sip_bye")
+    await log.insert(CallLogEntry(call_id="open", room_id="!r:x", direction="inbound", invite_ts=3))
+    assert await log.close_unfinished(10, "bridge_restart") == 1
+    done, still = await log.get("done"), await log.get("open")
+    assert done is not None and (done.end_ts, done.end_reason) == (2, "sip_bye")
+    assert still is not None and (still.end_ts, still.end_reason) == (10, "bridge_restart")
+    assert await log.close_unfinished(20, "bridge_restart") == 0
+
+
 async def test_call_log_rejects_unknown_direction(db: Database) -> None:
     log = Tables.for_db(db).call_log
     with pytest.raises(Exception, match=r"(?i)check"):
