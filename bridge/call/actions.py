@@ -57,6 +57,14 @@ class StartMedia:
 
 
 @dataclass(frozen=True)
+class Renegotiate:
+    """Connected call, the Matrix party sent an m.call.negotiate offer (hold/resume): apply it to WebRTC,
+    answer it with m.call.negotiate, and re-INVITE the phone with the matching direction."""
+
+    offer_sdp: str
+
+
+@dataclass(frozen=True)
 class Finish:
     """The call is over: release media, cancel timers, write the call log."""
 
@@ -65,5 +73,5 @@ class Finish:
 
 Action = (
     SendSipCancel | SendSipBye | SendSipResponse | SendMatrixAnswer | SendMatrixInvite | SendSelectAnswer
-    | SendMatrixEnding | StartMedia | Finish
+    | SendMatrixEnding | StartMedia | Renegotiate | Finish
 )

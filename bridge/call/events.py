@@ -228,6 +228,10 @@ class OutgoingContent:
     def hangup(self, reason: str) -> dict[str, Any]:
         return self._base() | {"reason": reason}
 
+    def negotiate(self, sdp_type: str, sdp: str, *, lifetime_ms: int = 30000) -> dict[str, Any]:
+        """m.call.negotiate (MSC2746): lifetime is required by the schema, also on an answer."""
+        return self._base() | {"description": {"type": sdp_type, "sdp": sdp}, "lifetime": lifetime_ms}
+
     def reject(self, reason: str | None = None) -> dict[str, Any]:
         content = self._base()
         if reason:

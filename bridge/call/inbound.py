@@ -11,6 +11,7 @@ import enum
 from .actions import (
     Action,
     Finish,
+    Renegotiate,
     SendMatrixEnding,
     SendMatrixInvite,
     SendSelectAnswer,
@@ -88,6 +89,14 @@ class InboundCall:
             status, phrase = matrix_hangup_before_answer_to_sip(reason)
             return self._finish(f"matrix_{reason}", SendSipResponse(status, phrase))
         return []
+
+    def matrix_negotiate(self, sender: str, party_id: str | None, sdp_type: str, sdp: str) -> list[Action]:
+        """m.call.negotiate from the answering device: an offer while connected (hold / resume) is renegotiated."""
+        if self.state is not InState.CONNECTED or sender != self.callee or sdp_type != "offer":
+            return []
+        if party_id is not None and party_id != self.selected_party:
+            return []  # a device that lost the race has no say over the media
+        return [Renegotiate(sdp)]
 
     def answered_elsewhere(self) -> list[Action]:
         """Another Matrix user rung for the same SIP call answered first: stop ringing this one.

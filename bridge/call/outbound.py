@@ -10,6 +10,7 @@ import enum
 from .actions import (
     Action,
     Finish,
+    Renegotiate,
     SendMatrixAnswer,
     SendMatrixEnding,
     SendSipBye,
@@ -96,6 +97,15 @@ class OutboundCall:
         if self.state is OutState.ANSWERED:
             return self._finish(f"matrix_{reason}", SendSipBye())
         return self._finish(f"matrix_{reason}", SendSipCancel())
+
+    def matrix_negotiate(self, party_id: str | None, sdp_type: str, sdp: str) -> list[Action]:
+        """m.call.negotiate from the caller: an offer while connected (hold / resume) is renegotiated.
+
+        Answers (to offers we never send) and offers before the SIP answer are ignored.
+        """
+        if self.state is not OutState.ANSWERED or sdp_type != "offer" or not self._from_caller(party_id):
+            return []
+        return [Renegotiate(sdp)]
 
     def caller_left(self) -> list[Action]:
         if self.ended:

@@ -14,6 +14,7 @@ from ..call import events as ev
 from ..call.actions import (
     Action,
     Finish,
+    Renegotiate,
     SendMatrixEnding,
     SendMatrixInvite,
     SendSelectAnswer,
@@ -30,6 +31,7 @@ from ..sip.dialog import Dialog
 from ..sip.ua import ServerInvite
 from .in_dialog import answer_in_dialog
 from .ports import CallLogPort, MatrixPort, PortalInfo
+from .renegotiation import Renegotiator
 from .session import CallSession, new_call_id, new_party_id
 
 
@@ -99,6 +101,7 @@ class InboundSession(CallSession):
         self.local_sip_sdp = b""
         self.clog = log  # shared with the media plane: both sides of one call log the same IDs
         self.clog.set_ids(call_id=self.call_id, sip_call_id=server_invite.call_id)
+        self.renegotiator = Renegotiator(media, log)
         super().__init__(self.clog, on_finished)
 
     @property
@@ -191,6 +194,8 @@ class InboundSession(CallSession):
         elif isinstance(action, SendMatrixEnding):
             if self.portal is not None:
                 await self._send_matrix("m.call.hangup", self.out.hangup(action.ending.reason or "user_hangup"))
+        elif isinstance(action, Renegotiate):
+            await self._renegotiate(action.offer_sdp)
         elif isinstance(action, Finish):
             self.clog.info("inbound call ended: %s", action.reason)
             await self.call_log.call_ended(self.call_id, action.reason)
@@ -215,6 +220,14 @@ class InboundSession(CallSession):
         except Exception as exc:
             self.clog.warning("cannot apply the Matrix answer: %s", exc)
             self.post(lambda: self.machine.media_failed(media_seen=False))
+
+    async def _renegotiate(self, offer_sdp: str) -> None:
+        async def send_answer(sdp: str) -> None:
+            await self._send_matrix("m.call.negotiate", self.out.negotiate("answer", sdp))
+
+        direction = await self.renegotiator.matrix_offer(offer_sdp, send_answer)
+        if direction is not None:
+            self.spawn(self.renegotiator.reinvite(self.dialog, direction), "sip-reinvite")
 
     async def _send_matrix(self, event_type: str, content: dict[str, Any]) -> None:
         """Send a call event after any select_answer still in flight, so the room sees them in order."""

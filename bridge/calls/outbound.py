@@ -11,6 +11,7 @@ from ..call import events as ev
 from ..call.actions import (
     Action,
     Finish,
+    Renegotiate,
     SendMatrixAnswer,
     SendMatrixEnding,
     SendSipBye,
@@ -27,6 +28,7 @@ from ..sip.message import Response
 from ..sip.ua import ClientInvite, UserAgent
 from .in_dialog import answer_in_dialog
 from .ports import CallLogPort, MatrixPort, PortalInfo
+from .renegotiation import Renegotiator
 from .session import CallSession, new_party_id
 
 
@@ -69,6 +71,7 @@ class OutboundSession(CallSession):
         self.webrtc_ready: asyncio.Task[None] | None = None
         self._answered_ok = False
         self.clog = log  # shared with the media plane: both sides of one call log the same IDs
+        self.renegotiator = Renegotiator(media, log)
         super().__init__(self.clog, on_finished)
 
     @property
@@ -168,6 +171,8 @@ class OutboundSession(CallSession):
                 await self.dialog.bye()
         elif isinstance(action, SendMatrixEnding):
             await self._send_ending(action)
+        elif isinstance(action, Renegotiate):
+            await self._renegotiate(action.offer_sdp)
         elif isinstance(action, Finish):
             self.log.info("outbound call ended: %s", action.reason)
             await self.call_log.call_ended(self.call_id, action.reason)
@@ -189,6 +194,14 @@ class OutboundSession(CallSession):
         await self.matrix.send_call_event(self.portal, "m.call.candidates", self.out.end_of_candidates())
         await self.call_log.call_answered(self.call_id)
         self.log.info("SIP answered; m.call.answer sent")
+
+    async def _renegotiate(self, offer_sdp: str) -> None:
+        async def send_answer(sdp: str) -> None:
+            await self.matrix.send_call_event(self.portal, "m.call.negotiate", self.out.negotiate("answer", sdp))
+
+        direction = await self.renegotiator.matrix_offer(offer_sdp, send_answer)
+        if direction is not None:
+            self.spawn(self.renegotiator.reinvite(self.dialog, direction), "sip-reinvite")
 
     async def _send_ending(self, action: SendMatrixEnding) -> None:
         ending = action.ending

@@ -4,6 +4,8 @@ Outbound (Matrix -> SIP): ``open_rtp``, ``set_webrtc_offer``, ``sip_offer`` -> I
 ``apply_sip_answer`` (200 OK), ``create_webrtc_answer`` -> m.call.answer, ``start``.
 Inbound (SIP -> Matrix): ``open_rtp``, ``answer_sip_offer`` (or ``sip_offer_for_offerless``),
 ``create_webrtc_offer`` -> m.call.invite, ``set_webrtc_answer``, ``start``.
+Hold / resume from Matrix (either direction, once connected): ``renegotiate_webrtc`` -> m.call.negotiate
+answer, ``sip_reoffer`` -> re-INVITE, ``apply_sip_answer`` (its 2xx).
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ class CallMedia:
         self._relay = Relay(self._rtp, self._webrtc, log=log)
         self._relay.on_dtmf = self._dtmf
         self._sip_offer: sip_sdp.SessionDescription | None = None
+        # o= of the last SDP we sent on the SIP leg: later ones keep the id and bump the version (RFC 3264 8)
+        self._sip_origin: tuple[int, int] | None = None
         self._sip_codec: str | None = None
         self._webrtc_offer: str | None = None
         self._pending_webrtc: tuple[SdpRtpmap, SdpRtpmap | None] | None = None  # WebRTC answer before the SIP one
@@ -110,9 +114,40 @@ class CallMedia:
 
     def sip_offer(self) -> bytes:
         address, port = self._local()
+        session_id, version = self._next_origin()
         self._sip_offer = sip_sdp.build_offer(
-            address, port, self._supported(), telephone_event_pt=SIP_TELEPHONE_EVENT_PT, ptime=self.settings.ptime
+            address, port, self._supported(), telephone_event_pt=SIP_TELEPHONE_EVENT_PT, ptime=self.settings.ptime,
+            session_id=session_id, version=version,
         )
+        self._sip_origin = (self._sip_offer.origin.session_id, self._sip_offer.origin.session_version)
+        return self._sip_offer.serialize().encode()
+
+    def _next_origin(self) -> tuple[int | None, int]:
+        if self._sip_origin is None:
+            return None, 1  # a new session id is drawn
+        session_id, version = self._sip_origin
+        return session_id, version + 1
+
+    def sip_reoffer(self, direction: str) -> bytes:
+        """Offer for a re-INVITE (hold / resume): same o= session id, version + 1, the current codec first,
+        ``a=<direction>``. Apply the 2xx's SDP with :meth:`apply_sip_answer`."""
+        if direction not in sip_sdp.DIRECTIONS:
+            raise MediaError(f"bad SDP direction {direction!r}")
+        address, port = self._local()
+        codecs = self._supported()
+        current = self._sip_codec
+        if current is not None:
+            # the codec in use goes first so a compliant answerer keeps it (no transcoding switch on hold)
+            codecs.sort(key=lambda c: c.name.upper() != current)
+        session_id, version = self._next_origin()
+        te_pt = self._rtp.telephone_event_pt
+        if te_pt is None or any(c.payload_type == te_pt for c in codecs):
+            te_pt = SIP_TELEPHONE_EVENT_PT
+        self._sip_offer = sip_sdp.build_offer(
+            address, port, codecs, telephone_event_pt=te_pt, direction=direction, ptime=self.settings.ptime,
+            session_id=session_id, version=version,
+        )
+        self._sip_origin = (self._sip_offer.origin.session_id, version)
         return self._sip_offer.serialize().encode()
 
     def sip_offer_for_offerless(self) -> bytes:
@@ -127,10 +162,13 @@ class CallMedia:
     def answer_sip_offer(self, sdp: bytes) -> bytes:
         address, port = self._local()
         offer = sip_sdp.SessionDescription.parse(sdp)
+        session_id, version = self._next_origin()
         answer, negotiated = sip_sdp.negotiate_answer(
-            offer, address=address, port=port, supported=self._supported(), telephone_event=True
+            offer, address=address, port=port, supported=self._supported(), telephone_event=True,
+            session_id=session_id, version=version,
         )
         self._apply_negotiated(negotiated)
+        self._sip_origin = (answer.origin.session_id, version)
         return answer.serialize().encode()
 
     def _apply_negotiated(self, negotiated: sip_sdp.Negotiated) -> None:
@@ -197,6 +235,28 @@ class CallMedia:
             answer = add_telephone_event(answer, te.payload_type, te.clock_rate)
         self._plan_webrtc(chosen, te)
         return answer
+
+    async def renegotiate_webrtc(self, offer_sdp: str) -> tuple[str, str]:
+        """Apply a new Matrix offer (m.call.negotiate) on the live connection; return (answer SDP, the offer's
+        audio direction). While the Matrix party does not receive (sendonly / inactive) no audio is sent to it."""
+        offered = audio_rtpmaps(offer_sdp)
+        if not offered:
+            raise MediaError("Matrix re-offer has no audio codecs")
+        direction = audio_direction(offer_sdp)
+        answer = await self._webrtc.reanswer(offer_sdp)
+        chosen = self._chosen(answer)
+        te = find_codec(offer_sdp, "telephone-event", _te_clock(chosen))
+        if te is not None:
+            answer = add_telephone_event(answer, te.payload_type, te.clock_rate)
+        plan = self._relay.plan
+        te_pt = te.payload_type if te is not None else None
+        if plan is None or (plan.webrtc_codec.upper(), plan.webrtc_pt, plan.telephone_event_pt) != (
+            chosen.name.upper(), chosen.payload_type, te_pt
+        ):
+            self._plan_webrtc(chosen, te)  # only on a change: the relay's codec state survives a plain hold
+        self._webrtc.outgoing.paused = direction in ("sendonly", "inactive")
+        self.log.info("WebRTC renegotiated: Matrix offer %s, codec %s", direction, chosen.name)
+        return answer, direction
 
     async def create_webrtc_offer(self) -> str:
         # offerless INVITE: our SIP offer lists our preferred codec first; bet on it
@@ -318,6 +378,24 @@ class CallMedia:
         if self._port is not None:
             self.ports.release(self._port)
             self._port = None
+
+
+def audio_direction(sdp: str) -> str:
+    """Direction attribute of the first audio m-line (else the session-level one, else sendrecv)."""
+    session: str | None = None
+    section = "session"  # "session" before the first m=, then "audio" or "other"
+    for raw in sdp.splitlines():
+        line = raw.strip()
+        if line.startswith("m="):
+            if section == "audio":
+                break  # only the first audio m-line counts
+            section = "audio" if line.startswith("m=audio ") else "other"
+        elif line.startswith("a=") and line[2:] in sip_sdp.DIRECTIONS:
+            if section == "audio":
+                return line[2:]
+            if section == "session":
+                session = line[2:]
+    return session or "sendrecv"
 
 
 def _te_clock(codec: SdpRtpmap) -> int:

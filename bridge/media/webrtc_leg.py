@@ -65,8 +65,12 @@ class RelayTrack(MediaStreamTrack):
         super().__init__()
         self._queue: asyncio.Queue[AudioFrame | Packet] = asyncio.Queue(maxsize=max(1, capacity))
         self.dropped = 0
+        self.paused = False
+        """True while the Matrix party put us on hold (it does not want our audio): items are discarded."""
 
     def push(self, item: AudioFrame | Packet) -> None:
+        if self.paused:
+            return
         if self._queue.full():
             self._queue.get_nowait()
             self.dropped += 1
@@ -217,6 +221,23 @@ class WebRtcLeg:
             raise MediaError(f"unusable WebRTC offer: {exc}") from exc
         await self._apply_pending_candidates()
         await self.pc.setLocalDescription(await self.pc.createAnswer())
+        return self.pc.localDescription.sdp
+
+    async def reanswer(self, offer_sdp: str) -> str:
+        """Answer a new remote offer (renegotiation) on the live connection.
+
+        The transceiver, its codec preferences, the ICE/DTLS transports and the hooks on them stay as they
+        are: aiortc matches the offer's m-line to our transceiver by mid and keeps a connected DTLS session.
+        """
+        if self._transceiver is None or self.pc.remoteDescription is None:
+            raise MediaError("renegotiation before the first offer/answer exchange")
+        if self.pc.signalingState != "stable":
+            raise MediaError(f"renegotiation in signaling state {self.pc.signalingState}")
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            await self.pc.setLocalDescription(await self.pc.createAnswer())
+        except (ValueError, aiortc.exceptions.InternalError, aiortc.exceptions.OperationError) as exc:
+            raise MediaError(f"unusable WebRTC re-offer: {exc}") from exc
         return self.pc.localDescription.sdp
 
     async def offer(self, codecs: list[str]) -> str:

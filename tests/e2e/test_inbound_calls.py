@@ -468,3 +468,40 @@ async def test_matrix_user_leaving_the_room_after_answer_sends_bye(e2e: E2E, rtp
         await assert_released(bridge)
     finally:
         await sipp.aclose()
+
+
+async def test_matrix_callee_hold_reinvites_phone_inactive_and_resume_restores_audio(
+    e2e: E2E, rtp_peer: RtpPeer
+) -> None:
+    bridge = await e2e.bridge(routes())
+    alice = await alice_client(e2e)
+    rtp_peer.start_sending(seconds=120)
+    sipp = await phone(e2e, "caller_held.xml", "-key", "rtp_port", str(rtp_peer.port))
+    try:
+        call = await alice.wait_incoming_call(timeout=40)
+        await call.answer()
+        await call.wait_for_tone(1000.0, timeout=30, min_frames=50)
+        await eventually(lambda: rtp_peer.received >= 50, 20, "RTP packets at the phone")
+        media = bridge.calls.inbound[call.call_id].media
+
+        held = await call.hold(True)  # sipp checks the re-INVITE carries a=inactive
+        assert held["content"]["party_id"] == call.caller_party_id
+        assert "a=inactive" in held["content"]["description"]["sdp"]
+        await eventually(lambda: media.rtp_leg.hold, 20, "the phone's 200 to the hold re-INVITE")
+        await asyncio.sleep(0.5)
+        at_phone, at_matrix = rtp_peer.received, call.frames_received
+        await asyncio.sleep(2.0)
+        assert rtp_peer.received - at_phone <= 2, "RTP kept flowing to the phone while held"
+        assert call.frames_received - at_matrix <= 10, "audio kept flowing to Matrix while held"
+
+        await call.hold(False)  # a=sendrecv
+        await eventually(lambda: not media.rtp_leg.hold, 20, "the phone's 200 to the resume re-INVITE")
+        at_phone, at_matrix = rtp_peer.received, call.frames_received
+        await eventually(lambda: rtp_peer.received - at_phone >= 50, 20, "RTP at the phone after resume")
+        await call.wait_for_tone(1000.0, timeout=20, min_frames=at_matrix + 50)
+
+        await call.hangup()
+        assert await sipp.wait() == 0, sipp.report()
+        await assert_released(bridge)
+    finally:
+        await sipp.aclose()

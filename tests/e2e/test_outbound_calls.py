@@ -3,6 +3,8 @@ SIP side (a symmetric-RTP peer playing a 1 kHz tone) and an aiortc WebRTC caller
 
 from __future__ import annotations
 
+import asyncio
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -338,3 +340,90 @@ async def call_log_row_after_stop(e2e: E2E, call_id: str) -> str | None:
     with sqlite3.connect(path) as db:
         row = db.execute("SELECT end_reason FROM call_log WHERE call_id=?", (call_id,)).fetchone()
     return row[0] if row else None
+
+
+def _sdp_origins(sipp_messages: str) -> list[tuple[int, int]]:
+    """(session id, version) of every o= line the bridge sent (its username is "-"), in order."""
+    return [(int(m.group(1)), int(m.group(2))) for m in re.finditer(r"^o=- (\d+) (\d+) IN", sipp_messages, re.M)]
+
+
+async def test_matrix_hold_reinvites_trunk_inactive_stops_rtp_and_resume_restores_audio(
+    e2e: E2E, rtp_peer: RtpPeer
+) -> None:
+    bridge = await e2e.bridge()
+    rtp_peer.start_sending(seconds=120)
+    sipp = await trunk(e2e, "trunk_hold.xml", "-key", "rtp_port", str(rtp_peer.port))
+    try:
+        alice = await e2e.client("alice")
+        room = await portal_room(alice)
+        call = await alice.place_call(room, GHOST, dtmf=True)
+        await call.wait_answer(timeout=30)
+        await call.wait_for_tone(1000.0, timeout=30, min_frames=50)
+        await eventually(lambda: rtp_peer.received >= 50, 20, "RTP packets at the trunk")
+        media = bridge.calls.outbound[call.call_id].media
+
+        # Hold: Element's negotiate offer is inactive; the bridge answers inactive and re-INVITEs the trunk
+        # with a=inactive (sipp checks it). After the trunk's 200, no RTP reaches the trunk any more.
+        held = await call.hold(True)
+        assert held["sender"] == GHOST and held["content"]["version"] == "1"
+        assert held["content"]["party_id"] == call.remote_party_id
+        assert "a=inactive" in held["content"]["description"]["sdp"]
+        await eventually(lambda: media.rtp_leg.hold, 20, "the trunk's 200 to the hold re-INVITE")
+        await asyncio.sleep(0.5)  # packets already in flight
+        at_trunk, at_matrix = rtp_peer.received, call.frames_received
+        await asyncio.sleep(2.0)
+        assert rtp_peer.received - at_trunk <= 2, "RTP kept flowing to the trunk while held"
+        assert call.frames_received - at_matrix <= 10, "audio kept flowing to Matrix while held"
+
+        # Resume: sendrecv both ways again, audio flows in both directions.
+        resumed = await call.hold(False)
+        assert "a=sendrecv" in resumed["content"]["description"]["sdp"]
+        await eventually(lambda: not media.rtp_leg.hold, 20, "the trunk's 200 to the resume re-INVITE")
+        at_trunk, at_matrix = rtp_peer.received, call.frames_received
+        await eventually(lambda: rtp_peer.received - at_trunk >= 50, 20, "RTP at the trunk after resume")
+        await call.wait_for_frames(at_matrix + 50, timeout=20)
+        await call.wait_for_tone(1000.0, timeout=20, min_frames=at_matrix + 50)
+        # The same connection, passthrough and DTMF interception survive the renegotiations.
+        assert media.stats().passthrough and media.webrtc_connection_state == "connected"
+        await call.send_dtmf("5")
+        await eventually(lambda: 5 in rtp_peer.dtmf_events, 20, "DTMF 5 at the trunk after resume")
+
+        await call.hangup()
+        assert await sipp.wait() == 0, sipp.report()
+        # RFC 3264 8: every re-offer keeps the session id and bumps the version by one.
+        origins = _sdp_origins(sipp.messages)
+        assert len(origins) == 3, sipp.messages
+        assert {sid for sid, _ in origins} == {origins[0][0]}
+        assert [v for _, v in origins] == [origins[0][1], origins[0][1] + 1, origins[0][1] + 2]
+        await assert_released(bridge)
+        assert (await call_log_row(bridge, call.call_id)).end_reason == "matrix_user_hangup"
+    finally:
+        await sipp.aclose()
+
+
+async def test_trunk_refusing_the_hold_reinvite_keeps_the_call_up(e2e: E2E, rtp_peer: RtpPeer) -> None:
+    bridge = await e2e.bridge()
+    rtp_peer.start_sending(seconds=120)
+    sipp = await trunk(e2e, "trunk_hold_refused.xml", "-key", "rtp_port", str(rtp_peer.port))
+    try:
+        alice = await e2e.client("alice")
+        room = await portal_room(alice)
+        call = await alice.place_call(room, GHOST)
+        await call.wait_answer(timeout=30)
+        await eventually(lambda: rtp_peer.received >= 50, 20, "RTP packets at the trunk")
+        session = bridge.calls.outbound[call.call_id]
+        held = await call.hold(True)  # Matrix still gets its answer
+        assert "a=inactive" in held["content"]["description"]["sdp"]
+        await eventually(lambda: "488 Not Acceptable Here" in sipp.messages, 20, "the 488 to the re-INVITE")
+        await asyncio.sleep(2.0)
+        # Still up on both sides, the SIP leg on its previous (sendrecv) session; no hangup anywhere.
+        assert session.machine.state.value == "answered" and call.call_id in bridge.calls.outbound
+        assert not session.media.rtp_leg.hold and session.media.webrtc_connection_state == "connected"
+        assert not [ev for ev in alice.events if ev.get("type") == "m.call.hangup"
+                    and ev.get("content", {}).get("call_id") == call.call_id]
+        await call.hangup()
+        assert await sipp.wait() == 0, sipp.report()  # the BYE came after the refused re-INVITE
+        await assert_released(bridge)
+        assert (await call_log_row(bridge, call.call_id)).end_reason == "matrix_user_hangup"
+    finally:
+        await sipp.aclose()

@@ -165,6 +165,8 @@ class _Call:
         self.remote_user_id: str | None = None
         self._pending_candidates: dict[str | None, list[Event]] = {}
         self._remote_set = False
+        self._telephone_events: tuple[tuple[int, int], ...] = ()  # what our first SDP added; re-offers repeat it
+        self._negotiate_answers_seen: set[str] = set()
         self._flush_lock = asyncio.Lock()  # candidates go to aiortc in order; "" (end) must stay last
         self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=1000)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -273,6 +275,7 @@ class _Call:
         candidates = [c for c in _sdp_candidates(local.sdp) if _is_loopback(_candidate_host(c["candidate"]))]
         content = self._base_content()
         sdp = _filter_sdp(local.sdp, keep_candidates=not trickle)
+        self._telephone_events = telephone_events
         if telephone_events:
             sdp = add_telephone_events(sdp, telephone_events)
         self.sent_sdp = sdp
@@ -373,6 +376,44 @@ class _Call:
         if reason is not None:
             content["reason"] = reason
         await self.client.send_event(self.room_id, "m.call.hangup", content)
+
+    async def hold(self, on_hold: bool = True, timeout: float = 30.0) -> Event:
+        """Hold (or resume) the way Element does: renegotiate with the audio transceiver ``inactive`` (or
+        ``sendrecv``), send the offer as m.call.negotiate, wait for the other party's negotiate answer and apply
+        it. Returns the answer event. Like Chrome, aiortc stops sending on an inactive transceiver once the
+        answer is applied."""
+        if self.pc is None or self.pc.signalingState != "stable":
+            raise RuntimeError("hold() needs an established call")
+        transceiver = self.pc.getTransceivers()[0]
+        transceiver.direction = "inactive" if on_hold else "sendrecv"
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        sdp = self.pc.localDescription.sdp
+        if self._telephone_events:
+            sdp = add_telephone_events(sdp, self._telephone_events)
+        if self.dtmf is not None:
+            self.dtmf.set_local_sdp(sdp)
+        self.sent_sdp = sdp
+        content = self._base_content()
+        content["description"] = {"type": "offer", "sdp": sdp}
+        content["lifetime"] = int(timeout * 1000)
+        await self.client.send_event(self.room_id, "m.call.negotiate", content)
+
+        def is_answer(ev: Event) -> bool:
+            body = ev.get("content", {})
+            desc = body.get("description")
+            return (
+                ev.get("type") == "m.call.negotiate"
+                and ev.get("event_id") not in self._negotiate_answers_seen
+                and self._from_other_party(ev)
+                and body.get("party_id") in (self.remote_party_id, None)
+                and isinstance(desc, dict)
+                and desc.get("type") == "answer"
+            )
+
+        event = await self.client.wait_for_event(self.room_id, is_answer, timeout=timeout)
+        self._negotiate_answers_seen.add(str(event.get("event_id")))
+        await self._set_remote("answer", str(event["content"]["description"].get("sdp", "")))
+        return event
 
     async def close(self) -> None:
         if self._closed:

@@ -1,7 +1,10 @@
 from collections.abc import Sequence
 
+import pytest
+
 from bridge.call.actions import (
     Finish,
+    Renegotiate,
     SendMatrixAnswer,
     SendMatrixEnding,
     SendMatrixInvite,
@@ -11,6 +14,8 @@ from bridge.call.actions import (
     SendSipResponse,
     StartMedia,
 )
+from bridge.call.events import Negotiate, OutgoingContent, parse_call_event
+from bridge.call.hold import sip_direction_for_matrix_offer
 from bridge.call.inbound import InboundCall, InState
 from bridge.call.outbound import OutboundCall, OutState
 
@@ -187,3 +192,52 @@ def test_inbound_answered_elsewhere_hangs_up_a_ringing_branch_without_sip_action
     lost_race = ringing_call()
     lost_race.matrix_answer(ALICE, "D")  # answered too, but the other user's 200 went out first
     assert kinds(lost_race.answered_elsewhere()) == [SendMatrixEnding, Finish]
+
+
+# --- hold / resume: m.call.negotiate while connected ---
+
+@pytest.mark.parametrize(
+    ("matrix", "sip"),
+    [("inactive", "inactive"), ("sendonly", "sendonly"), ("recvonly", "recvonly"), ("sendrecv", "sendrecv"),
+     ("bogus", "sendrecv")],
+)
+def test_matrix_offer_direction_maps_to_the_reinvite_direction(matrix: str, sip: str) -> None:
+    assert sip_direction_for_matrix_offer(matrix) == sip
+
+
+def test_outbound_negotiate_offer_from_caller_while_answered_renegotiates() -> None:
+    call = OutboundCall(version="1", caller_party="P1")
+    call.sip_answered()
+    assert call.matrix_negotiate("P1", "offer", "v=0") == [Renegotiate("v=0")]
+    assert call.matrix_negotiate(None, "offer", "v=1") == [Renegotiate("v=1")]  # version 0 style sender
+    assert call.state is OutState.ANSWERED
+
+
+def test_outbound_negotiate_is_ignored_before_answer_from_others_and_for_answers() -> None:
+    call = OutboundCall(version="1", caller_party="P1")
+    assert call.matrix_negotiate("P1", "offer", "v=0") == []  # still dialling
+    call.sip_answered()
+    assert call.matrix_negotiate("OTHER", "offer", "v=0") == []
+    assert call.matrix_negotiate("P1", "answer", "v=0") == []  # we never send negotiate offers
+    call.matrix_hangup("P1", "user_hangup")
+    assert call.matrix_negotiate("P1", "offer", "v=0") == []
+
+
+def test_inbound_negotiate_offer_from_selected_device_while_connected_renegotiates() -> None:
+    call = InboundCall(callee="@alice:x")
+    call.user_joined()
+    assert call.matrix_negotiate("@alice:x", "DEV1", "offer", "v=0") == []  # ringing: nothing to renegotiate
+    call.matrix_answer("@alice:x", "DEV1")
+    assert call.matrix_negotiate("@alice:x", "DEV1", "offer", "v=0") == [Renegotiate("v=0")]
+    assert call.matrix_negotiate("@alice:x", "DEV2", "offer", "v=0") == []  # lost the answer race
+    assert call.matrix_negotiate("@mallory:x", "DEV1", "offer", "v=0") == []
+    assert call.matrix_negotiate("@alice:x", "DEV1", "answer", "v=0") == []
+    assert call.state is InState.CONNECTED
+
+
+def test_negotiate_answer_content_is_version_1_with_our_party_and_a_lifetime() -> None:
+    content = OutgoingContent("CALL", "PARTY").negotiate("answer", "v=0\r\n")
+    assert content == {"call_id": "CALL", "party_id": "PARTY", "version": "1", "lifetime": 30000,
+                       "description": {"type": "answer", "sdp": "v=0\r\n"}}
+    assert parse_call_event("m.call.negotiate", content) == Negotiate(
+        "CALL", "PARTY", "1", sdp_type="answer", sdp="v=0\r\n", lifetime_ms=30000)
