@@ -9,7 +9,7 @@ import signal
 import time
 from typing import Any
 
-from .call.dialplan import format_number, normalize_number
+from .call.dialplan import format_number
 from .calls.manager import CallManager, CallSettings, InboundSettings
 from .calls.outbound import TrunkTarget
 from .calls.ports import PortalInfo
@@ -155,7 +155,6 @@ class Bridge:
                 ),
                 media=media_settings(config),
                 dialplan=plan,
-                normalize=lambda raw: normalize_number(raw, plan),
                 failure_notices=config.bridge.failure_notices,
             ),
             ua_ref=lambda: self.ua,

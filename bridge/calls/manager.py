@@ -1,7 +1,7 @@
 """Routes events to calls: Matrix m.call.* and membership events, and inbound SIP INVITEs.
 
-Outbound calls are keyed by the Matrix call_id; inbound calls by the bridge's own call_id and by
-SIP Call-ID. Events for unknown calls get one log line and are dropped.
+Outbound calls are keyed by the caller's Matrix call_id, inbound calls by the call_id of the bridge's own
+m.call.invite (one per rung user). Events for unknown calls get one log line and are dropped.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from ..call import events as ev
 from ..call.candidates import CandidateBuffer
-from ..call.dialplan import check_dial, route_users
+from ..call.dialplan import check_dial, normalize_number, route_users
 from ..call.policy import RateLimiter, TrustedSources
 from ..config import DialplanConfig, InboundRoute
 from ..logs import CallLogger, call_logger
@@ -57,7 +57,6 @@ class CallSettings:
     inbound: InboundSettings
     media: MediaSettings
     dialplan: DialplanConfig
-    normalize: Callable[[str], str | None]
     failure_notices: bool = True
 
 
@@ -162,7 +161,7 @@ class CallManager:
         elif isinstance(value, ev.SelectAnswer):
             out.post(lambda: m.matrix_select_answer(value.party_id, value.selected_party_id, out.party_id))
         elif isinstance(value, ev.Negotiate):
-            out.log.info("m.call.negotiate is not supported yet; ignored")
+            out.post(lambda: m.matrix_negotiate(value.party_id, value.sdp_type, value.sdp))
 
     def _to_inbound(self, inc: InboundSession, sender: str, value: ev.CallEventValue) -> None:
         m = inc.machine
@@ -175,7 +174,7 @@ class CallManager:
         elif isinstance(value, ev.Hangup):
             inc.post(lambda: m.matrix_hangup(sender, value.party_id, value.reason))
         elif isinstance(value, ev.Negotiate):
-            inc.log.info("m.call.negotiate is not supported yet; ignored")
+            inc.post(lambda: m.matrix_negotiate(sender, value.party_id, value.sdp_type, value.sdp))
 
     async def _matrix_invite(self, room_id: str, sender: str, invite: ev.Invite, event_id: str) -> None:
         if invite.call_id in self.outbound:
@@ -311,7 +310,7 @@ class CallManager:
     def _dialled_number(self, request_uri: str, to: NameAddr) -> str | None:
         for candidate in (SipUri.parse(request_uri).user, to.uri.user):
             if candidate:
-                number = self.settings.normalize(candidate)
+                number = normalize_number(candidate, self.settings.dialplan)
                 if number:
                     return number
         return None
@@ -334,7 +333,7 @@ class CallManager:
         user = identity.uri.user or ""
         if "id" in [p.strip() for p in privacy.split(";")] or user.lower() in ANONYMOUS_USERS:
             return None, None
-        number = self.settings.normalize(user)
+        number = normalize_number(user, self.settings.dialplan)
         name = identity.display.strip('"') if identity.display else None
         return number, name or None
 
