@@ -17,6 +17,7 @@ import pytest
 from bridge.app import Bridge
 from tests.harness.bridge_stack import SERVER_NAME, StackPlan, start_bridge
 from tests.harness.matrix_client import MatrixTestClient
+from tests.harness.sipp import SippProcess
 from tests.harness.synapse import SynapseServer, register_user_sync
 
 SCENARIOS = Path(__file__).parent / "scenarios"
@@ -33,6 +34,12 @@ class E2E:
     tmp: Path
     bridges: list[Bridge] = field(default_factory=list)
     clients: list[MatrixTestClient] = field(default_factory=list)
+    sipps: list[SippProcess] = field(default_factory=list)
+
+    def own(self, sipp: SippProcess) -> SippProcess:
+        """Stop this sipp at teardown, whatever the test did."""
+        self.sipps.append(sipp)
+        return sipp
 
     async def bridge(self, overrides: Callable[[dict[str, Any]], None] | None = None) -> Bridge:
         def per_test(data: dict[str, Any]) -> None:
@@ -118,6 +125,8 @@ async def e2e(e2e_env: tuple[StackPlan, SynapseServer], tmp_path: Path) -> Async
     try:
         yield env
     finally:
+        for sipp in env.sipps:
+            await sipp.aclose()
         for client in env.clients:
             await client.close()
         for bridge in env.bridges:

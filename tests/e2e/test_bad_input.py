@@ -49,7 +49,7 @@ async def test_malformed_call_events_and_sip_garbage_do_not_disturb_the_next_cal
     peer.start_sending(seconds=30)
     sipp = SippProcess(SCENARIOS / "trunk_answer.xml", local_port=e2e.plan.trunk_port, timeout=60,
                        extra_args=["-key", "rtp_port", str(peer.port)], workdir=e2e.tmp / "sipp")
-    await sipp.start()
+    await e2e.own(sipp).start()
     try:
         call = await alice.place_call(room, GHOST)
         await call.wait_answer(timeout=30)
@@ -58,5 +58,4 @@ async def test_malformed_call_events_and_sip_garbage_do_not_disturb_the_next_cal
         assert await sipp.wait() == 0, sipp.report()
         await assert_released(bridge)
     finally:
-        await sipp.aclose()
         await peer.close()
