@@ -59,6 +59,8 @@ class UserAgent:
         self._client_invites: set[ClientInvite] = set()
         # recently ended UAC dialogs: a late 2xx retransmission for one is ACKed, not answered with a BYE
         self._ended: OrderedDict[DialogId, None] = OrderedDict()
+        # (Call-ID, local tag) of INVITEs this UA sent, recently: only a 2xx matching one may start a dialog
+        self._sent_invites: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._running = False
 
     # ----------------------------------------------------------------- lifecycle
@@ -200,6 +202,14 @@ class UserAgent:
 
     def _add_client_invite(self, ci: ClientInvite) -> None:
         self._client_invites.add(ci)
+        self.remember_sent_invite(ci.call_id, ci.local_tag)
+
+    def remember_sent_invite(self, call_id: str, local_tag: str) -> None:
+        """Record an INVITE as ours (also one restored after a restart), so its late 2xx is ACKed and hung up."""
+        self._sent_invites[(call_id, local_tag)] = None
+        self._sent_invites.move_to_end((call_id, local_tag))
+        if len(self._sent_invites) > ENDED_DIALOG_MEMORY:
+            self._sent_invites.popitem(last=False)
 
     def _remove_client_invite(self, ci: ClientInvite) -> None:
         self._client_invites.discard(ci)
