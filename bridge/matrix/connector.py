@@ -76,6 +76,7 @@ class MatrixSide:
                                        self.dispatcher.dispatch, self.ghosts.handle_user_query)
         self.web_app: web.Application = self.server.app
         self._runner: web.AppRunner | None = None
+        self._opened = False
         self.port: int | None = None  # the bound port once serving (useful when configured as 0)
 
     @property
@@ -88,8 +89,20 @@ class MatrixSide:
 
     async def start(self, *, serve: bool = True) -> None:
         """Open the DB (running migrations), listen for the homeserver, register the bot and set its name."""
+        await self.open()
+        await self.connect(serve=serve)
+
+    async def open(self) -> None:
+        """Open the DB and run migrations; no network. Idempotent. Crash recovery runs after this, before
+        the homeserver is reached (it may be down)."""
+        if self._opened:
+            return
         await self.db.start()
+        self._opened = True
         await self.tables.txn.prune(int(time.time() * 1000) - TXN_RETENTION_MS)
+
+    async def connect(self, *, serve: bool = True) -> None:
+        """Listen for the homeserver, register the bot, ask the homeserver to ping us."""
         if serve:
             self._runner = web.AppRunner(self.web_app, access_log=None)
             await self._runner.setup()
