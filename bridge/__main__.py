@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import secrets
 import sys
 from pathlib import Path
@@ -47,14 +46,8 @@ def generate_registration(config_path: Path, registration_path: Path) -> None:
 
 def run(config: Config) -> int:
     """Hand the validated config to ``bridge.app.run`` (the composition root, which also sets up logging)."""
-    try:
-        app = importlib.import_module("bridge.app")
-    except ModuleNotFoundError as e:
-        if e.name != "bridge.app":
-            raise
-        print("matrix-sip-bridge: bridge/app.py is not part of this build yet; nothing to run "
-              "(config is valid)", file=sys.stderr)
-        return 2
+    from bridge import app  # imported here: --help and --check-config need none of aiortc/mautrix
+
     try:
         asyncio.run(app.run(config))
     except KeyboardInterrupt:
