@@ -49,9 +49,21 @@ fi
 if [ ${#apt_missing[@]} -gt 0 ]; then
     say "installing with apt-get: ${apt_missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    if ! "${SUDO[@]}" apt-get update -qq || \
-       ! "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" >/dev/null; then
-        say "ERROR: apt-get install ${apt_missing[*]} failed (need root or passwordless sudo)"
+    if [ "$(id -u)" -ne 0 ] && ! sudo -n true 2>/dev/null; then
+        say "ERROR: installing ${apt_missing[*]} needs root or passwordless sudo"
+        exit 1
+    fi
+    # Another apt/dpkg (unattended-upgrades on a fresh cloud VM) may hold the lock: wait for it, visibly.
+    if command -v fuser >/dev/null 2>&1 && "${SUDO[@]}" fuser /var/lib/dpkg/lock-frontend >/dev/null 2>&1; then
+        say "another apt/dpkg process holds the lock; waiting for it (up to 10 minutes)"
+    fi
+    APT_WAIT=(-o DPkg::Lock::Timeout=600)
+    if ! "${SUDO[@]}" apt-get "${APT_WAIT[@]}" update -qq; then
+        say "ERROR: apt-get update failed (see above)"
+        exit 1
+    fi
+    if ! "${SUDO[@]}" apt-get "${APT_WAIT[@]}" install -y -qq --no-install-recommends "${apt_missing[@]}" >/dev/null; then
+        say "ERROR: apt-get install ${apt_missing[*]} failed (see above)"
         exit 1
     fi
     PY=$(pick_python || true)
@@ -72,15 +84,25 @@ else
     say ".venv exists ($(.venv/bin/python --version 2>&1))"
 fi
 
-# pip is quiet unless something fails; its log is kept for that case.
-PIP_LOG=$(mktemp)
-trap 'rm -f "$PIP_LOG"' EXIT
-export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
-say "installing the package with its test and postgres extras into .venv"
-if ! .venv/bin/python -m pip install -q -e '.[test,postgres]' >"$PIP_LOG" 2>&1; then
-    cat "$PIP_LOG"
-    say "ERROR: pip install failed"
-    exit 1
+# pip runs only when the package metadata changed since the last successful install (the editable install
+# already follows code changes). Its progress is shown one line per package; the full log is kept on failure.
+STAMP=.venv/.setup-stamp
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && .venv/bin/python -c 'import importlib.metadata as m; m.version("matrix-sip-bridge")' 2>/dev/null; then
+    say "python packages up to date (pyproject.toml unchanged); skipping pip"
+else
+    PIP_LOG=$(mktemp)
+    trap 'rm -f "$PIP_LOG"' EXIT
+    export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
+    say "installing the package with its test and postgres extras into .venv (first run: a few minutes)"
+    rc=0
+    .venv/bin/python -m pip install --progress-bar off -e '.[test,postgres]' 2>&1 | tee "$PIP_LOG" | \
+        { grep --line-buffered -E "^(Collecting|Successfully installed)" | sed -u 's/^/[setup]   /'; true; } || rc=$?
+    if [ "$rc" -ne 0 ] || ! .venv/bin/python -c 'import importlib.metadata as m; m.version("matrix-sip-bridge")' 2>/dev/null; then
+        cat "$PIP_LOG"
+        say "ERROR: pip install failed"
+        exit 1
+    fi
+    echo "$want" > "$STAMP"
 fi
-grep -i -E "^(warning|error)" "$PIP_LOG" | grep -v "is ignored: it is neither a file nor a directory" || true
 say "done: $REPO_ROOT/.venv ready ($(.venv/bin/python -c 'import aiortc, synapse; print(f"aiortc {aiortc.__version__}, synapse {synapse.__version__}")' 2>/dev/null || echo 'imports not checked'))"
