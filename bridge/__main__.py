@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import secrets
 import sys
+from importlib import resources
 from pathlib import Path
 
 import yaml
@@ -27,7 +29,24 @@ def _parser() -> argparse.ArgumentParser:
                    help="where -g writes the registration (default: registration.yaml)")
     p.add_argument("--check-config", action="store_true",
                    help="validate the config (including that tokens were generated) and exit 0 if valid, 1 if not")
+    p.add_argument("-e", "--example", action="store_true",
+                   help="write the commented example config to the --config path (never overwrites), then exit")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     return p
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("matrix-sip-bridge")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def write_example(config_path: Path) -> None:
+    """Copy the packaged example config to ``config_path``; an existing file is never replaced."""
+    example = resources.files("bridge").joinpath("example-config.yaml").read_text(encoding="utf-8")
+    with config_path.open("x", encoding="utf-8") as f:
+        f.write(example)
 
 
 def generate_registration(config_path: Path, registration_path: Path) -> None:
@@ -58,6 +77,17 @@ def run(config: Config) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     config_path = Path(args.config)
+    if args.example:
+        try:
+            write_example(config_path)
+        except FileExistsError:
+            print(f"{config_path} exists; not overwriting it (remove it or pick another -c path)", file=sys.stderr)
+            return 1
+        except OSError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(f"wrote the example config to {config_path}; edit it (see README 'Configure'), then run -g")
+        return 0
     try:
         if args.generate_registration:
             generate_registration(config_path, Path(args.registration))

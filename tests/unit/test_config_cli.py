@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +92,21 @@ def test_help_lists_every_option(tmp_path: Path) -> None:
     assert r.returncode == 0
     for opt in ("--config", "--generate-registration", "--registration", "--check-config"):
         assert opt in r.stdout
+
+
+def test_example_writes_the_packaged_example_once_and_never_overwrites(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.yaml"
+    r = cli("-c", str(cfg), "-e", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert cfg.read_text() == EXAMPLE.read_text()
+    cfg.write_text("# the admin's own edits\n")
+    r = cli("-c", str(cfg), "-e", cwd=tmp_path)
+    assert r.returncode == 1
+    assert "not overwriting" in r.stderr
+    assert cfg.read_text() == "# the admin's own edits\n"
+
+
+def test_version_prints_the_installed_version(tmp_path: Path) -> None:
+    r = cli("--version", cwd=tmp_path)
+    assert r.returncode == 0
+    assert r.stdout.strip() == f"python -m bridge {importlib.metadata.version('matrix-sip-bridge')}"
