@@ -7,6 +7,7 @@ The loader is explicit (one function per section) rather than reflective, so eac
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import ipaddress
 import re
@@ -329,8 +330,32 @@ def _check_http_url(key: str, value: str) -> None:
 
 
 def _check_sip_uri(key: str, value: str) -> None:
-    if not _SIP_URI_RE.match(value):
+    match = _SIP_URI_RE.match(value)
+    if not match:
         raise ConfigError(key, f"{value!r} is not a SIP URI (expected e.g. sip:trunk.example.net:5060)")
+    port = re.search(r"(?<=[^:]):(\d{1,5})(?=;|$)", value.split(";", 1)[0])
+    if port and not 1 <= int(port.group(1)) <= 65535:
+        raise ConfigError(key, f"{value!r}: port {port.group(1)} is out of range (1-65535)")
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file path of a ``sqlite:`` URL, or None for other URLs.
+
+    ``sqlite:x.db`` and, as in mautrix/SQLAlchemy, ``sqlite:///x.db`` name a relative path; ``sqlite:////abs/x.db``
+    and ``sqlite:/abs/x.db`` absolute ones. (mautrix's own parser would turn ``sqlite:///x.db`` into ``/x.db``.)
+    """
+    m = re.match(r"^sqlite3?:(.*)$", url)
+    if not m:
+        return None
+    rest = m.group(1)
+    if rest.startswith("///"):
+        rest = rest[3:]
+    elif rest.startswith("//"):
+        raise ValueError("is not a file URL: use sqlite:<path> "
+                         "(or sqlite:///<relative path>, sqlite:////<absolute path>)")
+    if not rest:
+        raise ValueError("names no file (e.g. sqlite:matrix-sip-bridge.db)")
+    return rest
 
 
 def _check_regex(key: str, value: str) -> None:
@@ -399,6 +424,12 @@ def _appservice(s: _Section) -> AppserviceConfig:
     if not re.match(r"^(sqlite3?|postgres(ql)?):", database):
         raise ConfigError(s.key("database"), f"{database!r} must start with sqlite: or postgres:// "
                           "(e.g. sqlite:matrix-sip-bridge.db)")
+    try:
+        file = sqlite_path(database)
+    except ValueError as e:
+        raise ConfigError(s.key("database"), f"{database!r} {e}") from None
+    if file is not None:
+        database = f"sqlite:{file}"
     out = AppserviceConfig(
         address=address.rstrip("/"),
         hostname=s.string("hostname", "127.0.0.1"),
@@ -638,6 +669,12 @@ def parse_config(data: Any, path: Path | None = None) -> Config:
         path=path,
     )
     root.finish()
+    file = sqlite_path(config.appservice.database)
+    if path is not None and file is not None and not Path(file).is_absolute():
+        # relative to the config file, not to wherever the bridge happens to be started
+        resolved = (Path(path).resolve().parent / file).as_posix()
+        config = dataclasses.replace(
+            config, appservice=dataclasses.replace(config.appservice, database=f"sqlite:{resolved}"))
     return config
 
 

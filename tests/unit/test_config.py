@@ -232,3 +232,27 @@ def test_media_ice_host_addresses_are_validated_ips() -> None:
 
     with pytest.raises(ConfigError, match=r"media\.ice_host_addresses"):
         parse_config({"homeserver": {"domain": "example.org"}, "media": {"ice_host_addresses": ["eth0"]}})
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("sqlite:x.db", "sqlite:/etc/bridge/x.db"),
+    ("sqlite:///x.db", "sqlite:/etc/bridge/x.db"),
+    ("sqlite:data/x.db", "sqlite:/etc/bridge/data/x.db"),
+    ("sqlite:////var/lib/x.db", "sqlite:/var/lib/x.db"),
+    ("sqlite:/var/lib/x.db", "sqlite:/var/lib/x.db"),
+    ("postgres://u:p@db/bridge", "postgres://u:p@db/bridge"),
+])
+def test_sqlite_paths_resolve_against_the_config_files_directory(url: str, expected: str) -> None:
+    config = parse_config(with_value("appservice.database", url), Path("/etc/bridge/config.yaml"))
+    assert config.appservice.database == expected
+
+
+def test_sqlite_url_with_a_host_part_is_an_error_naming_the_fix() -> None:
+    with pytest.raises(ConfigError, match=r"appservice\.database: 'sqlite://x' is not a file URL"):
+        parse_config(with_value("appservice.database", "sqlite://x"))
+
+
+@pytest.mark.parametrize("proxy", ["sip:trunk.example.net:99999", "sip:trunk.example.net:0", "sip:u@[::1]:70000"])
+def test_sip_uri_with_a_port_out_of_range_is_refused(proxy: str) -> None:
+    with pytest.raises(ConfigError, match=r"sip\.trunk\.proxy: .* port \d+ is out of range"):
+        parse_config(with_value("sip.trunk.proxy", proxy))
