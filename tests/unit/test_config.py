@@ -256,3 +256,8 @@ def test_sqlite_url_with_a_host_part_is_an_error_naming_the_fix() -> None:
 def test_sip_uri_with_a_port_out_of_range_is_refused(proxy: str) -> None:
     with pytest.raises(ConfigError, match=r"sip\.trunk\.proxy: .* port \d+ is out of range"):
         parse_config(with_value("sip.trunk.proxy", proxy))
+
+
+def test_example_config_permits_the_admins_own_domain_once_domain_is_changed() -> None:
+    cfg = parse_config(with_value("homeserver.domain", "corp.test"))
+    assert cfg.bridge.permissions == {"corp.test": "user"}
