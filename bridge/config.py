@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from bridge.config_env import EnvOverrideError, apply_env_overrides
 
 PLACEHOLDER_TOKENS = frozenset({"", "generate", "changeme", "CHANGE_ME"})
 
@@ -678,8 +681,9 @@ def parse_config(data: Any, path: Path | None = None) -> Config:
     return config
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate a YAML config file. Raises :class:`ConfigError` (also for I/O and YAML errors)."""
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read a YAML config file, apply ``MATRIX_SIP_BRIDGE_*`` environment overrides (``environ``, default
+    ``os.environ``; see config_env.py) and validate. Raises :class:`ConfigError` (also for I/O and YAML errors)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -691,6 +695,10 @@ def load_config(path: str | Path) -> Config:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError("", f"{path} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    try:
+        data = apply_env_overrides(data, os.environ if environ is None else environ)
+    except EnvOverrideError as e:
+        raise ConfigError(e.variable, str(e).split(": ", 1)[1]) from None
     return parse_config(data, path)
 
 
