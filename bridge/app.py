@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from .call.dialplan import format_number
+from .call.limits import CallLimits
 from .calls.manager import CallManager, CallSettings, InboundSettings
 from .calls.outbound import TrunkTarget
 from .calls.ports import PortalInfo
@@ -110,15 +111,19 @@ class CallLogAdapter:
         return int(time.time() * 1000)
 
     async def call_started(self, *, call_id: str, party_id: str, sip_call_id: str, room_id: str, direction: str,
-                           number: str | None, mxid: str) -> None:
+                           number: str | None, mxid: str) -> bool:
         try:
-            await self.table.insert(CallLogEntry(
+            claimed = await self.table.claim(CallLogEntry(
                 call_id=call_id, party_id=party_id, sip_call_id=sip_call_id, room_id=room_id,
                 direction="inbound" if direction == "inbound" else "outbound", number=number, mxid=mxid,
                 invite_ts=self._now(),
             ))
         except Exception:
             log.exception("call log insert failed for %s", call_id)
+            return False
+        if not claimed:
+            log.warning("call log already has call_id %s: not logged again", call_id)
+        return claimed
 
     async def call_answered(self, call_id: str) -> None:
         try:
@@ -156,6 +161,11 @@ class Bridge:
                 media=media_settings(config),
                 dialplan=plan,
                 failure_notices=config.bridge.failure_notices,
+                limits=CallLimits(
+                    attempts_per_minute=config.bridge.limits.attempts_per_minute,
+                    concurrent_calls=config.bridge.limits.concurrent_calls,
+                    total_concurrent_calls=config.bridge.limits.total_concurrent_calls,
+                ),
             ),
             ua_ref=lambda: self.ua,
             matrix=MatrixAdapter(self.matrix, config),
