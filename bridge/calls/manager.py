@@ -229,9 +229,10 @@ class CallManager:
             self._refuse(portal, invite, sender, over.reason, f"limit: {over.problem}", over.notice)
             return
         if verdict.remaining_ms < invite.lifetime_ms:
-            clog.info("invite is %d ms old (%s): %d ms of its lifetime left", age.ms, age.source,
-                      verdict.remaining_ms)
             invite = dataclasses.replace(invite, lifetime_ms=verdict.remaining_ms)
+            if age.ms is not None and age.ms >= 1000:  # delivered late (an outage): worth a line
+                clog.info("invite is %d ms old (%s): ringing for the %d ms left of its lifetime", age.ms,
+                          age.source, verdict.remaining_ms)
         buffered, _ = self.candidates.take(call_id, invite.party_id)
         clog = call_logger("bridge.calls.outbound", call_id)
         session = OutboundSession(
