@@ -17,7 +17,7 @@ from .calls.ports import PortalInfo
 from .config import Config
 from .db.call_log import CallLog, CallLogEntry
 from .db.database import create_database
-from .logs import setup_logging
+from .logs import call_logger, setup_logging
 from .matrix.connector import MatrixSide
 from .matrix.ghosts import UNKNOWN_NUMBER
 from .media.ice import restrict_host_addresses
@@ -119,10 +119,10 @@ class CallLogAdapter:
                 invite_ts=self._now(),
             ))
         except Exception:
-            log.exception("call log insert failed for %s", call_id)
+            call_logger(__name__, call_id, sip_call_id).exception("call log insert failed")
             return False
         if not claimed:
-            log.warning("call log already has call_id %s: not logged again", call_id)
+            call_logger(__name__, call_id, sip_call_id).warning("call_id already in the call log: not logged again")
         return claimed
 
     async def call_answered(self, call_id: str) -> None:
