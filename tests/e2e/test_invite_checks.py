@@ -138,6 +138,34 @@ async def test_invite_delivered_after_its_lifetime_is_not_dialled(
     assert not bridge.calls.sessions() and bridge.calls.ports.in_use == frozenset()
 
 
+async def test_long_expired_invite_is_only_logged_and_timestamp_is_the_fallback_age(
+    e2e: E2E, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bridge")
+    bridge = await e2e.bridge()
+    sipp = await busy_trunk(e2e, calls=1)
+    alice = await e2e.client("alice")
+    room = await portal_room(alice)
+    ancient = pushed_event(room, "m.call.invite", invite_content("ancientinvite"))
+    ancient["unsigned"] = {"age": 600_000}  # ten minutes: its caller gave up long ago
+    # No unsigned.age: the bridge falls back to its clock minus origin_server_ts (30 s ago, lifetime 10 s).
+    skewed = pushed_event(room, "m.call.invite", invite_content("tsonlyinvite", lifetime=10000))
+    del skewed["unsigned"]
+    skewed["origin_server_ts"] = int(time.time() * 1000) - 30_000
+    await push_transaction(e2e, [ancient, skewed])
+    end = await alice.wait_for_event(room, lambda ev: ev.get("type") == "m.call.reject" and ev["sender"] == GHOST,
+                                     timeout=20)
+    assert end["content"]["call_id"] == "tsonlyinvite" and end["content"]["reason"] == "invite_timeout"
+    text = caplog.text
+    assert re.search(r"call_id=ancientinvite .*not dialling m.call.invite .*expired: age 600000 ms \(unsigned\.age\)",
+                     text), text[-3000:]
+    assert re.search(r"call_id=tsonlyinvite .*expired: age \d+ ms \(origin_server_ts\)", text)
+    await asyncio.sleep(1.0)
+    assert [ev["content"]["call_id"] for ev in ghost_events(alice, room, "m.call.reject")] == ["tsonlyinvite"]
+    assert invites_seen(sipp) == [], sipp.messages
+    assert not bridge.calls.sessions() and await bridge.matrix.call_log.recent() == []
+
+
 async def test_aged_invite_rings_only_for_what_is_left_of_its_lifetime(e2e: E2E) -> None:
     bridge = await e2e.bridge()
     sipp = await trunk(e2e, "trunk_ring_until_cancel.xml")
@@ -159,23 +187,27 @@ async def test_aged_invite_rings_only_for_what_is_left_of_its_lifetime(e2e: E2E)
     await assert_released(bridge)
 
 
-@pytest.mark.parametrize("case", ["no_audio", "version_2"])
+@pytest.mark.parametrize("case", ["no_audio", "version_2", "version_0_no_audio"])
 async def test_invite_without_audio_or_of_unknown_version_is_refused_before_dialling(e2e: E2E, case: str) -> None:
     bridge = await e2e.bridge()
     sipp = await busy_trunk(e2e, calls=1)
     alice = await e2e.client("alice")
     room = await portal_room(alice)
     call_id = f"check{case.replace('_', '')}{uuid.uuid4().hex[:8]}"
-    content = invite_content(call_id, sdp=VIDEO_ONLY_OFFER) if case == "no_audio" else invite_content(
-        call_id, version="2")
+    if case == "version_2":
+        content = invite_content(call_id, version="2")
+    else:
+        content = invite_content(call_id, sdp=VIDEO_ONLY_OFFER, version=0 if "version_0" in case else "1")
     await alice.send_event(room, "m.call.invite", content)
-    end = await alice.wait_for_event(room, lambda ev: ev.get("type") == "m.call.reject" and ev["sender"] == GHOST
+    # Version 0 has no m.call.reject: its refusal is an m.call.hangup.
+    kind = "m.call.hangup" if "version_0" in case else "m.call.reject"
+    end = await alice.wait_for_event(room, lambda ev: ev.get("type") == kind and ev["sender"] == GHOST
                                      and ev["content"].get("call_id") == call_id, timeout=20)
     assert end["content"]["reason"] == "unknown_error" and end["content"]["version"] == "1"
     notice = await alice.wait_for_event(
         room, lambda ev: ev.get("type") == "m.room.message" and ev["sender"] == GHOST
         and ev["content"].get("msgtype") == "m.notice", timeout=10)
-    expected = "no audio" if case == "no_audio" else "VoIP version"
+    expected = "VoIP version" if case == "version_2" else "no audio"
     assert expected in notice["content"]["body"]
     await asyncio.sleep(1.0)
     assert invites_seen(sipp) == [], sipp.messages
