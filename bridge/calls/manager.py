@@ -195,6 +195,8 @@ class CallManager:
         room_id, sender, call_id = evt.room_id, evt.sender, invite.call_id
         clog = call_logger(__name__, call_id)
         if call_id in self.outbound:
+            # A replay, or a second invite reusing a live call's ID: not dialled, and not rejected either (a reject
+            # with this call_id would end the live call in the caller's client).
             clog.info("ignoring m.call.invite %s from %s: this call_id is in progress", evt.event_id, sender)
             return
         portal = await self.matrix.portal_for_room(room_id)
