@@ -468,6 +468,8 @@ def bench_config(data: dict[str, Any]) -> None:
     data["sip"]["inbound"]["routes"] = [{"number": DIALLED, "users": [ALICE]}]
     # sequential calls from one source: the per-source INVITE rate limit must not be what is measured
     data["sip"]["inbound"]["rate_limit"] = {"per_source_per_second": 1000, "burst": 1000}
+    # the same for the calls Alice places: bridge.limits must not refuse the measured calls
+    data["bridge"]["limits"] = {"attempts_per_minute": 10000, "concurrent_calls": 100, "total_concurrent_calls": 1000}
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> bool:

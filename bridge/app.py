@@ -10,13 +10,14 @@ import time
 from typing import Any
 
 from .call.dialplan import format_number
+from .call.limits import CallLimits
 from .calls.manager import CallManager, CallSettings, InboundSettings
 from .calls.outbound import TrunkTarget
 from .calls.ports import PortalInfo
 from .config import Config
 from .db.call_log import CallLog, CallLogEntry
 from .db.database import create_database
-from .logs import setup_logging
+from .logs import call_logger, setup_logging
 from .matrix.connector import MatrixSide
 from .matrix.ghosts import UNKNOWN_NUMBER
 from .media.ice import restrict_host_addresses
@@ -110,15 +111,19 @@ class CallLogAdapter:
         return int(time.time() * 1000)
 
     async def call_started(self, *, call_id: str, party_id: str, sip_call_id: str, room_id: str, direction: str,
-                           number: str | None, mxid: str) -> None:
+                           number: str | None, mxid: str) -> bool:
         try:
-            await self.table.insert(CallLogEntry(
+            claimed = await self.table.claim(CallLogEntry(
                 call_id=call_id, party_id=party_id, sip_call_id=sip_call_id, room_id=room_id,
                 direction="inbound" if direction == "inbound" else "outbound", number=number, mxid=mxid,
                 invite_ts=self._now(),
             ))
         except Exception:
-            log.exception("call log insert failed for %s", call_id)
+            call_logger(__name__, call_id, sip_call_id).exception("call log insert failed")
+            return False
+        if not claimed:
+            call_logger(__name__, call_id, sip_call_id).warning("call_id already in the call log: not logged again")
+        return claimed
 
     async def call_answered(self, call_id: str) -> None:
         try:
@@ -156,6 +161,11 @@ class Bridge:
                 media=media_settings(config),
                 dialplan=plan,
                 failure_notices=config.bridge.failure_notices,
+                limits=CallLimits(
+                    attempts_per_minute=config.bridge.limits.attempts_per_minute,
+                    concurrent_calls=config.bridge.limits.concurrent_calls,
+                    total_concurrent_calls=config.bridge.limits.total_concurrent_calls,
+                ),
             ),
             ua_ref=lambda: self.ua,
             matrix=MatrixAdapter(self.matrix, config),

@@ -66,6 +66,15 @@ class AppserviceConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """Limits on calls Matrix users place (bridge.limits)."""
+
+    attempts_per_minute: int = 10
+    concurrent_calls: int = 3
+    total_concurrent_calls: int = 50
+
+
+@dataclass(frozen=True)
 class BridgeConfig:
     username_template: str = "sip_{number}"
     displayname_template: str = "{name}"  # falls back to {formatted} when the caller sent no name
@@ -75,6 +84,7 @@ class BridgeConfig:
     invite_lifetime_ms: int = 60000
     ring_timeout_s: int = 60
     failure_notices: bool = True
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
 
 @dataclass(frozen=True)
@@ -478,6 +488,17 @@ def _bridge(s: _Section, domain: str) -> BridgeConfig:
         invite_lifetime_ms=s.integer("invite_lifetime_ms", 60000, lo=5000, hi=600000),
         ring_timeout_s=s.integer("ring_timeout_s", 60, lo=5, hi=600),
         failure_notices=s.boolean("failure_notices", True),
+        limits=_limits(s.section("limits")),
+    )
+    s.finish()
+    return out
+
+
+def _limits(s: _Section) -> LimitsConfig:
+    out = LimitsConfig(
+        attempts_per_minute=s.integer("attempts_per_minute", 10, lo=1, hi=10000),
+        concurrent_calls=s.integer("concurrent_calls", 3, lo=1, hi=10000),
+        total_concurrent_calls=s.integer("total_concurrent_calls", 50, lo=1, hi=100000),
     )
     s.finish()
     return out

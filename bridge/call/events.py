@@ -50,6 +50,9 @@ class Invite(CallEventBase):
     lifetime_ms: int
     invitee: str | None = None
     dtmf: bool = False
+    # The declared version when it is not one we implement (0, "1", or 1 which the spec names as "1");
+    # kept as a short repr so the invite can be refused before dialling (invite_checks.py).
+    unsupported_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,13 @@ HANGUP_REASONS = frozenset(
 def normalize_version(raw: object) -> Version:
     """``0`` (int) is the legacy protocol; anything else is treated as ``"1"`` (spec: Versions)."""
     return 0 if raw == 0 and not isinstance(raw, bool) else "1"
+
+
+def unsupported_version(raw: object) -> str | None:
+    """None for a version the bridge implements, else a short repr of what was declared (safe to log)."""
+    if raw == "1" or (type(raw) is int and raw in (0, 1)):
+        return None
+    return repr(raw)[:24]
 
 
 def _voip_id(content: dict[str, Any], key: str, *, required: bool = True) -> str | None:
@@ -151,6 +161,7 @@ def parse_call_event(event_type: str, content: object) -> CallEventValue:
         return Invite(
             call_id, party_id, version, offer_sdp=_sdp(content.get("offer"), "offer", "offer"),
             lifetime_ms=min(lifetime, 24 * 3600 * 1000), invitee=invitee, dtmf=_dtmf(content),
+            unsupported_version=unsupported_version(content.get("version")),
         )
     if event_type == "m.call.candidates":
         raw = content.get("candidates")

@@ -7,6 +7,7 @@ m.call.invite (one per rung user). Events for unknown calls get one log line and
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import OrderedDict
@@ -17,6 +18,8 @@ from typing import Any, Protocol
 from ..call import events as ev
 from ..call.candidates import CandidateBuffer
 from ..call.dialplan import check_dial, normalize_number, route_users
+from ..call.invite_checks import Ignore, Refuse, check_invite, invite_age
+from ..call.limits import CallLimiter, CallLimits, RefusalThrottle
 from ..call.policy import RateLimiter, TrustedSources
 from ..config import DialplanConfig, InboundRoute
 from ..logs import CallLogger, call_logger
@@ -30,7 +33,7 @@ from ..sip.ua import ServerInvite, UserAgent
 from ..sip.uri import SipUri
 from .inbound import InboundFork, InboundSession
 from .outbound import OutboundSession, TrunkTarget
-from .ports import CallLogPort, MatrixPort
+from .ports import CallLogPort, MatrixPort, PortalInfo
 from .session import CallSession
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,7 @@ class CallSettings:
     media: MediaSettings
     dialplan: DialplanConfig
     failure_notices: bool = True
+    limits: CallLimits = field(default_factory=CallLimits)
 
 
 class CallEventLike(Protocol):
@@ -73,6 +77,10 @@ class CallEventLike(Protocol):
     def type(self) -> str: ...
     @property
     def content(self) -> dict[str, Any]: ...
+    @property
+    def ts(self) -> int: ...  # origin_server_ts (ms), 0 if unknown
+    @property
+    def age(self) -> int | None: ...  # unsigned.age (ms) as pushed by the homeserver
 
 
 class _NonceStore:
@@ -106,6 +114,8 @@ class CallManager:
         self.candidates = CandidateBuffer()
         self.trusted = TrustedSources(settings.inbound.trusted_sources)
         self.limiter = RateLimiter(per_second=settings.inbound.rate_per_second, burst=settings.inbound.rate_burst)
+        self.call_limits = CallLimiter(settings.limits, time.monotonic)  # calls Matrix users place
+        self.refusals = RefusalThrottle(time.monotonic)
         self.nonces = _NonceStore()
         self._pending: set[asyncio.Task[None]] = set()
 
@@ -117,7 +127,9 @@ class CallManager:
 
     def _finished(self, session: CallSession) -> None:
         if isinstance(session, OutboundSession):
-            self.outbound.pop(session.call_id, None)
+            if self.outbound.get(session.call_id) is session:
+                del self.outbound[session.call_id]
+            self.call_limits.release(session.call_id)
         elif isinstance(session, InboundSession):
             self.inbound.pop(session.call_id, None)
         self.candidates.drop(getattr(session, "call_id", ""))
@@ -132,7 +144,7 @@ class CallManager:
             log.warning("ignoring invalid %s %s from %s in %s: %s", event_type, event_id, sender, room_id, exc)
             return
         if isinstance(value, ev.Invite):
-            await self._matrix_invite(room_id, sender, value, event_id)
+            await self._matrix_invite(evt, value)
             return
         out = self.outbound.get(value.call_id)
         if out is not None:
@@ -176,49 +188,109 @@ class CallManager:
         elif isinstance(value, ev.Negotiate):
             inc.post(lambda: m.matrix_negotiate(sender, value.party_id, value.sdp_type, value.sdp))
 
-    async def _matrix_invite(self, room_id: str, sender: str, invite: ev.Invite, event_id: str) -> None:
-        if invite.call_id in self.outbound:
-            return  # a replay of an invite we already handle
+    async def _matrix_invite(self, evt: CallEventLike, invite: ev.Invite) -> None:
+        """The one place where Matrix invites are dialled. Every check runs before any SIP INVITE, RTP port or
+        WebRTC peer exists, and refusals are sent by tasks: a flood of invites in one transaction is handled
+        in milliseconds each, never one homeserver round trip per invite inside the room queue."""
+        room_id, sender, call_id = evt.room_id, evt.sender, invite.call_id
+        clog = call_logger(__name__, call_id)
+        if call_id in self.outbound:
+            # A replay, or a second invite reusing a live call's ID: not dialled, and not rejected either (a reject
+            # with this call_id would end the live call in the caller's client).
+            clog.info("ignoring m.call.invite %s from %s: this call_id is in progress", evt.event_id, sender)
+            return
         portal = await self.matrix.portal_for_room(room_id)
         if portal is None:
-            log.info("ignoring m.call.invite %s in %s: not a portal room", invite.call_id, room_id)
+            clog.info("ignoring m.call.invite in %s: not a portal room", room_id)
             return
-        out_refusal = ev.OutgoingContent(invite.call_id, "bridgerefusal")
-        kind = "m.call.reject" if invite.version != 0 else "m.call.hangup"
-
-        async def refuse(text: str) -> None:
-            log.info("refusing call %s from %s: %s", invite.call_id, sender, text)
-            content = out_refusal.reject("unknown_error") if kind == "m.call.reject" else out_refusal.hangup(
-                "unknown_error")
-            await self.matrix.send_call_event(portal, kind, content)
-            await self.matrix.send_notice(portal, text)
-
+        age = invite_age(evt.age, evt.ts, int(time.time() * 1000))
+        verdict = check_invite(invite, age)
+        if isinstance(verdict, Ignore):
+            clog.info("not dialling m.call.invite %s from %s: %s", evt.event_id, sender, verdict.problem)
+            self.candidates.drop(call_id)
+            return
+        if isinstance(verdict, Refuse):
+            self._refuse(portal, invite, sender, verdict.reason, verdict.problem, verdict.notice)
+            return
         if not self.matrix.can_dial(sender):
-            await refuse("You are not allowed to place calls through this bridge.")
+            self._refuse(portal, invite, sender, "unknown_error", "not permitted",
+                         "You are not allowed to place calls through this bridge.")
             return
         if sender != portal.mxid:
-            await refuse(f"Only {portal.mxid} can place calls from this chat.")
+            self._refuse(portal, invite, sender, "unknown_error", "not the portal's user",
+                         f"Only {portal.mxid} can place calls from this chat.")
             return
         number = portal.number
         problem = "this chat has no phone number" if not number else check_dial(number, self.settings.dialplan)
         if problem or not number:
-            await refuse(f"Cannot call {self.matrix.format_number(number)}: {problem}")
+            self._refuse(portal, invite, sender, "unknown_error", f"dial plan: {problem}",
+                         f"Cannot call {self.matrix.format_number(number)}: {problem}")
             return
-        buffered, _ = self.candidates.take(invite.call_id, invite.party_id)
-        clog = call_logger("bridge.calls.outbound", invite.call_id)
+        over = self.call_limits.admit(sender, call_id)
+        if over is not None:
+            self._refuse(portal, invite, sender, over.reason, f"limit: {over.problem}", over.notice)
+            return
+        if verdict.remaining_ms < invite.lifetime_ms:
+            invite = dataclasses.replace(invite, lifetime_ms=verdict.remaining_ms)
+            if age.ms is not None and age.ms >= 1000:  # delivered late (an outage): worth a line
+                clog.info("invite is %d ms old (%s): ringing for the %d ms left of its lifetime", age.ms,
+                          age.source, verdict.remaining_ms)
+        buffered, _ = self.candidates.take(call_id, invite.party_id)
+        clog = call_logger("bridge.calls.outbound", call_id)
         session = OutboundSession(
             invite=invite, sender=sender, portal=portal, number=number, ua=self._ua(), trunk=self.settings.trunk,
             media=self._new_media(clog), log=clog, matrix=self.matrix, call_log=self.call_log,
             failure_notices=self.settings.failure_notices, on_finished=self._finished,
         )
-        self.outbound[invite.call_id] = session
+        self.outbound[call_id] = session
         try:
-            await session.begin(buffered)
+            started = await session.begin(buffered)
         except Exception as exc:
-            log.exception("could not start outbound call %s", invite.call_id)
-            self.outbound.pop(invite.call_id, None)
+            clog.exception("could not start the outbound call")
+            self._drop_unstarted(session)
             await session.abort()
-            await refuse(f"The call to {self.matrix.format_number(number)} could not be started: {exc}")
+            await self.call_log.call_ended(call_id, "not_started")
+            self._refuse(portal, invite, sender, "unknown_error", "could not start",
+                         f"The call to {self.matrix.format_number(number)} could not be started: {exc}")
+            return
+        if not started:
+            self._drop_unstarted(session)
+            await session.abort()
+            # A call_id already in the log: an earlier call (ended) or a replay. Never dialled twice.
+            self._refuse(portal, invite, sender, "unknown_error", "call_id already in the call log", None)
+
+    def _drop_unstarted(self, session: OutboundSession) -> None:
+        if self.outbound.get(session.call_id) is session:
+            del self.outbound[session.call_id]
+        self.call_limits.release(session.call_id)
+
+    def _refuse(self, portal: PortalInfo, invite: ev.Invite, sender: str, reason: str, problem: str,
+                notice: str | None) -> None:
+        """Refuse an invite visibly: m.call.reject (m.call.hangup for version 0, which has no reject) and a
+        notice. Sent by a task, within the sender's refusal budget (RefusalThrottle); always logged."""
+        self.candidates.drop(invite.call_id)
+        plan = self.refusals.plan(sender, wants_notice=notice is not None)
+        clog = call_logger(__name__, invite.call_id)
+        clog.info("refusing m.call.invite from %s in %s: %s (reason %s%s)", sender, portal.room_id, problem,
+                  reason, "" if plan.send_event else "; refusal budget spent, nothing sent")
+        if not plan.send_event and not plan.send_notice:
+            return
+        out = ev.OutgoingContent(invite.call_id, "bridgerefusal")
+        kind, content = ("m.call.reject", out.reject(reason)) if invite.version != 0 else (
+            "m.call.hangup", out.hangup(reason))
+
+        async def send() -> None:
+            try:
+                if plan.send_event:
+                    await self.matrix.send_call_event(portal, kind, content)
+                if plan.send_notice and notice is not None:
+                    await self.matrix.send_notice(portal, notice)
+            except Exception as exc:
+                clog.warning("could not send the refusal to %s: %r", portal.room_id, exc)
+
+        task = asyncio.create_task(send(), name=f"refuse-{invite.call_id}")
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     async def on_member_change(self, room_id: str, user_id: str, membership: str) -> None:
         if membership in ("join", "invite"):
@@ -347,3 +419,9 @@ class CallManager:
         for s in sessions:
             if not await s.wait_finished(timeout):
                 await s.abort()
+        # Refusals still being sent get a moment to reach the homeserver, then are cancelled.
+        pending = list(self._pending)
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=2.0)
+            for task in late:
+                task.cancel()

@@ -82,14 +82,22 @@ class OutboundSession(CallSession):
     def sip_call_id(self) -> str | None:
         return self.client_invite.call_id if self.client_invite else None
 
-    async def begin(self, buffered: list[ev.Candidate]) -> None:
-        """Send the SIP INVITE at once, then build the WebRTC leg in parallel with the SIP side ringing."""
+    async def begin(self, buffered: list[ev.Candidate]) -> bool:
+        """Claim the call-log row, send the SIP INVITE at once, then build the WebRTC leg in parallel with the
+        SIP side ringing. False (nothing opened, nothing sent) when the call_id is already in the call log: an
+        earlier call or a replay is never dialled again, and every INVITE sent has its row."""
+        sip_call_id = self.ua.new_call_id()
+        if not await self.call_log.call_started(
+            call_id=self.call_id, party_id=self.party_id, sip_call_id=sip_call_id,
+            room_id=self.portal.room_id, direction="outbound", number=self.number, mxid=self.sender,
+        ):
+            return False
         self.start_worker()
         host, port = await self.media.open_rtp()
         self.client_invite = self.ua.invite(
             self.trunk.request_uri(self.number), from_uri=self.trunk.from_uri, from_display=self.trunk.from_display,
             to_uri=self.trunk.request_uri(self.number), sdp=self.media.sip_offer(),
-            credentials=self.trunk.credentials, outbound_proxy=self.trunk.proxy,
+            credentials=self.trunk.credentials, outbound_proxy=self.trunk.proxy, call_id=sip_call_id,
         )
         self.clog.set_ids(sip_call_id=self.client_invite.call_id)
         self.log.info("outbound call from %s to %s: INVITE sent (rtp %s:%d)", self.sender, self.number, host, port)
@@ -99,10 +107,7 @@ class OutboundSession(CallSession):
         self.media.on_failure = lambda _reason: self.post(
             lambda: self.machine.media_failed(media_seen=self._media_seen()))
         self.webrtc_ready = self.spawn(self._prepare_webrtc(buffered), "webrtc-offer")
-        await self.call_log.call_started(
-            call_id=self.call_id, party_id=self.party_id, sip_call_id=self.client_invite.call_id,
-            room_id=self.portal.room_id, direction="outbound", number=self.number, mxid=self.sender,
-        )
+        return True
 
     async def _prepare_webrtc(self, buffered: list[ev.Candidate]) -> None:
         await self.media.set_webrtc_offer(self.invite.offer_sdp)

@@ -39,7 +39,10 @@ class CallLogPort(Protocol):
     async def call_started(
         self, *, call_id: str, party_id: str, sip_call_id: str, room_id: str, direction: str, number: str | None,
         mxid: str,
-    ) -> None: ...
+    ) -> bool:
+        """Write the call's row; True if it was written now. False if the call_id was already in the log (an
+        earlier call or a replay) or the write failed: an outbound call is then never dialled."""
+        ...
 
     async def call_answered(self, call_id: str) -> None: ...
 

@@ -44,6 +44,19 @@ class CallLog:
             *(getattr(entry, name) for name in _COLUMNS),
         )
 
+    async def claim(self, entry: CallLogEntry) -> bool:
+        """Insert the row unless its call_id is already logged; True if this call wrote it.
+
+        One statement (no read-then-write), so two claims of one call_id cannot both win.
+        """
+        placeholders = ", ".join(f"${i}" for i in range(1, len(_COLUMNS) + 1))
+        inserted = await self.db.fetchval(
+            f"INSERT INTO call_log ({', '.join(_COLUMNS)}) VALUES ({placeholders}) "
+            "ON CONFLICT (call_id) DO NOTHING RETURNING call_id",
+            *(getattr(entry, name) for name in _COLUMNS),
+        )
+        return inserted is not None
+
     async def update_answered(self, call_id: str, ts: int) -> None:
         await self.db.execute("UPDATE call_log SET answer_ts=$2 WHERE call_id=$1 AND answer_ts IS NULL", call_id, ts)
 

@@ -83,11 +83,14 @@ class EventDispatcher:
             log.debug("ignoring %s %s: %s is not a portal room", evt["type"], evt.get("event_id"), room_id)
             return
         ts = evt.get("origin_server_ts")
+        unsigned = evt.get("unsigned")
+        age = unsigned.get("age") if isinstance(unsigned, dict) else None
         await self.handler.on_call_event(CallEvent(
             room_id=room_id,
             event_id=str(evt.get("event_id", "")),
             sender=sender,
             type=evt["type"],
             content=content,
-            ts=ts if isinstance(ts, int) else 0,
+            ts=ts if isinstance(ts, int) and not isinstance(ts, bool) else 0,
+            age=age if isinstance(age, int) and not isinstance(age, bool) else None,
         ))

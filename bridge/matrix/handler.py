@@ -16,6 +16,9 @@ class CallEvent:
     type: str  # e.g. "m.call.invite"
     content: dict[str, Any]
     ts: int  # origin_server_ts, ms
+    # unsigned.age (ms) when the homeserver sent it: how old the event was when pushed, on the homeserver's own
+    # clock (so it is immune to clock skew, unlike now - ts). None when absent.
+    age: int | None = None
 
 
 class CallHandler(Protocol):

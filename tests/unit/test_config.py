@@ -9,7 +9,15 @@ from typing import Any
 import pytest
 import yaml
 
-from bridge.config import Config, ConfigError, load_config, parse_config, replace_tokens, user_namespace_regex
+from bridge.config import (
+    Config,
+    ConfigError,
+    LimitsConfig,
+    load_config,
+    parse_config,
+    replace_tokens,
+    user_namespace_regex,
+)
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "bridge" / "example-config.yaml"
 
@@ -38,6 +46,8 @@ def test_example_config_loads_with_documented_defaults() -> None:
     assert cfg.dialplan.blocked == (r"^1900\d*$",)
     assert cfg.media.codecs == ("PCMU", "PCMA", "G722")
     assert cfg.bot_mxid == "@sipbot:example.org"
+    assert (cfg.bridge.limits.attempts_per_minute, cfg.bridge.limits.concurrent_calls,
+            cfg.bridge.limits.total_concurrent_calls) == (10, 3, 50)
 
 
 def test_minimal_file_gets_safe_defaults_and_local_only_permissions() -> None:
@@ -47,6 +57,7 @@ def test_minimal_file_gets_safe_defaults_and_local_only_permissions() -> None:
     assert cfg.appservice.database.startswith("sqlite:")
     assert cfg.sip.inbound.trusted_sources == ("127.0.0.1/32",)
     assert cfg.homeserver.address == "http://127.0.0.1:8008"
+    assert cfg.bridge.limits == LimitsConfig()  # limits apply when the file says nothing
 
 
 def test_homeserver_domain_is_required() -> None:
@@ -79,6 +90,10 @@ def test_permissions_default_follows_the_homeserver_domain() -> None:
         ("bridge.invite_lifetime_ms", 10, "bridge.invite_lifetime_ms", "too small"),
         ("bridge.ring_timeout_s", 100000, "bridge.ring_timeout_s", "too large"),
         ("bridge.failure_notices", 1, "bridge.failure_notices", "true or false"),
+        ("bridge.limits.attempts_per_minute", 0, "bridge.limits.attempts_per_minute", "too small"),
+        ("bridge.limits.concurrent_calls", "2", "bridge.limits.concurrent_calls", "integer"),
+        ("bridge.limits.total_concurrent_calls", 0, "bridge.limits.total_concurrent_calls", "too small"),
+        ("bridge.limits", {"per_minute": 5}, "bridge.limits.per_minute", "unknown key"),
         ("sip.listen", [], "sip.listen", "at least one"),
         ("sip.listen", [{"transport": "sctp"}], "sip.listen[0].transport", "udp, tcp, tls"),
         ("sip.listen", [{"host": "localhost"}], "sip.listen[0].host", "IP address"),

@@ -235,3 +235,15 @@ async def test_call_log_rejects_unknown_direction(db: Database) -> None:
     with pytest.raises(Exception, match=r"(?i)check"):
         await log.insert(CallLogEntry(call_id="c3", room_id="!r:x", direction="sideways",  # type: ignore[arg-type]
                                       invite_ts=1))
+
+
+async def test_call_log_claim_writes_a_call_id_once_and_keeps_the_first_row(db: Database) -> None:
+    log = Tables.for_db(db).call_log
+    first = CallLogEntry(call_id="c1", room_id="!r:x", direction="outbound", invite_ts=1, sip_call_id="sip-1")
+    assert await log.claim(first)
+    await log.update_ended("c1", 2, "sip_486")
+    # The same call_id again (a replay, or a client reusing it): not written, the first row is untouched.
+    assert not await log.claim(CallLogEntry(call_id="c1", room_id="!r:x", direction="outbound", invite_ts=3,
+                                            sip_call_id="sip-2"))
+    got = await log.get("c1")
+    assert got is not None and (got.sip_call_id, got.end_reason) == ("sip-1", "sip_486")
