@@ -179,12 +179,18 @@ def _rename(doc: CommentedMap, ex: CommentedMap, lines: list[str], old: str, new
         parents.append((node, part))
         node = child
         ex_node = ex_node.get(part) if isinstance(ex_node, CommentedMap) else None
-    value, comment = _take(old_parent, old_parts[-1])
+    value, comment, eol = _take(old_parent, old_parts[-1])
     if new_parts[-1] in node:
         changes.append(f"removed {old} (renamed to {new}, which is already set)")
         return
     _place(node, new_parts[-1], value, comment, ex_node if isinstance(ex_node, CommentedMap) else None,
            parents[-1] if parents else None)
+    if eol is not None and not isinstance(value, CommentedMap | CommentedSeq):
+        # keep the comment's distance from the value: shift it by the difference in key length
+        column = max(0, eol.column + len(new_parts[-1]) - len(old_parts[-1]))
+        eol = CommentToken(eol.value, CommentMark(column), None)
+        _, rest = _split_tail(node, new_parts[-1])
+        _set_tail(node, new_parts[-1], _join(eol, rest))
     changes.append(f"moved {old} to {new}")
 
 
@@ -197,9 +203,9 @@ def _get(doc: Any, parts: list[str]) -> Any:
     return node
 
 
-def _take(node: CommentedMap, key: Any) -> tuple[Any, list[str]]:
-    """Remove ``key`` and return its value and the comment lines above it. Comment lines that followed its value
-    (they belong to the next key) stay in place."""
+def _take(node: CommentedMap, key: Any) -> tuple[Any, list[str], CommentToken | None]:
+    """Remove ``key``; return its value, the comment lines above it and its end-of-line comment. Comment lines that
+    followed its value (they belong to the next key) stay in place."""
     keys = list(node)
     index = keys.index(key)
     comment: list[str] = []
@@ -210,12 +216,12 @@ def _take(node: CommentedMap, key: Any) -> tuple[Any, list[str]]:
     if isinstance(before, list):
         comment += [line for token in before if isinstance(token, CommentToken)
                     for line in _comment_lines(token.value)]
-    _, after = _split_tail(node, key)
+    eol, after = _split_tail(node, key)
     value = node[key]
     del node[key]
     if index > 0:
         _set_tail(node, keys[index - 1], _join(keep, after))
-    return value, comment
+    return value, comment, eol
 
 
 def _comment_lines(text: str | None) -> list[str]:
@@ -281,7 +287,12 @@ def _place(doc: CommentedMap, key: Any, value: Any, comment: list[str], ex: Comm
         _set_tail(doc, key, None)
     else:
         keep, rest = _split_tail(doc, prev)
-        _set_tail(doc, prev, keep)
+        if parent is None and rest is not None and not rest.strip():
+            # blank lines between top-level sections stay where they are
+            _set_tail(doc, prev, _join(keep, rest))
+            rest = None
+        else:
+            _set_tail(doc, prev, keep)
         doc.insert(list(doc).index(prev) + 1, key, value)
         _set_tail(doc, key, rest)
     _adopt_first_comment(doc, key)
