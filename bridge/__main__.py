@@ -21,7 +21,7 @@ from bridge.config import (
     parse_config,
     replace_tokens,
 )
-from bridge.config_upgrade import Upgrade
+from bridge.config_upgrade import Upgrade, upgrade_text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,7 +68,8 @@ def generate_registration(config_path: Path, registration_path: Path) -> None:
     registration = build_registration(config, as_token, hs_token)
     new_text = replace_tokens(config_path.read_text(encoding="utf-8"), as_token, hs_token)
     # Re-validate the rewritten text before touching any file, so a failed rewrite leaves both files as they were.
-    updated = parse_config(yaml.safe_load(new_text), config_path)
+    # (Through the in-memory upgrade, as load_config does: an old file with a renamed key is valid.)
+    updated = parse_config(yaml.safe_load(upgrade_text(new_text, name=str(config_path)).text), config_path)
     if (updated.appservice.as_token, updated.appservice.hs_token) != (as_token, hs_token):
         raise ConfigError("appservice", "could not rewrite the token lines; set as_token/hs_token by hand")
     registration_path.write_text(yaml.safe_dump(registration, sort_keys=False), encoding="utf-8")

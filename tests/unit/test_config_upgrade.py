@@ -301,3 +301,13 @@ media:
     # Inner comment.
     inner: 1
 """
+
+
+def test_generate_registration_accepts_an_old_file_and_changes_only_the_tokens(old_file: Path, renames: Any) -> None:
+    reg = old_file.parent / "registration.yaml"
+    cli_main.generate_registration(old_file, reg)
+    text = old_file.read_text()
+    tokens = yaml.safe_load(reg.read_text())
+    assert f'  as_token: "{tokens["as_token"]}"\n' in text
+    assert text.replace(tokens["as_token"], "AS-real-token").replace(tokens["hs_token"], "HS-real-token") \
+        == old_config_text()  # -g rewrites the token lines only; the upgrade is left to the next start
