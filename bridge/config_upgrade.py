@@ -102,7 +102,7 @@ def upgrade_text(text: str, example: str | None = None, renames: dict[str, str] 
     changes: list[str] = []
     for old, new in (RENAMES if renames is None else renames).items():
         _rename(doc, ex, example_lines, old, new, changes)
-    _fill(doc, ex, example_lines, "", changes)
+    _fill(doc, ex, example_lines, "", changes, None, _plain(ex))
     new_text = _dump(doc) if changes else text
     return Upgrade(data=_plain(doc), text=new_text, changes=changes)
 
@@ -243,7 +243,7 @@ def _join(keep: CommentToken | None, rest: str | None) -> CommentToken | str | N
 
 
 def _fill(doc: CommentedMap, ex: CommentedMap, lines: list[str], path: str, changes: list[str],
-          parent: tuple[Any, Any] | None = None) -> None:
+          parent: tuple[Any, Any] | None, root: dict[str, Any]) -> None:
     for key in ex:
         dotted = f"{path}.{key}" if path else str(key)
         ex_value = ex[key]
@@ -255,11 +255,37 @@ def _fill(doc: CommentedMap, ex: CommentedMap, lines: list[str], path: str, chan
                     _adopt_first_comment(doc, key)
                     changes.append(f"added {dotted} (the example's keys)")
                 elif isinstance(value, CommentedMap):
-                    _fill(value, ex_value, lines, dotted, changes, (doc, key))
+                    _fill(value, ex_value, lines, dotted, changes, (doc, key), root)
+            continue
+        required = _required(root, dotted)
+        if required == dotted:
+            continue  # a key without a possible default (homeserver.domain): validation asks the admin for it
+        if required:  # a section holding such a key: added key by key, without it
+            _place(doc, key, CommentedMap(), _comment_above(ex, key, lines), ex, parent)
+            _fill(doc[key], ex_value, lines, dotted, changes, (doc, key), root)
             continue
         _place(doc, key, _fresh(ex_value), _comment_above(ex, key, lines), ex, parent)
         changes.append(f"added {dotted}" + ("" if isinstance(ex_value, CommentedMap)
                                             else f" = {_short(ex_value)}"))
+
+
+def _required(example_root: dict[str, Any], dotted: str) -> str | None:
+    """The key validation requires (no default can be right, e.g. homeserver.domain) if it is ``dotted`` or inside
+    it: found by validating the example without ``dotted``, so a required key added later needs no change here."""
+    from bridge.config import ConfigError, parse_config  # config imports this module
+
+    data = copy.deepcopy(example_root)
+    node = data
+    *parents, last = dotted.split(".")
+    for part in parents:
+        node = node[part]
+    del node[last]
+    try:
+        parse_config(data)
+    except ConfigError as e:
+        if e.problem == "is required" and (e.key == dotted or e.key.startswith(dotted + ".")):
+            return e.key
+    return None
 
 
 def _place(doc: CommentedMap, key: Any, value: Any, comment: list[str], ex: CommentedMap | None,

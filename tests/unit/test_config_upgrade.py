@@ -311,3 +311,20 @@ def test_generate_registration_accepts_an_old_file_and_changes_only_the_tokens(o
     assert f'  as_token: "{tokens["as_token"]}"\n' in text
     assert text.replace(tokens["as_token"], "AS-real-token").replace(tokens["hs_token"], "HS-real-token") \
         == old_config_text()  # -g rewrites the token lines only; the upgrade is left to the next start
+
+
+def test_a_required_key_is_never_filled_from_the_example(tmp_path: Path) -> None:
+    # homeserver.domain decides who may use the bridge: the example's "example.org" must not stand in for it.
+    text = EXAMPLE.read_text().replace('  domain: "example.org"\n', "")
+    assert not upgrade_text(text).changed
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"^config error: homeserver\.domain: is required$"):
+        load_config(path, {})
+    # a missing section holding it is added without it
+    example = EXAMPLE.read_text()
+    start, end = example.index("homeserver:\n"), example.index("appservice:\n")
+    up = upgrade_text(example[:start] + example[end:])
+    assert up.changes == ["added homeserver.address = 'http://127.0.0.1:8008'", "added homeserver.verify_ssl = True"]
+    assert "domain" not in yaml.safe_load(up.text)["homeserver"]
+    assert "  # Client-server API URL of your homeserver, as reachable from the bridge.\n" in up.text
