@@ -9,6 +9,8 @@ On start the bridge reads the admin's file with a comment-preserving YAML parser
 3. keeps everything else as it was: the admin's values, order and comments, and keys the example does not know
    (validation rejects those afterwards, with the usual "unknown key" message).
 
+A key validation requires (``homeserver.domain``: no default can be right) is never filled in; validation asks the
+admin for it. Which keys those are is found by validating the example without the key, not listed here.
 Recursion only descends into mappings that are non-empty in the example: a key whose example value is ``null`` or
 ``{}`` (``bridge.permissions``, ``logging.loggers``) is a free-form mapping of the admin's and is never filled in.
 So a key added to example-config.yaml later is picked up without code changes here; a key that is renamed needs

@@ -328,3 +328,16 @@ def test_a_required_key_is_never_filled_from_the_example(tmp_path: Path) -> None
     assert up.changes == ["added homeserver.address = 'http://127.0.0.1:8008'", "added homeserver.verify_ssl = True"]
     assert "domain" not in yaml.safe_load(up.text)["homeserver"]
     assert "  # Client-server API URL of your homeserver, as reachable from the bridge.\n" in up.text
+
+
+def test_a_symlinked_config_is_written_through_the_link(tmp_path: Path, renames: Any) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    target = real / "config.yaml"
+    target.write_text(old_config_text())
+    link = tmp_path / "config.yaml"
+    link.symlink_to(target)
+    _, upgrade = load_config_upgrade(link, {})
+    backup = write_upgrade(link, upgrade)
+    assert link.is_symlink() and "ring_timeout_s: 45" in target.read_text()
+    assert backup == real / "config.yaml.bak"
