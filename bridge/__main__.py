@@ -12,7 +12,16 @@ from pathlib import Path
 
 import yaml
 
-from bridge.config import Config, ConfigError, build_registration, load_config, parse_config, replace_tokens
+from bridge.config import (
+    Config,
+    ConfigError,
+    build_registration,
+    load_config,
+    load_config_upgrade,
+    parse_config,
+    replace_tokens,
+)
+from bridge.config_upgrade import Upgrade, upgrade_text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="validate the config (including that tokens were generated) and exit 0 if valid, 1 if not")
     p.add_argument("-e", "--example", action="store_true",
                    help="write the commented example config to the --config path (never overwrites), then exit")
+    p.add_argument("--no-update", action="store_true",
+                   help="do not write the upgraded config (new keys, renamed keys) back to the file on start; "
+                        "the upgrade still applies in memory")
     p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     return p
 
@@ -56,17 +68,46 @@ def generate_registration(config_path: Path, registration_path: Path) -> None:
     registration = build_registration(config, as_token, hs_token)
     new_text = replace_tokens(config_path.read_text(encoding="utf-8"), as_token, hs_token)
     # Re-validate the rewritten text before touching any file, so a failed rewrite leaves both files as they were.
-    updated = parse_config(yaml.safe_load(new_text), config_path)
+    # (Through the in-memory upgrade, as load_config does: an old file with a renamed key is valid.)
+    updated = parse_config(yaml.safe_load(upgrade_text(new_text, name=str(config_path)).text), config_path)
     if (updated.appservice.as_token, updated.appservice.hs_token) != (as_token, hs_token):
         raise ConfigError("appservice", "could not rewrite the token lines; set as_token/hs_token by hand")
     registration_path.write_text(yaml.safe_dump(registration, sort_keys=False), encoding="utf-8")
     config_path.write_text(new_text, encoding="utf-8")
 
 
-def run(config: Config) -> int:
+def save_upgrade(config_path: Path, upgrade: Upgrade, *, write: bool) -> None:
+    """Log what the in-memory upgrade changed and, unless ``write`` is false, write it to the file. A file that
+    cannot be written costs one warning: the bridge runs with the upgraded settings anyway."""
+    import logging
+
+    log = logging.getLogger("bridge.config")
+    if not upgrade.changed:
+        return
+    for change in upgrade.changes:
+        log.info("config upgrade: %s", change)
+    if not write:
+        log.info("config upgrade: %d change(s) applied in memory only (--no-update)", len(upgrade.changes))
+        return
+    from bridge.config_upgrade import write_upgrade
+
+    try:
+        backup = write_upgrade(config_path, upgrade)
+    except OSError as e:
+        log.warning("config upgrade: cannot write %s (%s); running with the upgraded settings in memory",
+                    config_path, e.strerror or e)
+        return
+    log.info("config upgrade: wrote %s (previous version saved as %s)", config_path, backup)
+
+
+def run(config: Config, upgrade: Upgrade | None = None, *, write_upgrade: bool = True) -> int:
     """Hand the validated config to ``bridge.app.run`` (the composition root, which also sets up logging)."""
     from bridge import app  # imported here: --help and --check-config need none of aiortc/mautrix
+    from bridge.logs import configure_logging
 
+    configure_logging(config.logging)  # app.run does it again; here so the upgrade's lines are logged
+    if upgrade is not None and config.path is not None:
+        save_upgrade(config.path, upgrade, write=write_upgrade)
     try:
         asyncio.run(app.run(config))
     except KeyboardInterrupt:
@@ -94,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote new tokens to {config_path} and the registration to {args.registration}; "
                   "add it to the homeserver's app_service_config_files and restart the homeserver")
             return 0
-        config = load_config(config_path)
+        config, upgrade = load_config_upgrade(config_path)
         config.check_tokens()
     except ConfigError as e:
         print(str(e), file=sys.stderr)
@@ -103,9 +144,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if args.check_config:
+        # Never writes: the upgrade is only reported (a start applies it).
         print(f"{config_path}: OK")
+        if upgrade.changed:
+            print(f"{config_path}: {len(upgrade.changes)} upgrade(s) that a start will write to the file "
+                  "(they already apply): " + "; ".join(upgrade.changes))
         return 0
-    return run(config)
+    return run(config, upgrade, write_upgrade=not args.no_update)
 
 
 if __name__ == "__main__":

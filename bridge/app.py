@@ -17,11 +17,12 @@ from .calls.ports import PortalInfo
 from .config import Config
 from .db.call_log import CallLog, CallLogEntry
 from .db.database import create_database
-from .logs import call_logger, setup_logging
+from .logs import call_logger, configure_logging
 from .matrix.connector import MatrixSide
 from .matrix.ghosts import UNKNOWN_NUMBER
 from .media.ice import restrict_host_addresses
 from .media.settings import IceServer, MediaSettings
+from .preflight import run_preflight
 from .sip.digest import Credentials
 from .sip.registration import Registration
 from .sip.settings import ListenAddress, SipSettings
@@ -204,8 +205,9 @@ class Bridge:
 
 async def run(config: Config) -> None:
     """Run until SIGINT/SIGTERM."""
-    setup_logging(config.logging.level, config.logging.format)
+    configure_logging(config.logging)
     restrict_host_addresses(config.media.ice_host_addresses)
+    await run_preflight(config)  # one warning per setting that would make calls fail
     bridge = Bridge(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from bridge.config_env import EnvOverrideError, apply_env_overrides
+from bridge.config_upgrade import Upgrade, UpgradeError, upgrade_text
 
 PLACEHOLDER_TOKENS = frozenset({"", "generate", "changeme", "CHANGE_ME"})
 
@@ -195,6 +196,10 @@ class MediaConfig:
 class LoggingConfig:
     level: str = "INFO"
     format: str = "text"
+    loggers: Mapping[str, str] = field(default_factory=dict)  # logger name -> level, e.g. {"bridge.sip": "DEBUG"}
+    file: str | None = None  # also write to this file (resolved against the config file's directory), rotating
+    file_max_mb: float = 10.0
+    file_backups: int = 5
 
 
 @dataclass(frozen=True)
@@ -669,10 +674,28 @@ def _media(s: _Section) -> MediaConfig:
     return out
 
 
+_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
 def _logging(s: _Section) -> LoggingConfig:
+    loggers_raw = s.raw("loggers", {})
+    if not isinstance(loggers_raw, Mapping):
+        raise ConfigError(s.key("loggers"), 'must be a mapping like {"bridge.sip": DEBUG}')
+    loggers: dict[str, str] = {}
+    for name, level in loggers_raw.items():
+        key = f"{s.key('loggers')}.{name}"
+        if not isinstance(name, str) or not re.match(r"^[A-Za-z_][\w.-]*$", name):
+            raise ConfigError(key, "is not a logger name (e.g. bridge.sip, aiortc, mautrix)")
+        if not isinstance(level, str) or level.lower() not in _LEVELS:
+            raise ConfigError(key, f"{level!r} is not one of {', '.join(lv.upper() for lv in _LEVELS)}")
+        loggers[name] = level.upper()
     out = LoggingConfig(
-        level=s.choice("level", "INFO", ("debug", "info", "warning", "error", "critical")).upper(),
+        level=s.choice("level", "INFO", _LEVELS).upper(),
         format=s.choice("format", "text", ("text", "json")),
+        loggers=loggers,
+        file=s.opt_string("file"),
+        file_max_mb=s.number("file_max_mb", 10.0, lo=0.01),
+        file_backups=s.integer("file_backups", 5, lo=0, hi=1000),
     )
     s.finish()
     return out
@@ -699,28 +722,50 @@ def parse_config(data: Any, path: Path | None = None) -> Config:
         resolved = (Path(path).resolve().parent / file).as_posix()
         config = dataclasses.replace(
             config, appservice=dataclasses.replace(config.appservice, database=f"sqlite:{resolved}"))
+    if path is not None and config.logging.file and not Path(config.logging.file).is_absolute():
+        log_file = (Path(path).resolve().parent / config.logging.file).as_posix()
+        config = dataclasses.replace(config, logging=dataclasses.replace(config.logging, file=log_file))
     return config
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
-    """Read a YAML config file, apply ``MATRIX_SIP_BRIDGE_*`` environment overrides (``environ``, default
-    ``os.environ``; see config_env.py) and validate. Raises :class:`ConfigError` (also for I/O and YAML errors)."""
+    """Read a YAML config file, upgrade it in memory against the example (renamed keys, new keys with defaults; see
+    config_upgrade.py), apply ``MATRIX_SIP_BRIDGE_*`` environment overrides (``environ``, default ``os.environ``;
+    see config_env.py) and validate. Raises :class:`ConfigError` (also for I/O and YAML errors)."""
+    return load_config_upgrade(path, environ)[0]
+
+
+def load_config_upgrade(path: str | Path, environ: Mapping[str, str] | None = None,
+                        renames: dict[str, str] | None = None) -> tuple[Config, Upgrade]:
+    """:func:`load_config`, also returning the upgrade so a start can write it back (``write_upgrade``). The file
+    is never written here: ``--check-config`` and ``-g`` validate exactly what a start would run with."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError("", f"cannot read {path}: {e.strerror} (copy bridge/example-config.yaml there)") from None
+    data = _parse_yaml(text, path)
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError("", f"{path} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+        upgrade = upgrade_text(text, renames=renames, name=str(path))
+    except UpgradeError as e:
+        raise ConfigError("", str(e)) from None
+    if upgrade.changed:
+        # Validate what PyYAML reads from the upgraded text (YAML 1.1, as before: `yes` is still a boolean).
+        data = _parse_yaml(upgrade.text, path)
     try:
         data = apply_env_overrides(data, os.environ if environ is None else environ)
     except EnvOverrideError as e:
         raise ConfigError(e.variable, str(e).split(": ", 1)[1]) from None
-    return parse_config(data, path)
+    return parse_config(data, path), upgrade
+
+
+def _parse_yaml(text: str, path: Path) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError("", f"{path} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
 
 
 # --------------------------------------------------------------------------------------------- registration

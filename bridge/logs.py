@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import sys
-from collections.abc import MutableMapping
-from typing import Any
+from collections.abc import Mapping, MutableMapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bridge.config import LoggingConfig
 
 _CALL_FIELDS = ("call_id", "sip_call_id")
 
@@ -41,15 +46,37 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data)
 
 
-def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+_NOISY = ("aioice", "aiortc", "aiohttp.access", "mautrix", "aiosqlite")
+
+
+def setup_logging(level: str = "INFO", fmt: str = "text", *, loggers: Mapping[str, str] | None = None,
+                  file: str | None = None, file_max_bytes: int = 10 * 1024 * 1024, file_backups: int = 5) -> None:
+    """Log to stderr and, with ``file``, to a rotating file too; ``loggers`` sets levels per logger name.
+
+    Calling it again replaces what an earlier call installed (the file handler is closed)."""
+    formatter: logging.Formatter = (
+        JsonFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if file:
+        Path(file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.handlers.RotatingFileHandler(
+            file, maxBytes=file_max_bytes, backupCount=file_backups, encoding="utf-8"))
+    for handler in handlers:
+        handler.setFormatter(formatter)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    for old in root.handlers:
+        if isinstance(old, logging.FileHandler):
+            old.close()
+    root.handlers[:] = handlers
     root.setLevel(level.upper())
-    # Third-party chatter at INFO would drown call logs.
-    for noisy in ("aioice", "aiortc", "aiohttp.access", "mautrix", "aiosqlite"):
+    # Third-party chatter at INFO would drown call logs (unless named in `loggers`).
+    for noisy in _NOISY:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    for name, name_level in (loggers or {}).items():
+        logging.getLogger(name).setLevel(name_level.upper())
+
+
+def configure_logging(cfg: LoggingConfig) -> None:
+    """:func:`setup_logging` from the config's ``logging`` section."""
+    setup_logging(cfg.level, cfg.format, loggers=cfg.loggers, file=cfg.file,
+                  file_max_bytes=max(1, int(cfg.file_max_mb * 1024 * 1024)), file_backups=cfg.file_backups)
