@@ -111,7 +111,7 @@ class ReceivedInviteState:
 
 # ----------------------------------------------------------------------------- snapshots
 def snapshot_dialog(dialog: Dialog) -> DialogState:
-    transport, (host, port) = dialog.destination()
+    _transport, (host, port) = dialog.destination()
     return DialogState(
         call_id=dialog.call_id, local_tag=dialog.local_tag, remote_tag=dialog.remote_tag,
         local_header=dialog.local_header, remote_header=dialog.remote_header, local_cseq=dialog.local_cseq,
