@@ -72,6 +72,8 @@ class CrashRecovery:
             if record.rtp_port is not None:
                 self.ports.quarantine(record.rtp_port, self.quarantine_s)
             self._spawn(self._finish(record, sip_done, matrix_done), f"recover {record.call_id}")
+        for record in records:  # after the SIP messages are out: DB writes must not delay them
+            await self.call_log.call_ended(record.call_id, CRASH_REASON)
         return len(records)
 
     def _end_sip(self, record: CallRecord, dialogs: dict[str, Dialog], answered_sip: set[str],
@@ -114,7 +116,6 @@ class CrashRecovery:
     async def _finish(self, record: CallRecord, sip: asyncio.Task[Any] | None,
                       matrix: asyncio.Task[Any] | None) -> None:
         clog = call_logger(__name__, record.call_id, record.sip_call_id)
-        await self.call_log.call_ended(record.call_id, CRASH_REASON)
         ok = True
         for task, side in ((sip, "SIP"), (matrix, "Matrix")):
             if task is None:
