@@ -204,6 +204,47 @@ async def test_kill9_with_answered_inbound_call_byes_the_phone_and_hangs_up_matr
     await assert_reaped(proc, call.call_id)
 
 
+async def test_sip_side_is_reaped_even_when_the_homeserver_is_unreachable_at_restart(
+    e2e: E2E, crashable: Launcher, rtp_peer: RtpPeer
+) -> None:
+    proc = await crashable()
+    rtp_peer.start_sending(seconds=60)
+    sipp = await sipp_trunk(e2e, "trunk_answer.xml", "-key", "rtp_port", str(rtp_peer.port))
+    alice = await e2e.client("alice")
+    room = await portal_room(alice)
+    call = await alice.place_call(room, GHOST)
+    await call.wait_answer(timeout=30)
+    await wait_record(proc, call.call_id, "dialog", answered=True)
+    proc.kill9()
+    with socket.socket() as closed:  # a port nothing listens on: the homeserver is "down"
+        closed.bind(("127.0.0.1", 0))
+        dead_url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    proc.rewrite_config(lambda data: data["homeserver"].update(address=dead_url))
+    await proc.start(wait_ready=False)
+    try:
+        assert await sipp.wait(timeout=RECOVERY_DEADLINE_S + 5) == 0, sipp.report()  # BYE all the same
+        assert time.monotonic() - proc.started_at < RECOVERY_DEADLINE_S, proc.log_text()
+        # the Matrix side could not be told: the record stays for the next start to finish the job
+        assert [r[0] for r in proc.query("SELECT call_id FROM call_state")] == [call.call_id]
+    finally:
+        proc.kill9()
+
+
+async def test_sigterm_ends_calls_and_leaves_no_call_state(e2e: E2E, crashable: Launcher, rtp_peer: RtpPeer) -> None:
+    proc = await crashable()
+    rtp_peer.start_sending(seconds=60)
+    sipp = await sipp_trunk(e2e, "trunk_answer.xml", "-key", "rtp_port", str(rtp_peer.port))
+    alice = await e2e.client("alice")
+    room = await portal_room(alice)
+    call = await alice.place_call(room, GHOST)
+    await call.wait_answer(timeout=30)
+    await wait_record(proc, call.call_id, "dialog", answered=True)
+    assert await proc.terminate() == 0, proc.log_text()
+    assert await sipp.wait(timeout=10) == 0, sipp.report()
+    assert proc.query("SELECT call_id FROM call_state") == []
+    assert proc.query("SELECT end_reason FROM call_log WHERE call_id=?", call.call_id) == [("bridge_shutdown",)]
+
+
 class RawTrunk:
     """A UDP socket playing the trunk by hand: answers the bridge's INVITE, and can send its own BYE."""
 

@@ -18,6 +18,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ class BridgeProcess:
         except FileNotFoundError:
             return ""
 
-    async def start(self, timeout: float = 30.0) -> None:
+    async def start(self, timeout: float = 30.0, *, wait_ready: bool = True) -> None:
         self.runs += 1
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         with self.log_path.open("wb") as log_file:
@@ -59,6 +60,8 @@ class BridgeProcess:
             self.proc = await asyncio.to_thread(
                 subprocess.Popen, [sys.executable, "-m", "bridge", "-c", str(self.config_path)], cwd=ROOT,
                 stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        if not wait_ready:
+            return
         deadline = time.monotonic() + timeout
         while READY_LINE not in self.log_text(limit=10**7):
             if self.proc.poll() is not None:
@@ -66,6 +69,11 @@ class BridgeProcess:
             if time.monotonic() > deadline:
                 raise AssertionError(f"bridge not ready after {timeout}s:\n{self.log_text()}")
             await asyncio.sleep(0.05)
+
+    def rewrite_config(self, change: Callable[[dict[str, Any]], None]) -> None:
+        """Change the config for the next start (same database unless `change` says otherwise)."""
+        change(self.config)
+        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
 
     def kill9(self) -> None:
         assert self.proc is not None and self.proc.poll() is None, "bridge is not running"
