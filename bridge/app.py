@@ -167,6 +167,7 @@ class Bridge:
         self.matrix = MatrixSide(config, create_database(config.appservice.database))
         plan = config.dialplan
         inbound = config.sip.inbound
+        call_state = CallStateAdapter(self.matrix.tables.call_state)
         self.calls = CallManager(
             settings=CallSettings(
                 trunk=trunk_target(config),
@@ -186,13 +187,13 @@ class Bridge:
             ua_ref=lambda: self.ua,
             matrix=MatrixAdapter(self.matrix, config),
             call_log=CallLogAdapter(self.matrix.call_log),
-            call_state=CallStateAdapter(self.matrix.tables.call_state),
+            call_state=call_state,
         )
         self.matrix.handler = self.calls
         self.ua = UserAgent(sip_settings(config), on_invite=self.calls.on_invite)
         self.registration: Registration | None = None
-        self.recovery = CrashRecovery(ua=self.ua, store=CallStateAdapter(self.matrix.tables.call_state),
-                                      matrix=self.calls.matrix, call_log=self.calls.call_log, ports=self.calls.ports)
+        self.recovery = CrashRecovery(ua=self.ua, store=call_state, matrix=self.calls.matrix,
+                                      call_log=self.calls.call_log, ports=self.calls.ports)
 
     async def start(self) -> None:
         await self.ua.start()
