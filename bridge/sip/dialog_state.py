@@ -197,15 +197,13 @@ def _adopt_client_invite(ua: UserAgent, state: PendingInviteState, addr: tuple[s
 
     def on_response(resp: Response) -> None:
         if 200 <= resp.status < 300:
-            ua._on_stray_response(resp, source)  # ACK + BYE: the call is gone
+            # the UA's handling of a 2xx nobody waits for: ACK + BYE (it knows the INVITE as ours, see above)
+            ua._on_stray_response(resp, source)
 
     def on_error(exc: Exception) -> None:
         call_log(logger, state.call_id).info("restored INVITE got no final response: %s", exc)
 
-    tx = InviteClientTransaction(ua.transactions, request, state.transport, addr, on_response, on_error)
-    ua.transactions._add_client(tx)
-    tx.state = "proceeding"
-    tx._timers.start("B", 64 * tx.t1, tx._timer_b)
+    InviteClientTransaction(ua.transactions, request, state.transport, addr, on_response, on_error).adopt()
 
 
 async def reject_invite(ua: UserAgent, state: ReceivedInviteState, status: int, reason: str | None = None,
