@@ -11,11 +11,15 @@ from typing import Any
 
 from .call.dialplan import format_number
 from .call.limits import CallLimits
+from .call.record import CallRecord
+from .call.recovery import CRASH_REASON
 from .calls.manager import CallManager, CallSettings, InboundSettings
 from .calls.outbound import TrunkTarget
 from .calls.ports import PortalInfo
+from .calls.recovery import CrashRecovery
 from .config import Config
 from .db.call_log import CallLog, CallLogEntry
+from .db.call_state import CallStateTable
 from .db.database import create_database
 from .logs import call_logger, configure_logging
 from .matrix.connector import MatrixSide
@@ -139,6 +143,28 @@ class CallLogAdapter:
             log.exception("call log update failed for %s", call_id)
 
 
+class CallStateAdapter:
+    """calls.ports.CallStateStore on the call_state table; a DB failure is logged, never ends a call."""
+
+    def __init__(self, table: CallStateTable) -> None:
+        self.table = table
+
+    async def save(self, record: CallRecord) -> None:
+        try:
+            await self.table.save(record)
+        except Exception:
+            log.exception("call state save failed for %s", record.call_id)
+
+    async def delete(self, call_id: str) -> None:
+        try:
+            await self.table.delete(call_id)
+        except Exception:
+            log.exception("call state delete failed for %s", call_id)
+
+    async def all(self) -> list[CallRecord]:
+        return await self.table.all()
+
+
 class Bridge:
     """The running bridge. ``start()`` then ``stop()``; construct inside a running event loop."""
 
@@ -147,6 +173,7 @@ class Bridge:
         self.matrix = MatrixSide(config, create_database(config.appservice.database))
         plan = config.dialplan
         inbound = config.sip.inbound
+        call_state = CallStateAdapter(self.matrix.tables.call_state)
         self.calls = CallManager(
             settings=CallSettings(
                 trunk=trunk_target(config),
@@ -171,17 +198,24 @@ class Bridge:
             ua_ref=lambda: self.ua,
             matrix=MatrixAdapter(self.matrix, config),
             call_log=CallLogAdapter(self.matrix.call_log),
+            call_state=call_state,
         )
         self.matrix.handler = self.calls
         self.ua = UserAgent(sip_settings(config), on_invite=self.calls.on_invite)
         self.registration: Registration | None = None
+        self.recovery = CrashRecovery(ua=self.ua, store=call_state, matrix=self.calls.matrix,
+                                      call_log=self.calls.call_log, ports=self.calls.ports)
 
     async def start(self) -> None:
         await self.ua.start()
-        await self.matrix.start()
-        stale = await self.matrix.call_log.close_unfinished(int(time.time() * 1000), "bridge_restart")
+        await self.matrix.open()
+        # calls a crash left open: the SIP side is ended now, even with the homeserver down; the Matrix
+        # events go out from tasks through the MatrixPort
+        await self.recovery.reap()
+        stale = await self.matrix.call_log.close_unfinished(int(time.time() * 1000), CRASH_REASON)
         if stale:
-            log.warning("%d call(s) were still in progress when the bridge last stopped; marked bridge_restart", stale)
+            log.warning("%d call(s) without a call state record were left open; marked %s", stale, CRASH_REASON)
+        await self.matrix.connect()
         trunk = self.config.sip.trunk
         if trunk.register:
             domain = trunk.domain or SipUri.parse(trunk.proxy).host
@@ -196,6 +230,7 @@ class Bridge:
                  self.config.appservice.hostname, self.matrix.port)
 
     async def stop(self) -> None:
+        await self.recovery.stop()
         await self.calls.stop()
         if self.registration is not None:
             await self.registration.stop()

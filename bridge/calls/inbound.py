@@ -29,8 +29,9 @@ from ..logs import CallLogger
 from ..media.call_media import CallMedia
 from ..sip.dialog import Dialog
 from ..sip.ua import ServerInvite
+from .call_state import CallStateWriter, NoCallState, inbound_record
 from .in_dialog import answer_in_dialog
-from .ports import CallLogPort, MatrixPort, PortalInfo
+from .ports import CallLogPort, CallStatePort, MatrixPort, PortalInfo
 from .renegotiation import Renegotiator
 from .session import CallSession, new_call_id, new_party_id
 
@@ -76,6 +77,7 @@ class InboundSession(CallSession):
         self, *, server_invite: ServerInvite, callee: str, caller_number: str | None, caller_name: str | None,
         media: CallMedia, matrix: MatrixPort, call_log: CallLogPort, lifetime_ms: int, ring_timeout_s: float,
         on_finished: Callable[[CallSession], None], log: CallLogger, fork: InboundFork,
+        call_state: CallStatePort | None = None,
     ) -> None:
         self.sip = server_invite
         self.fork = fork
@@ -89,6 +91,8 @@ class InboundSession(CallSession):
         self.media = media
         self.matrix = matrix
         self.call_log = call_log
+        self.state = CallStateWriter(call_state or NoCallState(), lambda: self.call_id, lambda: inbound_record(self))
+        self.rtp_port: int | None = None
         self.lifetime_ms = lifetime_ms
         self.ring_timeout_s = ring_timeout_s
         self.portal: PortalInfo | None = None
@@ -117,7 +121,7 @@ class InboundSession(CallSession):
 
         Raises SdpError for an SDP we cannot accept (the caller answers 488).
         """
-        await self.media.open_rtp()
+        _host, self.rtp_port = await self.media.open_rtp()
         if self.offerless:
             self.local_sip_sdp = self.media.sip_offer_for_offerless()
         else:
@@ -126,6 +130,7 @@ class InboundSession(CallSession):
     def ring(self) -> None:
         """Start the call: find or create the portal, wait for the user, then send the Matrix invite."""
         self.start_worker()
+        self.spawn(self.state.save(), "save-call-state")
         self.spawn(self._ring(), "inbound-ring")
         self.spawn(self._watch_cancel(), "sip-cancel-watch")
         self.media.on_failure = lambda reason: self.post(
@@ -178,6 +183,7 @@ class InboundSession(CallSession):
             assert self.portal is not None
             offer = await self.media.create_webrtc_offer()
             content = self.out.invite(offer, lifetime_ms=self.lifetime_ms, invitee=self.callee, dtmf=True)
+            await self.state.save()  # now with the room: recovery can hang the Matrix side up
             await self.matrix.send_call_event(self.portal, "m.call.invite", content)
             await self.matrix.send_call_event(self.portal, "m.call.candidates", self.out.end_of_candidates())
             self.spawn(self._lifetime(), "invite-lifetime")
@@ -199,6 +205,7 @@ class InboundSession(CallSession):
         elif isinstance(action, Finish):
             self.clog.info("inbound call ended: %s", action.reason)
             await self.call_log.call_ended(self.call_id, action.reason)
+            await self.state.delete()
 
     async def _select(self, party_id: str) -> None:
         """Take this party's answer and tell Matrix which one won.
@@ -244,6 +251,7 @@ class InboundSession(CallSession):
             if self.dialog is not None:
                 self.dialog.on_terminated = self._dialog_terminated
                 self.dialog.on_request = lambda req: answer_in_dialog(self.media, req, self.clog)
+                await self.state.save()
             await self.call_log.call_answered(self.call_id)
             if self.offerless:
                 self.spawn(self._take_ack_answer(), "sip-ack-answer")

@@ -33,7 +33,7 @@ from ..sip.ua import ServerInvite, UserAgent
 from ..sip.uri import SipUri
 from .inbound import InboundFork, InboundSession
 from .outbound import OutboundSession, TrunkTarget
-from .ports import CallLogPort, MatrixPort, PortalInfo
+from .ports import CallLogPort, CallStatePort, MatrixPort, PortalInfo
 from .session import CallSession
 
 log = logging.getLogger(__name__)
@@ -103,11 +103,12 @@ class _NonceStore:
 
 class CallManager:
     def __init__(self, *, settings: CallSettings, ua_ref: Callable[[], UserAgent], matrix: MatrixPort,
-                 call_log: CallLogPort) -> None:
+                 call_log: CallLogPort, call_state: CallStatePort | None = None) -> None:
         self.settings = settings
         self._ua = ua_ref
         self.matrix = matrix
         self.call_log = call_log
+        self.call_state = call_state
         self.ports = PortAllocator(settings.media.rtp_host, settings.media.port_start, settings.media.port_end)
         self.outbound: dict[str, OutboundSession] = {}
         self.inbound: dict[str, InboundSession] = {}
@@ -240,7 +241,7 @@ class CallManager:
         session = OutboundSession(
             invite=invite, sender=sender, portal=portal, number=number, ua=self._ua(), trunk=self.settings.trunk,
             media=self._new_media(clog), log=clog, matrix=self.matrix, call_log=self.call_log,
-            failure_notices=self.settings.failure_notices, on_finished=self._finished,
+            failure_notices=self.settings.failure_notices, on_finished=self._finished, call_state=self.call_state,
         )
         self.outbound[call_id] = session
         try:
@@ -333,7 +334,7 @@ class CallManager:
                     server_invite=inv, callee=callee, caller_number=caller_number, caller_name=caller_name,
                     media=self._new_media(clog), matrix=self.matrix, call_log=self.call_log,
                     lifetime_ms=self.settings.inbound.lifetime_ms, ring_timeout_s=self.settings.inbound.ring_timeout_s,
-                    on_finished=self._finished, log=clog, fork=fork,
+                    on_finished=self._finished, log=clog, fork=fork, call_state=self.call_state,
                 )
                 fork.branches.append(session)
                 await session.prepare()

@@ -26,8 +26,9 @@ from ..sip.digest import Credentials
 from ..sip.errors import SipTimeout, SipTransportError
 from ..sip.message import Response
 from ..sip.ua import ClientInvite, UserAgent
+from .call_state import CallStateWriter, NoCallState, outbound_record
 from .in_dialog import answer_in_dialog
-from .ports import CallLogPort, MatrixPort, PortalInfo
+from .ports import CallLogPort, CallStatePort, MatrixPort, PortalInfo
 from .renegotiation import Renegotiator
 from .session import CallSession, new_party_id
 
@@ -50,7 +51,7 @@ class OutboundSession(CallSession):
     def __init__(
         self, *, invite: ev.Invite, sender: str, portal: PortalInfo, number: str, ua: UserAgent, trunk: TrunkTarget,
         media: CallMedia, matrix: MatrixPort, call_log: CallLogPort, failure_notices: bool,
-        on_finished: Callable[[CallSession], None], log: CallLogger,
+        on_finished: Callable[[CallSession], None], log: CallLogger, call_state: CallStatePort | None = None,
     ) -> None:
         self.invite = invite
         self.sender = sender
@@ -64,6 +65,8 @@ class OutboundSession(CallSession):
         self.media = media
         self.matrix = matrix
         self.call_log = call_log
+        self.state = CallStateWriter(call_state or NoCallState(), lambda: self.call_id, lambda: outbound_record(self))
+        self.rtp_port: int | None = None
         self.failure_notices = failure_notices
         self.client_invite: ClientInvite | None = None
         self.dialog: Dialog | None = None
@@ -94,6 +97,7 @@ class OutboundSession(CallSession):
             return False
         self.start_worker()
         host, port = await self.media.open_rtp()
+        self.rtp_port = port
         self.client_invite = self.ua.invite(
             self.trunk.request_uri(self.number), from_uri=self.trunk.from_uri, from_display=self.trunk.from_display,
             to_uri=self.trunk.request_uri(self.number), sdp=self.media.sip_offer(),
@@ -101,13 +105,23 @@ class OutboundSession(CallSession):
         )
         self.clog.set_ids(sip_call_id=self.client_invite.call_id)
         self.log.info("outbound call from %s to %s: INVITE sent (rtp %s:%d)", self.sender, self.number, host, port)
-        self.client_invite.on_provisional = lambda resp: self.post(lambda: self.machine.sip_provisional(resp.status))
+        self.client_invite.on_provisional = self._on_provisional
         self.spawn(self._wait_final(self.client_invite), "sip-final")
         self.spawn(self._lifetime(), "invite-lifetime")
         self.media.on_failure = lambda _reason: self.post(
             lambda: self.machine.media_failed(media_seen=self._media_seen()))
         self.webrtc_ready = self.spawn(self._prepare_webrtc(buffered), "webrtc-offer")
+        await self.state.save()
         return True
+
+    def _on_provisional(self, resp: Response) -> None:
+        self.post(lambda: self.machine.sip_provisional(resp.status))
+        # the INVITE as it stands now (after any digest retry) is what a CANCEL must name
+        self.spawn(self.state.save(), "save-call-state")
+
+    @property
+    def matrix_answered(self) -> bool:
+        return self._answered_ok
 
     async def _prepare_webrtc(self, buffered: list[ev.Candidate]) -> None:
         await self.media.set_webrtc_offer(self.invite.offer_sdp)
@@ -131,6 +145,7 @@ class OutboundSession(CallSession):
                 self.dialog.on_terminated = self._dialog_terminated
                 self.dialog.on_request = lambda req: answer_in_dialog(self.media, req, self.clog)
             self.post(self.machine.sip_answered)
+            await self.state.save()
         else:
             self.post(lambda: self.machine.sip_failed(resp.status, resp.reason))
 
@@ -181,6 +196,7 @@ class OutboundSession(CallSession):
         elif isinstance(action, Finish):
             self.log.info("outbound call ended: %s", action.reason)
             await self.call_log.call_ended(self.call_id, action.reason)
+            await self.state.delete()
 
     async def _send_answer(self) -> None:
         assert self.answer_response is not None
@@ -198,6 +214,7 @@ class OutboundSession(CallSession):
         await self.matrix.send_call_event(self.portal, "m.call.answer", self.out.answer(sdp))
         await self.matrix.send_call_event(self.portal, "m.call.candidates", self.out.end_of_candidates())
         await self.call_log.call_answered(self.call_id)
+        await self.state.save()
         self.log.info("SIP answered; m.call.answer sent")
 
     async def _renegotiate(self, offer_sdp: str) -> None:

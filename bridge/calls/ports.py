@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..call.record import CallRecord
+
 
 @dataclass(frozen=True)
 class PortalInfo:
@@ -47,3 +49,18 @@ class CallLogPort(Protocol):
     async def call_answered(self, call_id: str) -> None: ...
 
     async def call_ended(self, call_id: str, reason: str) -> None: ...
+
+
+class CallStatePort(Protocol):
+    """Durable per-call state for crash recovery (bridge.call.record). Implementations log their own
+    failures and never raise: a database problem must not end a call."""
+
+    async def save(self, record: CallRecord) -> None: ...
+
+    async def delete(self, call_id: str) -> None: ...
+
+
+class CallStateStore(CallStatePort, Protocol):
+    """What crash recovery reads at start: every record a previous process left."""
+
+    async def all(self) -> list[CallRecord]: ...

@@ -1,6 +1,7 @@
 """Bridge database: mautrix.util.async_db tables and numbered migrations (SQLite or PostgreSQL)."""
 
 from bridge.db.call_log import CallLog, CallLogEntry
+from bridge.db.call_state import CallStateTable
 from bridge.db.database import Tables, create_database
 from bridge.db.ghost import Ghost, GhostTable
 from bridge.db.portal import Portal, PortalTable
@@ -10,6 +11,7 @@ from bridge.db.upgrade import upgrade_table
 __all__ = [
     "CallLog",
     "CallLogEntry",
+    "CallStateTable",
     "Ghost",
     "GhostTable",
     "Portal",

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from mautrix.util.async_db import Database
 
 from bridge.db.call_log import CallLog
+from bridge.db.call_state import CallStateTable
 from bridge.db.ghost import GhostTable
 from bridge.db.portal import PortalTable
 from bridge.db.txn import TxnTable
@@ -27,7 +28,9 @@ class Tables:
     ghost: GhostTable
     txn: TxnTable
     call_log: CallLog
+    call_state: CallStateTable
 
     @classmethod
     def for_db(cls, db: Database) -> Tables:
-        return cls(portal=PortalTable(db), ghost=GhostTable(db), txn=TxnTable(db), call_log=CallLog(db))
+        return cls(portal=PortalTable(db), ghost=GhostTable(db), txn=TxnTable(db), call_log=CallLog(db),
+                   call_state=CallStateTable(db))

@@ -50,3 +50,28 @@ async def upgrade_v1(conn: Connection, scheme: Scheme) -> None:
 
 
 upgrade_table.register(upgrade_v1, description="Initial schema: portal, ghost, txn, call_log")
+
+
+async def upgrade_v2(conn: Connection, scheme: Scheme) -> None:
+    # one row per call in progress, rewritten as the call changes, deleted when it has ended: what a
+    # restarted bridge needs to end calls a crash left open (bridge/calls/recovery.py)
+    await conn.execute(
+        """CREATE TABLE call_state (
+            call_id     TEXT PRIMARY KEY,
+            direction   TEXT NOT NULL CHECK (direction IN ('outbound', 'inbound')),
+            sip_call_id TEXT NOT NULL,
+            sip_phase   TEXT NOT NULL,
+            sip_state   TEXT NOT NULL,
+            room_id     TEXT,
+            mxid        TEXT,
+            number      TEXT,
+            party_id    TEXT NOT NULL,
+            version     TEXT NOT NULL,
+            answered    BOOLEAN NOT NULL,
+            rtp_port    INTEGER,
+            updated_ts  BIGINT NOT NULL
+        )"""
+    )
+
+
+upgrade_table.register(upgrade_v2, description="call_state: durable state of calls in progress")

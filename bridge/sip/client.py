@@ -54,6 +54,11 @@ class ClientInvite:
     def local_tag(self) -> str:
         return self.request.from_.tag or ""
 
+    @property
+    def next_hop(self) -> tuple[str, Address]:
+        """Transport and address the INVITE (and so its CANCEL) goes to."""
+        return self._transport, self._addr
+
     def start(self) -> None:
         self._ua._add_client_invite(self)
         self._send()

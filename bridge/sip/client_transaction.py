@@ -184,6 +184,13 @@ class InviteClientTransaction(ClientTransaction):
             self._timers.start("A", self._interval, self._timer_a)
         self._timers.start("B", 64 * self.t1, self._timer_b)
 
+    def adopt(self) -> None:
+        """Take over an INVITE a previous process sent (crash recovery): registered in Proceeding and never
+        (re)sent; its final response is handled as usual (a non-2xx is ACKed), timer B ends the wait."""
+        self.layer._add_client(self)
+        self.state = "proceeding"
+        self._timers.start("B", 64 * self.t1, self._timer_b)
+
     def _timer_a(self) -> None:
         if self.state != "calling":
             return

@@ -61,6 +61,8 @@ class UserAgent:
         self._ended: OrderedDict[DialogId, None] = OrderedDict()
         # (Call-ID, local tag) of INVITEs this UA sent, recently: only a 2xx matching one may start a dialog
         self._sent_invites: OrderedDict[tuple[str, str], None] = OrderedDict()
+        # dialogs a previous process left and crash recovery hung up: the peer's own BYE still gets 200
+        self._reaped: OrderedDict[DialogId, None] = OrderedDict()
         self._running = False
 
     # ----------------------------------------------------------------- lifecycle
@@ -224,6 +226,12 @@ class UserAgent:
         if dialog.is_uac:
             self._remember_ended(dialog.id)
 
+    def remember_reaped_dialog(self, dialog_id: DialogId) -> None:
+        """A restored dialog we hang up: a BYE from the peer crossing ours is answered 200, not 481."""
+        self._reaped[dialog_id] = None
+        if len(self._reaped) > ENDED_DIALOG_MEMORY:
+            self._reaped.popitem(last=False)
+
     def find_dialog(self, call_id: str, local_tag: str, remote_tag: str) -> Dialog | None:
         return self._dialogs.get((call_id, local_tag, remote_tag))
 
@@ -308,9 +316,10 @@ class UserAgent:
             self._reply(tx, req, source, 420, headers=(("Unsupported", ", ".join(required)),))
             return
         if to_tag:
-            dialog = self._dialogs.get((req.call_id, to_tag, req.from_.tag or ""))
+            dialog_id = (req.call_id, to_tag, req.from_.tag or "")
+            dialog = self._dialogs.get(dialog_id)
             if dialog is None:
-                self._reply(tx, req, source, 481)
+                self._reply(tx, req, source, 200 if method == "BYE" and dialog_id in self._reaped else 481)
                 return
             self._in_dialog(dialog, req, source, tx)
             return

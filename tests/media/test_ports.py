@@ -34,3 +34,16 @@ def test_an_empty_range_is_rejected() -> None:
         PortAllocator("127.0.0.1", 30001, 30002)
     with pytest.raises(ValueError):
         PortAllocator("127.0.0.1", 30010, 30000)
+
+
+def test_quarantined_port_is_skipped_until_it_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr("bridge.media.ports.time.monotonic", lambda: now[0])
+    alloc = PortAllocator("127.0.0.1", 20000, 20006)  # 20000, 20002, 20004
+    alloc.quarantine(20000, 60)
+    alloc.quarantine(20002, 60)
+    assert alloc.allocate() == 20004
+    with pytest.raises(MediaError):
+        alloc.allocate()  # the only free ports are quarantined
+    now[0] += 61
+    assert sorted([alloc.allocate(), alloc.allocate()]) == [20000, 20002]

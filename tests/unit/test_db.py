@@ -22,6 +22,7 @@ import asyncpg
 import pytest
 from mautrix.util.async_db import Database
 
+from bridge.call.record import CallRecord
 from bridge.db import CallLogEntry, Ghost, Tables, create_database, upgrade_table
 
 PG_BIN_DIRS = ["/usr/local/bin", *sorted(str(p) for p in Path("/usr/lib/postgresql").glob("*/bin"))]
@@ -145,7 +146,7 @@ async def db(db_url: str) -> AsyncIterator[Database]:
 
 
 async def test_migrations_create_all_tables_and_record_the_version(db: Database) -> None:
-    for table in ("portal", "ghost", "txn", "call_log"):
+    for table in ("portal", "ghost", "txn", "call_log", "call_state"):
         assert await db.table_exists(table)
     assert await db.fetchval("SELECT version FROM version") == len(upgrade_table.upgrades)
 
@@ -247,3 +248,25 @@ async def test_call_log_claim_writes_a_call_id_once_and_keeps_the_first_row(db: 
                                             sip_call_id="sip-2"))
     got = await log.get("c1")
     assert got is not None and (got.sip_call_id, got.end_reason) == ("sip-1", "sip_486")
+
+
+async def test_call_state_save_replaces_the_record_and_delete_removes_it(db: Database) -> None:
+    table = Tables.for_db(db).call_state
+    ringing = CallRecord(call_id="c1", direction="outbound", sip_call_id="sip-1", sip_phase="invite_sent",
+                         sip={"via": "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKx", "routes": ["<sip:p;lr>"]},
+                         room_id="!r:x", mxid="@alice:x", number="15551234567", party_id="ABCDEFGHIJ",
+                         version="1", rtp_port=20000, updated_ts=1)
+    await table.save(ringing)
+    assert await table.get("c1") == ringing
+    answered = CallRecord(call_id="c1", direction="outbound", sip_call_id="sip-1", sip_phase="dialog",
+                          sip={"local_cseq": 7}, room_id="!r:x", mxid="@alice:x", number=None,
+                          party_id="ABCDEFGHIJ", version="0", answered=True, rtp_port=None, updated_ts=2)
+    await table.save(answered)
+    await table.save(CallRecord(call_id="c0", direction="inbound", sip_call_id="sip-0",
+                                sip_phase="invite_received", updated_ts=0))
+    assert await table.get("c1") == answered
+    assert [r.call_id for r in await table.all()] == ["c0", "c1"]
+    await table.delete("c1")
+    await table.delete("c1")  # deleting twice is harmless
+    assert await table.get("c1") is None
+    assert [r.call_id for r in await table.all()] == ["c0"]
