@@ -5,14 +5,23 @@ What it does, as an admin would: writes a bridge config from bridge/example-conf
 `python -m bridge -c config.yaml -g -r registration.yaml`, starts a real Synapse (SQLite, temp dir) with that
 registration, checks the config, starts the bridge as its own process, registers a Matrix user, then:
 
-  1. Matrix -> SIP: the user calls +1 555 123 4567 from an Element-like aiortc client; sipp plays the SIP trunk
-     and a plain-RTP phone plays a 1000 Hz tone; audio is checked both ways, the Matrix user hangs up.
-  2. SIP -> Matrix: sipp calls 1 800 555 0100, the Matrix user is rung, answers, audio is checked both ways,
-     the phone hangs up.
+  1. Matrix -> SIP: the user calls +1 555 123 4567 from an Element-like aiortc client playing a 440 Hz tone; sipp
+     plays the SIP trunk and a plain-RTP phone plays a 1000 Hz tone; the Matrix user hangs up.
+  2. SIP -> Matrix: sipp calls 1 800 555 0100 with a phone playing 800 Hz, the Matrix user is rung and answers
+     (playing 440 Hz), the phone hangs up.
+
+Audio is checked both ways by listening, not by counting packets: the Matrix client decodes what it receives and
+must hear the phone's tone, and the phone decodes the G.711 it receives and must hear the Matrix client's tone.
+A silent direction fails the demo ("no audio from ..."); `--silent phone` or `--silent matrix` makes one side
+send silence to show that.
+
+The SIP messages (from sipp's trace) and the Matrix call events (from /sync) are printed interleaved in the order
+they happened, each with its time, as the calls go on.
 
 Everything binds 127.0.0.1 on free ports. Exit status 0 and a final "DEMO OK" line on success; non-zero and a
 "DEMO FAILED" line naming the step otherwise. Every process started here is stopped at the end (or on ^C),
-unless --keep leaves Synapse and the bridge running for manual exploration until ^C.
+unless --keep leaves Synapse and the bridge running for manual exploration until ^C. The demo's temp directory
+(config, logs) is removed after a successful run; it is kept, and named, after a failure or with --keep.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import ctypes
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sys
@@ -36,7 +46,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # the demo drives the stack with the test harness (tests/harness)
 
 from demo_config import update_config, write_config  # noqa: E402
-from demo_sip import describe, ladder  # noqa: E402
+from demo_timeline import MatrixCallEvents, SippTrace, Timeline  # noqa: E402
 
 from tests.harness.bridge_stack import free_rtp_range  # noqa: E402
 from tests.harness.matrix_client import IncomingCall, MatrixTestClient, OutgoingCall, loopback_ice  # noqa: E402
@@ -55,9 +65,12 @@ OUT_NUMBER, OUT_FORMATTED = "15551234567", "+1 555 123 4567"
 OUT_GHOST = f"@sip_{OUT_NUMBER}:{SERVER_NAME}"
 IN_DIALLED, IN_DIALLED_FORMATTED = "18005550100", "+1 800 555 0100"
 IN_CALLER, IN_CALLER_FORMATTED, IN_CALLER_NAME = "15557654321", "+1 555 765 4321", "Bob Phone"
-OUT_TONE_HZ, IN_TONE_HZ, MATRIX_TONE_HZ = 1000.0, 800.0, 440.0
+OUT_TONE_HZ, IN_TONE_HZ, MATRIX_TONE_HZ = 1000.0, 800.0, 440.0  # a different tone from each side
 MIN_FRAMES = 50  # 1 s of 20 ms frames
+MIN_TONE_RATIO = 0.5  # share of the last second's energy at the expected frequency
+AUDIO_TIMEOUT_S = 15.0  # after the answer, for each direction to carry the far end's tone
 HOLD_S = 5.0  # how long each call stays up with audio flowing
+INDENT = "    "
 
 def _die_with_parent() -> None:
     """Child-side (preexec): the kernel sends the bridge SIGTERM if the demo dies without stopping it."""
@@ -72,10 +85,12 @@ class DemoError(Exception):
 
 
 class Demo:
-    def __init__(self, workdir: Path, keep: bool) -> None:
+    def __init__(self, workdir: Path, keep: bool, silent: str | None = None) -> None:
         self.dir = workdir
         self.keep = keep
-        self.t0 = time.monotonic()
+        self.silent = silent  # "phone" or "matrix": that side sends silence instead of its tone
+        self.t0 = time.time()
+        self.timeline = Timeline(self.t0)
         self.stage = "starting"
         self.config_path = workdir / "config.yaml"
         self.registration_path = workdir / "registration.yaml"
@@ -95,14 +110,18 @@ class Demo:
         self.peers: list[RtpPeer] = []
         self.results: list[str] = []
 
-    # -- output
+    # -- output: every line goes through the timeline, which prints in the order things happened
     def say(self, msg: str, indent: int = 0) -> None:
-        print(f"[{time.monotonic() - self.t0:5.1f}s] {'    ' * indent}{msg}", flush=True)
+        self.timeline.add(time.time(), f"{INDENT * indent}{msg}")
 
-    def begin(self, stage: str) -> None:
+    async def begin(self, stage: str) -> None:
         self.stage = stage
-        print(flush=True)
+        await self.timeline.settle()  # the previous step's last SIP/Matrix lines first
+        self.timeline.print_now("")
         self.say(f"== {stage}")
+
+    def tone_hz(self, side: str, hz: float) -> float:
+        return 0.0 if self.silent == side else hz  # a 0 Hz "tone" is silence
 
     def bridge_log_tail(self, lines: int = 15) -> str:
         try:
@@ -135,7 +154,7 @@ class Demo:
         return text
 
     async def configure(self) -> None:
-        self.begin("Configure the bridge")
+        await self.begin("Configure the bridge")
         write_config(REPO / "bridge" / "example-config.yaml", self.config_path, {
             "homeserver.address": "http://127.0.0.1:8008",  # the real port is known once Synapse runs
             "homeserver.domain": SERVER_NAME,
@@ -159,7 +178,7 @@ class Demo:
         await self.cli("-c", self.config_path.name, "-g", "-r", self.registration_path.name)
 
     async def start_homeserver(self) -> None:
-        self.begin("Start the homeserver")
+        await self.begin("Start the homeserver")
         self.say("starting Synapse (SQLite, loopback only) with the bridge's registration.yaml ...", 1)
         # Shielded: Synapse starts in a worker thread that a cancel (^C, --timeout) cannot stop; close() then
         # waits for the start to finish and stops the server instead of leaving it running.
@@ -173,7 +192,7 @@ class Demo:
         self.say(f"registered Matrix user {USER_ID}", 1)
 
     async def start_bridge(self) -> None:
-        self.begin("Start the bridge")
+        await self.begin("Start the bridge")
         self.say(f"$ python -m bridge -c {self.config_path.name}   (log: {self.bridge_log})", 1)
         with self.bridge_log.open("wb") as out:
             self.bridge = await asyncio.create_subprocess_exec(
@@ -195,42 +214,70 @@ class Demo:
 
     async def log_in(self) -> None:
         assert self.synapse is not None
-        self.begin("Matrix user logs in")
+        await self.begin("Matrix user logs in")
         self.client = await MatrixTestClient.login(self.synapse.url, USER_ID, self.password)
         await self.client.start_sync(auto_join=True)  # auto_join: accept the portal invite of a ringing phone
-        self.say(f"{USER_ID} logged in with an Element-like VoIP client (aiortc, plays a {MATRIX_TONE_HZ:.0f} Hz "
-                 "tone as its microphone)", 1)
+        self.timeline.watch(MatrixCallEvents(self.client.events, USER_ID, f"@{USER}", INDENT))
+        mic = ("sends silence (--silent matrix)" if self.silent == "matrix"
+               else f"plays a {MATRIX_TONE_HZ:.0f} Hz tone as its microphone")
+        self.say(f"{USER_ID} logged in with an Element-like VoIP client (aiortc; it {mic}). From here on, "
+                 f"'Matrix' lines are the m.call.* events @{USER} and the bridge exchange, 'SIP' lines the SIP "
+                 "messages sipp saw, in the order they happened", 1)
 
     async def new_peer(self, hz: float) -> RtpPeer:
-        peer = RtpPeer(tone_hz=hz)
+        peer = RtpPeer(tone_hz=self.tone_hz("phone", hz), decode_audio=True)
         await peer.open()
         self.peers.append(peer)
         peer.start_sending(seconds=60)  # starts once the bridge's first RTP packet shows where to send
         return peer
 
     async def check_audio(self, call: OutgoingCall | IncomingCall, phone: RtpPeer, phone_hz: float,
-                          answered_at: float) -> str:
-        try:
-            await call.wait_for_tone(phone_hz, timeout=30, min_frames=MIN_FRAMES)
-        except TimeoutError as e:
-            raise DemoError(f"no {phone_hz:.0f} Hz tone from the phone heard on Matrix: {e}") from None
-        deadline = time.monotonic() + 20
-        while phone.received < MIN_FRAMES:
-            if time.monotonic() > deadline:
-                raise DemoError(f"only {phone.received} RTP packets from Matrix reached the phone")
-            await asyncio.sleep(0.1)
+                          phone_name: str, answered_at: float) -> str:
+        """Listen on both ends at once: Matrix must hear the phone's tone, the phone the Matrix client's."""
+
+        async def matrix_hears_phone() -> str | None:
+            try:
+                await call.wait_for_tone(phone_hz, timeout=AUDIO_TIMEOUT_S, min_frames=MIN_FRAMES,
+                                         min_ratio=MIN_TONE_RATIO)
+            except TimeoutError:
+                return (f"no audio from {phone_name}: the Matrix client did not hear its {phone_hz:.0f} Hz tone "
+                        f"within {AUDIO_TIMEOUT_S:.0f} s ({call.frames_received} frames decoded, "
+                        f"{call.tone_ratio(phone_hz):.0%} of the last second at {phone_hz:.0f} Hz)")
+            return None
+
+        async def phone_hears_matrix() -> str | None:
+            deadline = time.monotonic() + AUDIO_TIMEOUT_S
+            while phone.audio_frames < MIN_FRAMES or phone.tone_ratio(MATRIX_TONE_HZ) < MIN_TONE_RATIO:
+                if time.monotonic() > deadline:
+                    return (f"no audio from Matrix: {phone_name} did not hear the Matrix client's "
+                            f"{MATRIX_TONE_HZ:.0f} Hz tone within {AUDIO_TIMEOUT_S:.0f} s ({phone.received} RTP "
+                            f"packets, {phone.audio_frames} G.711 frames decoded, "
+                            f"{phone.tone_ratio(MATRIX_TONE_HZ):.0%} of the last second at {MATRIX_TONE_HZ:.0f} Hz)")
+                await asyncio.sleep(0.1)
+            return None
+
+        errors = [e for e in await asyncio.gather(matrix_hears_phone(), phone_hears_matrix()) if e]
+        if errors:
+            raise DemoError("; ".join(errors))
+        self.say(f"audio: the Matrix client hears the phone's {phone_hz:.0f} Hz tone and the phone hears the "
+                 f"Matrix client's {MATRIX_TONE_HZ:.0f} Hz tone", 1)
         await asyncio.sleep(max(0.0, answered_at + HOLD_S - time.monotonic()))
         pts = ", ".join(f"{_PT_NAMES.get(pt, f'PT {pt}')}: {n}"
                         for pt, n in sorted(phone.received_payload_types.items()))
-        summary = (f"{call.frames_received} audio frames decoded on Matrix, "
-                   f"{call.tone_ratio(phone_hz):.0%} of the last second is the phone's {phone_hz:.0f} Hz tone; "
-                   f"{phone.received} RTP packets from Matrix at the phone ({pts})")
-        self.say(f"audio both ways: {summary}", 1)
+        summary = (f"Matrix heard the phone's {phone_hz:.0f} Hz tone ({call.tone_ratio(phone_hz):.0%} of the last "
+                   f"second, {call.frames_received} frames decoded); the phone heard Matrix's "
+                   f"{MATRIX_TONE_HZ:.0f} Hz tone ({phone.tone_ratio(MATRIX_TONE_HZ):.0%} of the last second, "
+                   f"{phone.received} RTP packets: {pts})")
+        self.say(f"audio both ways after {HOLD_S:.0f} s: {summary}", 1)
         return summary
 
-    def show_sip(self, sipp: SippProcess, name: str) -> None:
-        for line in describe(ladder(sipp.messages), name):
-            self.say(f"SIP  {line}", 1)
+    def phone_plays(self, hz: float) -> str:
+        return "sends silence (--silent phone)" if self.silent == "phone" else f"plays a {hz:.0f} Hz tone"
+
+    def watch_sip(self, sipp: SippProcess, name: str) -> SippTrace:
+        trace = SippTrace(sipp.message_file, name, INDENT)
+        self.timeline.watch(trace)
+        return trace
 
     async def finish_sipp(self, sipp: SippProcess, role: str) -> None:
         code = await sipp.wait(30)
@@ -240,60 +287,56 @@ class Demo:
 
     async def matrix_calls_phone(self) -> None:
         assert self.client is not None
-        self.begin(f"Call 1: Matrix user {USER_ID} calls {OUT_FORMATTED}")
+        await self.begin(f"Call 1: Matrix user {USER_ID} calls {OUT_FORMATTED}")
         phone = await self.new_peer(OUT_TONE_HZ)
         sipp = SippProcess(SCENARIOS / "trunk_answer.xml", local_port=self.trunk_port, timeout=60,
                            extra_args=["-key", "rtp_port", str(phone.port)], workdir=self.dir / "sipp")
         self.sipps.append(sipp)
+        trace = self.watch_sip(sipp, "trunk")
         await sipp.start()
-        self.say(f"SIP trunk (sipp) listening on udp 127.0.0.1:{self.trunk_port}; the phone behind it plays a "
-                 f"{OUT_TONE_HZ:.0f} Hz tone over RTP (PCMU) from port {phone.port}", 1)
+        self.say(f"SIP trunk (sipp) listening on udp 127.0.0.1:{self.trunk_port}; the phone behind it "
+                 f"{self.phone_plays(OUT_TONE_HZ)} over RTP (PCMU) from port {phone.port}", 1)
         room = await self.client.create_dm(OUT_GHOST)
         self.say(f"{USER_ID} opens a direct chat with {OUT_GHOST} (the number's ghost user)", 1)
         await self.client.wait_for_membership(room, OUT_GHOST, "join", timeout=30)
         self.say(f"the bridge's ghost joined {room}: it is now the portal room for {OUT_FORMATTED}", 1)
-        call = await self.client.place_call(room, OUT_GHOST, tone_hz=MATRIX_TONE_HZ)
-        self.say(f"Matrix: m.call.invite sent (call_id {call.call_id}), WebRTC offer with Opus/PCMU/PCMA", 1)
-        answer = await call.wait_answer(timeout=30)
+        self.say(f"{USER_ID} presses the call button", 1)
+        call = await self.client.place_call(room, OUT_GHOST, tone_hz=self.tone_hz("matrix", MATRIX_TONE_HZ))
+        await call.wait_answer(timeout=30)
         answered_at = time.monotonic()
-        self.say(f"Matrix: m.call.answer from {answer['sender']}; m.call.select_answer sent", 1)
-        self.show_sip(sipp, "trunk")
-        audio = await self.check_audio(call, phone, OUT_TONE_HZ, answered_at)
+        self.say(f"{USER_ID}'s client has the answer; the call is connected", 1)
+        audio = await self.check_audio(call, phone, OUT_TONE_HZ, f"the phone ({OUT_FORMATTED})", answered_at)
+        self.say(f"{USER_ID} hangs up", 1)
         await call.hangup()
-        self.say(f"Matrix: {USER_ID} hangs up (m.call.hangup)", 1)
         await self.finish_sipp(sipp, "trunk")
-        for line in describe(ladder(sipp.messages)[-2:], "trunk"):
-            self.say(f"SIP  {line}", 1)
+        self.timeline.unwatch(trace)
         await call.close()
         self.results.append(f"Matrix -> SIP: {audio}")
 
     async def phone_calls_matrix(self) -> None:
         assert self.client is not None
-        self.begin(f"Call 2: phone {IN_CALLER_FORMATTED} ({IN_CALLER_NAME}) calls {IN_DIALLED_FORMATTED}")
+        await self.begin(f"Call 2: phone {IN_CALLER_FORMATTED} ({IN_CALLER_NAME}) calls {IN_DIALLED_FORMATTED}")
         phone = await self.new_peer(IN_TONE_HZ)
         sipp = SippProcess(SCENARIOS / "caller_talk.xml", remote=("127.0.0.1", self.sip_port), service=IN_DIALLED,
                            timeout=60, workdir=self.dir / "sipp",
                            extra_args=["-key", "caller", IN_CALLER, "-key", "caller_name", IN_CALLER_NAME,
                                        "-key", "rtp_port", str(phone.port), "-d", str(int((HOLD_S + 3) * 1000))])
         self.sipps.append(sipp)
+        trace = self.watch_sip(sipp, "phone")
+        self.say(f"the phone (sipp) dials {IN_DIALLED_FORMATTED} via the bridge at udp 127.0.0.1:{self.sip_port}; "
+                 f"it {self.phone_plays(IN_TONE_HZ)} and hangs up {HOLD_S + 3:.0f} s after the answer", 1)
         await sipp.start()
-        self.say(f"phone (sipp) sends INVITE sip:{IN_DIALLED}@127.0.0.1:{self.sip_port}; it plays a "
-                 f"{IN_TONE_HZ:.0f} Hz tone and hangs up {HOLD_S + 3:.0f} s after the answer", 1)
         call = await self.client.wait_incoming_call(timeout=40)
-        self.say(f"Matrix: {USER_ID} is rung by {call.invite['sender']} in {call.room_id} "
-                 f"(m.call.invite, call_id {call.call_id})", 1)
-        await call.answer(tone_hz=MATRIX_TONE_HZ)
+        self.say(f"{USER_ID}'s client rings: {call.invite['sender']} calls in {call.room_id}; {USER_ID} answers",
+                 1)
+        await call.answer(tone_hz=self.tone_hz("matrix", MATRIX_TONE_HZ))
         answered_at = time.monotonic()
-        self.say(f"Matrix: {USER_ID} answers (m.call.answer)", 1)
         await call.wait_select_answer(timeout=15)
-        self.say("Matrix: the bridge selects this answer (m.call.select_answer)", 1)
-        self.show_sip(sipp, "phone")
-        audio = await self.check_audio(call, phone, IN_TONE_HZ, answered_at)
+        audio = await self.check_audio(call, phone, IN_TONE_HZ, f"the phone ({IN_CALLER_FORMATTED})", answered_at)
         hangup = await call.wait_hangup(timeout=30)
-        self.say(f"phone hangs up: Matrix gets m.call.hangup (reason {hangup['content'].get('reason')})", 1)
+        self.say(f"the phone hung up; {USER_ID}'s call ended (reason {hangup['content'].get('reason')})", 1)
         await self.finish_sipp(sipp, "phone")
-        for line in describe(ladder(sipp.messages)[-2:], "phone"):
-            self.say(f"SIP  {line}", 1)
+        self.timeline.unwatch(trace)
         await call.close()
         self.results.append(f"SIP -> Matrix: {audio}")
 
@@ -346,60 +389,87 @@ _PT_NAMES = {0: "PCMU", 8: "PCMA", 9: "G722", 101: "telephone-event"}
 async def main_async(args: argparse.Namespace, workdir: Path) -> int:
     logging.basicConfig(filename=workdir / "demo-client.log", level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    demo = Demo(workdir, args.keep)
+    demo = Demo(workdir, args.keep, args.silent)
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, task.cancel)
+    printer = asyncio.create_task(demo.timeline.run(), name="demo timeline")
+    out = demo.timeline.print_now  # prints every line reported so far first
     code = 1
     try:
         with loopback_ice():
             async with asyncio.timeout(args.timeout):
                 await demo.run()
-            elapsed = time.monotonic() - demo.t0
-            print(flush=True)
+                await demo.timeline.settle()
+            elapsed = time.time() - demo.t0
+            out("")
             for result in demo.results:
                 demo.say(result)
             demo.say(f"bridge log: {demo.bridge_log}")
-            print(f"DEMO OK: Matrix -> SIP and SIP -> Matrix calls connected with audio both ways "
-                  f"({elapsed:.1f} s)", flush=True)
+            out(f"DEMO OK: Matrix -> SIP and SIP -> Matrix calls connected with audio both ways "
+                f"({elapsed:.1f} s)")
             code = 0
             if args.keep:
                 await demo.wait_for_stop()
     except asyncio.CancelledError:
         if code != 0:
-            print(f"\nDEMO FAILED: interrupted during '{demo.stage}'", flush=True)
+            out(f"\nDEMO FAILED: interrupted during '{demo.stage}'")
             code = 130
     except Exception as e:
         what = str(e) or type(e).__name__
         if isinstance(e, TimeoutError) and not str(e):
             what = f"gave up after {args.timeout:g} s (--timeout)"
         if demo.bridge_log.exists():
-            print(f"\nlast lines of the bridge log ({demo.bridge_log}):\n{demo.bridge_log_tail()}", flush=True)
-        print(f"\nDEMO FAILED during '{demo.stage}': {what}", flush=True)
+            out(f"\nlast lines of the bridge log ({demo.bridge_log}):\n{demo.bridge_log_tail()}")
+        out(f"\nDEMO FAILED during '{demo.stage}': {what}")
         log.exception("demo failed")
         code = 1
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        out("")
         demo.say("stopping sipp, RTP peers, the bridge and Synapse ...")
         await demo.close()
         demo.say("all demo processes stopped")
+        printer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await printer
+        out("")
     return code
+
+
+def finish_workdir(workdir: Path, *, created: bool, code: int, keep: bool) -> str:
+    """Remove the demo's own temp dir after a successful run; keep a --dir, a --keep run's and a failed run's."""
+    if created and code == 0 and not keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+        return f"removed the demo directory {workdir}"
+    why = "given with --dir" if not created else "--keep" if keep else "for its logs"
+    return f"demo directory kept ({why}): {workdir}"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Run matrix-sip-bridge end to end on loopback: a Matrix -> SIP call "
                                             "and a SIP -> Matrix call with audio both ways.")
-    p.add_argument("--dir", help="demo directory for config, registration and logs (default: a new temp dir)")
+    p.add_argument("--dir", help="demo directory for config, registration and logs (default: a new temp dir, "
+                                 "removed after a successful run)")
     p.add_argument("--keep", action="store_true",
-                   help="leave Synapse and the bridge running after the calls, until Ctrl-C")
+                   help="leave Synapse and the bridge running after the calls, until Ctrl-C; keeps the directory")
     p.add_argument("--timeout", type=float, default=240.0, help="give up after this many seconds (default 240)")
+    p.add_argument("--silent", choices=("phone", "matrix"),
+                   help="make that side send silence instead of its tone: the audio check must then fail")
     args = p.parse_args(argv)
+    created = not args.dir
     workdir = Path(args.dir).resolve() if args.dir else Path(tempfile.mkdtemp(prefix="matrix-sip-bridge-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(main_async(args, workdir))
+    code = 130
+    try:
+        code = asyncio.run(main_async(args, workdir))
+    finally:
+        logging.shutdown()
+        print(finish_workdir(workdir, created=created, code=code, keep=args.keep), flush=True)
+    return code
 
 
 if __name__ == "__main__":

@@ -1,54 +1,54 @@
-"""Read sipp's message trace (-trace_msg) back as a SIP ladder an admin can follow: who sent what, in order."""
+"""Read sipp's message trace (-trace_msg) back as a SIP ladder an admin can follow: who sent what, and when."""
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass
+from datetime import datetime
 
-# sipp writes "UDP message sent (123 bytes):" / "UDP message received [123] bytes :", a blank line, the message.
+# sipp writes a "-----... 2026-11-22 04:29:07.210818" line (local time), then "UDP message sent (123 bytes):" /
+# "UDP message received [123] bytes :", a blank line and the message.
+_HEADER = re.compile(r"^-{5,} (?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?)\s*$", re.MULTILINE)
 _BLOCK = re.compile(r"^\w+ message (?P<dir>sent|received)\b[^\n]*\n\s*\n(?P<first>[^\r\n]+)", re.MULTILINE)
+_CSEQ = re.compile(r"^CSeq:\s*\d+\s+(\w+)", re.MULTILINE | re.IGNORECASE)
 
 
 @dataclass(frozen=True)
 class SipHop:
     sent_by_sipp: bool
-    summary: str  # "INVITE" or "200 OK (INVITE)"
+    summary: str  # "INVITE sip:1555@host" or "200 OK (INVITE)"
+    at: float | None = None  # when sipp sent or received it (Unix time), from the trace's header line
 
 
 def ladder(trace: str) -> list[SipHop]:
+    """Every complete message of the trace, in order. A message still being written (no CSeq yet) ends it."""
+    headers = [(m.start(), m.group("ts")) for m in _HEADER.finditer(trace)]
+    starts = [pos for pos, _ in headers]
+    blocks = list(_BLOCK.finditer(trace))
     hops = []
-    for m in _BLOCK.finditer(trace):
+    for i, m in enumerate(blocks):
+        end = blocks[i + 1].start() if i + 1 < len(blocks) else len(trace)
+        cseq = _CSEQ.search(trace, m.end(), end)
+        if cseq is None:
+            break  # sipp has not finished writing this one (or it is no SIP message): stop here
         first = m.group("first").strip()
         if first.startswith("SIP/2.0 "):
-            status = first.removeprefix("SIP/2.0 ")
-            block_end = trace.find("\n---", m.end())
-            cseq = re.search(r"^CSeq:\s*\d+\s+(\w+)", trace[m.end():block_end if block_end > 0 else None],
-                             re.MULTILINE | re.IGNORECASE)
-            summary = f"{status} ({cseq.group(1)})" if cseq else status
+            summary = f"{first.removeprefix('SIP/2.0 ')} ({cseq.group(1)})"
         else:
             method, _, rest = first.partition(" ")
             # The INVITE's Request-URI shows which number was dialled; other requests just name the method.
             summary = f"{method} {rest.split(' ', 1)[0]}" if method == "INVITE" else method
-        hops.append(SipHop(m.group("dir") == "sent", summary))
+        h = bisect.bisect_right(starts, m.start()) - 1
+        at = None
+        if h >= 0:
+            ts = headers[h][1]
+            at = datetime.strptime(ts if "." in ts else f"{ts}.0", "%Y-%m-%d %H:%M:%S.%f").timestamp()
+        hops.append(SipHop(m.group("dir") == "sent", summary, at))
     return hops
 
 
-def describe(hops: list[SipHop], sipp_name: str, bridge_name: str = "bridge") -> list[str]:
-    """One line per run of messages in the same direction: 'bridge -> trunk: INVITE'."""
-    lines: list[str] = []
-    current: tuple[bool, list[str]] | None = None
-    for hop in hops:
-        if current is not None and current[0] == hop.sent_by_sipp:
-            current[1].append(hop.summary)
-            continue
-        if current is not None:
-            lines.append(_line(current, sipp_name, bridge_name))
-        current = (hop.sent_by_sipp, [hop.summary])
-    if current is not None:
-        lines.append(_line(current, sipp_name, bridge_name))
-    return lines
-
-
-def _line(run: tuple[bool, list[str]], sipp_name: str, bridge_name: str) -> str:
-    src, dst = (sipp_name, bridge_name) if run[0] else (bridge_name, sipp_name)
-    return f"{src} -> {dst}: {', '.join(run[1])}"
+def hop_line(hop: SipHop, sipp_name: str, bridge_name: str = "bridge") -> str:
+    """'bridge -> trunk: INVITE sip:15551234567@127.0.0.1'"""
+    src, dst = (sipp_name, bridge_name) if hop.sent_by_sipp else (bridge_name, sipp_name)
+    return f"{src} -> {dst}: {hop.summary}"

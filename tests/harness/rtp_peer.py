@@ -2,15 +2,22 @@
 
 It does not know the bridge's RTP address in advance (sipp does the signalling): like a symmetric-RTP
 phone it waits for the bridge's first packet and answers to its source, or is told a target.
+
+With ``decode_audio=True`` it also decodes the G.711 (PCMU/PCMA) audio it receives and keeps the last ~second,
+so a test can check which tone the phone hears (``tone_ratio``), not only that packets arrive.
 """
 
 from __future__ import annotations
 
+import array
 import asyncio
 import math
 import random
 import struct
+from collections import deque
 from dataclasses import dataclass, field
+
+from tests.harness.tone import tone_ratio
 
 
 def _linear_to_ulaw(sample: int) -> int:
@@ -24,6 +31,31 @@ def _linear_to_ulaw(sample: int) -> int:
         mask >>= 1
     mantissa = (sample >> (exponent + 3)) & 0x0F
     return ~(sign | (exponent << 4) | mantissa) & 0xFF
+
+
+def _ulaw_to_linear(byte: int) -> int:
+    u = ~byte & 0xFF
+    magnitude = (((u & 0x0F) << 3) + 0x84) << ((u >> 4) & 0x07)
+    return 0x84 - magnitude if u & 0x80 else magnitude - 0x84
+
+
+def _alaw_to_linear(byte: int) -> int:
+    a = byte ^ 0x55
+    exponent, mantissa = (a >> 4) & 0x07, a & 0x0F
+    magnitude = (mantissa << 4) + 8 if exponent == 0 else ((mantissa << 4) + 0x108) << (exponent - 1)
+    return magnitude if a & 0x80 else -magnitude
+
+
+G711_DECODE = {0: [_ulaw_to_linear(b) for b in range(256)], 8: [_alaw_to_linear(b) for b in range(256)]}
+
+
+def rtp_payload(data: bytes) -> bytes:
+    """The payload of an RTP packet (after CSRCs and a header extension; padding removed)."""
+    offset = 12 + 4 * (data[0] & 0x0F)
+    if data[0] & 0x10 and len(data) >= offset + 4:
+        offset += 4 + 4 * struct.unpack_from("!H", data, offset + 2)[0]
+    end = len(data) - (data[-1] if data[0] & 0x20 and data[-1] else 0)
+    return data[offset:end]
 
 
 def pcmu_tone(hz: float, packets: int, samples_per_packet: int = 160, rate: int = 8000) -> list[bytes]:
@@ -48,6 +80,9 @@ class RtpPeer(asyncio.DatagramProtocol):
     sent: int = 0
     remote: tuple[str, int] | None = None
     transport: asyncio.DatagramTransport | None = None
+    decode_audio: bool = False  # decode received PCMU/PCMA for tone_ratio() (off: costs CPU in load tests)
+    audio_frames: int = 0  # G.711 packets decoded (with decode_audio)
+    _recent: deque[array.array[int]] = field(default_factory=lambda: deque(maxlen=50))  # ~1 s of 20 ms packets
     _task: asyncio.Task[None] | None = None
     _first: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -70,9 +105,20 @@ class RtpPeer(asyncio.DatagramProtocol):
         self.received_payload_types[pt] = self.received_payload_types.get(pt, 0) + 1
         if pt == 101 and len(data) >= 16:
             self.dtmf_events.append(data[12])
+        elif self.decode_audio and pt in G711_DECODE:
+            table = G711_DECODE[pt]
+            self._recent.append(array.array("h", [table[b] for b in rtp_payload(data)]))
+            self.audio_frames += 1
         if self.remote is None:
             self.remote = addr
             self._first.set()
+
+    def tone_ratio(self, hz: float) -> float:
+        """How much of the last ~second of decoded G.711 audio is a tone at ``hz`` (0..1; needs decode_audio)."""
+        joined = array.array("h")
+        for samples in self._recent:
+            joined.extend(samples)
+        return tone_ratio(joined, 8000, hz)
 
     def start_sending(self, *, seconds: float = 30.0) -> None:
         self._task = asyncio.create_task(self._send_loop(seconds))
