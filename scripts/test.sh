@@ -39,7 +39,7 @@ if ! step setup bash scripts/setup.sh; then
     printf '%s\n' "${summary[@]}"
     exit 1
 fi
-step ruff .venv/bin/ruff check bridge tests bench scripts
+step ruff .venv/bin/ruff check bridge tests bench scripts docker
 step mypy .venv/bin/mypy
 step pytest run_pytest "$@"
 
