@@ -57,6 +57,7 @@ class RtpSourceGuard:
         self._ssrc: int | None = None  # of the locked stream (mode "any": a NAT rebinding keeps it)
         # probation: (address, ssrc, next expected sequence number, packets so far)
         self._candidate: tuple[Address, int, int, int] | None = None
+        self._probation_logged = False
         self.refused = 0
         """Datagrams refused (RTP and RTCP), ``early`` included."""
         self.early = 0
@@ -144,8 +145,11 @@ class RtpSourceGuard:
             count = cand[3] + 1
         else:
             count = 1
-            self.log.info("RTP from %s:%s, not the SDP address %s: latching after %d consistent packets",
-                          addr[0], addr[1], self._sdp, self.latch_packets)
+            # once per call at INFO: a source on an allowed IP could otherwise restart probation every packet
+            level = logging.DEBUG if self._probation_logged else logging.INFO
+            self._probation_logged = True
+            self.log.log(level, "RTP from %s:%s, not the SDP address %s: latching after %d consistent packets",
+                         addr[0], addr[1], self._sdp, self.latch_packets)
         if count >= self.latch_packets:
             self._candidate = None
             self._lock(addr, ssrc, f"{count} consistent packets")

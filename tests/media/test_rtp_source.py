@@ -13,8 +13,9 @@ import pytest
 
 from bridge.media.rtp_leg import RtpLeg
 from bridge.media.rtp_packet import RtpPacket
+from bridge.media.settings import MediaSettings
 
-from .call_fixtures import Call, connect_outbound, make_media
+from .call_fixtures import Call, connect_inbound, connect_outbound, make_media, sip_sdp
 from .helpers import wait_for
 from .rtp_peer import RtpPeer, open_rtp_peer
 from .webrtc_peer import MatrixPeer
@@ -304,3 +305,27 @@ async def test_a_bridged_call_never_relays_a_sprayer_and_reports_it_in_stats(
         await call.matrix.close()
         await media.close()
 
+
+
+async def test_a_phone_reinvite_to_a_new_port_moves_the_accepted_source_with_it(
+    peers: Callable[[str], Awaitable[RtpPeer]]
+) -> None:
+    media, ports = make_media(MediaSettings(rtp_source="strict"))
+    call = Call(media, ports, MatrixPeer(freq=1000.0), await peers("127.0.0.1"))
+    moved = await peers("127.0.0.1")
+    try:
+        await connect_inbound(call)
+        got: list[RtpPacket] = []
+        media.rtp_leg.on_audio = got.append  # the leg's sink, for this check only
+        call.rtp.send_packet(call.rtp_target, FAR)
+        await wait_for(lambda: len(got) == 1)
+        media.answer_sip_offer(sip_sdp(moved.port))  # re-INVITE from the phone: media now at another port
+        call.rtp.send_packet(call.rtp_target, EVIL)
+        moved.send_packet(call.rtp_target, FAR)
+        await wait_for(lambda: len(got) == 2 and media.stats().rtp_refused == 1)
+        media.rtp_leg.send_audio(FAR)
+        await wait_for(lambda: len(moved.received) >= 1, what="audio at the new port")
+        assert [p.payload for p in got] == [FAR, FAR]
+    finally:
+        await call.matrix.close()
+        await media.close()
