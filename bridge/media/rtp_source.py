@@ -94,10 +94,6 @@ class RtpSourceGuard:
         self._latch_ips = tuple(ips)
 
     @property
-    def configured(self) -> bool:
-        return bool(self._payload_types)
-
-    @property
     def latched(self) -> bool:
         """A source is locked and it is not the SDP address (symmetric RTP)."""
         return self.source is not None and (self.source[0], self.source[1]) != self._sdp
