@@ -13,6 +13,7 @@ import av
 import pytest
 
 from tests.e2e.conftest import E2E, GHOST, SCENARIOS, assert_released, eventually
+from tests.harness.bridge_stack import free_udp_port
 from tests.harness.rtp_peer import RtpPeer
 from tests.harness.rtp_sprayer import RtpSprayer
 from tests.harness.sipp import SippProcess
@@ -107,3 +108,39 @@ async def test_rtp_sprayed_at_the_whole_port_range_is_never_heard_nor_answered(
     # and the count when the call ends
     assert any(f"call_id={call.call_id} " in line and f"from {len(attackers)} sources during the call" in line
                for line in lines), lines
+
+
+async def test_a_natted_trunk_sending_from_another_port_is_latched_while_a_sprayer_is_refused(
+    e2e: E2E, rtp_peer: RtpPeer
+) -> None:
+    """The default mode still works with a trunk behind NAT: its SDP names a port nothing sends from (and that
+    never answers); its media comes from another port on its signalling IP and is taken after 4 packets."""
+    bridge = await e2e.bridge()
+    start, end = e2e.plan.rtp_range
+    attacker = RtpSprayer("127.0.0.2", range(start, end), tone_hz=ATTACK_HZ)
+    try:
+        await attacker.start()
+        rtp_peer.start_sending(seconds=60)
+        advertised = free_udp_port()  # the "private" address of the SDP: nobody listens there
+        sipp = SippProcess(SCENARIOS / "trunk_answer.xml", local_port=e2e.plan.trunk_port,
+                           extra_args=["-key", "rtp_port", str(advertised)], timeout=60, workdir=e2e.tmp / "sipp")
+        await e2e.own(sipp).start()
+        alice = await e2e.client("alice")
+        room = await alice.create_dm(GHOST)
+        await alice.wait_for_membership(room, GHOST, "join", timeout=30)
+        call = await alice.place_call(room, GHOST)
+        await call.wait_answer(timeout=30)
+        media = bridge.calls.outbound[call.call_id].media
+        assert media.rtp_port is not None
+        rtp_peer.send_to(("127.0.0.1", media.rtp_port))  # a NATed phone just starts talking
+        await call.wait_for_tone(TRUNK_HZ, timeout=30, min_frames=50)
+        await eventually(lambda: rtp_peer.received_payload_types.get(0, 0) >= 50, 20, "Matrix audio at the trunk")
+        assert media.rtp_leg.latched and media.rtp_leg.remote == ("127.0.0.1", rtp_peer.port)
+        assert call.tone_ratio(ATTACK_HZ) < 0.2
+        stats = media.stats()
+        assert stats.rtp_refused > 0 and stats.rtp_refused_sources == 1 and attacker.received == 0
+        await call.hangup()
+        assert await sipp.wait() == 0, sipp.report()
+        await assert_released(bridge)
+    finally:
+        await attacker.close()

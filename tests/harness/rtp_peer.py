@@ -74,6 +74,11 @@ class RtpPeer(asyncio.DatagramProtocol):
             self.remote = addr
             self._first.set()
 
+    def send_to(self, addr: tuple[str, int]) -> None:
+        """Send there at once instead of waiting for the bridge's first packet (a far end behind NAT)."""
+        self.remote = addr
+        self._first.set()
+
     def start_sending(self, *, seconds: float = 30.0) -> None:
         self._task = asyncio.create_task(self._send_loop(seconds))
 
