@@ -51,7 +51,7 @@ def media_settings(config: Config) -> MediaSettings:
         rtp_host=m.rtp_host, advertised_ip=m.advertised_ip, port_start=m.port_start, port_end=m.port_end,
         codecs=list(m.codecs),
         ice_servers=[IceServer(list(s.urls), s.username, s.credential) for s in m.ice_servers],
-        ice_timeout_s=m.ice_timeout_s,
+        ice_timeout_s=m.ice_timeout_s, rtp_source=m.rtp_source, rtp_latch_packets=m.rtp_latch_packets,
     )
 
 

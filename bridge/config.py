@@ -190,6 +190,8 @@ class MediaConfig:
     ice_servers: tuple[IceServer, ...] = ()
     ice_host_addresses: tuple[str, ...] = ()  # empty: every interface (aioice's default)
     ice_timeout_s: float = 30.0  # a WebRTC leg not connected this long after negotiation has failed
+    rtp_source: str = "signalling"  # strict | signalling | any: who may send the SIP-side RTP
+    rtp_latch_packets: int = 4  # consistent packets before a NATed source (signalling mode) is taken
 
 
 @dataclass(frozen=True)
@@ -667,9 +669,11 @@ def _media(s: _Section) -> MediaConfig:
         e.finish()
     ice_hosts = tuple(s.string_list("ice_host_addresses", [], check=_check_ip))
     ice_timeout = s.number("ice_timeout_s", 30.0, lo=1)
+    rtp_source = s.choice("rtp_source", "signalling", ("strict", "signalling", "any"))
+    latch = s.integer("rtp_latch_packets", 4, lo=1, hi=50)
     out = MediaConfig(rtp_host=rtp_host, advertised_ip=advertised_ip, port_start=start, port_end=end,
                       codecs=codecs, ice_servers=tuple(ice), ice_host_addresses=ice_hosts,
-                      ice_timeout_s=ice_timeout)
+                      ice_timeout_s=ice_timeout, rtp_source=rtp_source, rtp_latch_packets=latch)
     s.finish()
     return out
 

@@ -122,6 +122,7 @@ class InboundSession(CallSession):
         Raises SdpError for an SDP we cannot accept (the caller answers 488).
         """
         _host, self.rtp_port = await self.media.open_rtp()
+        self.media.set_signalling_peer(self.sip.source.addr[0])  # a NATed phone may send RTP from there
         if self.offerless:
             self.local_sip_sdp = self.media.sip_offer_for_offerless()
         else:

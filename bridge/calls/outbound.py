@@ -201,6 +201,7 @@ class OutboundSession(CallSession):
     async def _send_answer(self) -> None:
         assert self.answer_response is not None
         try:
+            self.media.set_signalling_peer(self.answer_response.source[0] if self.answer_response.source else None)
             self.media.apply_sip_answer(self.answer_response.body)
             if self.webrtc_ready is not None:
                 await self.webrtc_ready

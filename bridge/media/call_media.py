@@ -42,6 +42,10 @@ class MediaStats:
     webrtc_frames_out: int = 0
     dropped: int = 0
     malformed: int = 0
+    rtp_refused: int = 0
+    """SIP-side datagrams (RTP and RTCP) refused because of their source."""
+    rtp_refused_sources: int = 0
+    rtcp_in: int = 0
     codec_sip: str | None = None
     codec_webrtc: str | None = None
     passthrough: bool = False
@@ -64,7 +68,8 @@ class CallMedia:
         self.on_dtmf: Callable[[str, str], None] | None = None
         self._port: int | None = None
         self._rtp = RtpLeg(
-            log=log, ptime=settings.ptime, jitter_ms=settings.jitter_ms, queue_packets=settings.queue_packets
+            log=log, ptime=settings.ptime, jitter_ms=settings.jitter_ms, queue_packets=settings.queue_packets,
+            source_mode=settings.rtp_source, latch_packets=settings.rtp_latch_packets,
         )
         self._webrtc = WebRtcLeg(settings.ice_servers, log=log, queue_packets=settings.queue_packets)
         self._webrtc.on_failure = self._failed
@@ -149,6 +154,11 @@ class CallMedia:
         )
         self._sip_origin = (self._sip_offer.origin.session_id, version)
         return self._sip_offer.serialize().encode()
+
+    def set_signalling_peer(self, ip: str | None) -> None:
+        """The IP the SIP INVITE (inbound) or its 200 (outbound) came from. In ``rtp_source: signalling`` mode a
+        far end behind NAT may send its RTP from there, from another port than its SDP says."""
+        self._rtp.set_signalling_peer(ip)
 
     def sip_offer_for_offerless(self) -> bytes:
         return self.sip_offer()
@@ -360,6 +370,9 @@ class CallMedia:
             + self._rtp.jitter.late
             + self._rtp.jitter.lost,
             malformed=self._rtp.malformed,
+            rtp_refused=self._rtp.refused,
+            rtp_refused_sources=self._rtp.guard.refused_sources,
+            rtcp_in=self._rtp.rtcp_in,
             codec_sip=self._sip_codec,
             codec_webrtc=plan.webrtc_codec if plan else None,
             passthrough=plan.passthrough if plan else False,
@@ -370,6 +383,10 @@ class CallMedia:
         if self._closed:
             return
         self._closed = True
+        guard = self._rtp.guard
+        if guard.refused:
+            self.log.warning("refused %d RTP/RTCP datagrams from %d sources during the call", guard.refused,
+                             guard.refused_sources)
         if self._ice_timer is not None:
             self._ice_timer.cancel()
         await self._relay.close()

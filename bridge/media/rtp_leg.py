@@ -1,5 +1,8 @@
 """The plain-RTP (SIP side) leg: one UDP socket, symmetric RTP, jitter buffer, RFC 4733.
 
+Media is taken only from the source :class:`RtpSourceGuard` allows (the SDP address, or a NATed far end
+that qualified); the per-packet cost is one tuple compare with the guard's locked source.
+
 Everything here runs in ``datagram_received`` or is called synchronously by the relay, so
 the hot path has no task switches; the only task is the optional DTMF generator.
 """
@@ -16,6 +19,7 @@ from typing import Any, cast
 from .dtmf import DtmfDetector, DtmfError, DtmfEvent, decode_event, digit_to_event, encode_event
 from .jitter import JitterBuffer
 from .rtp_packet import RtpPacket, RtpParseError, build_rtp, is_rtcp, parse_rtp, seq_add, ts_add, ts_diff
+from .rtp_source import RtpSourceGuard
 
 Address = tuple[str, int]
 AudioSink = Callable[[RtpPacket], None]
@@ -35,6 +39,8 @@ class RtpLeg(asyncio.DatagramProtocol):
         ptime: int = 20,
         jitter_ms: int = 60,
         queue_packets: int = 50,
+        source_mode: str = "signalling",
+        latch_packets: int = 4,
     ) -> None:
         self.log = log
         self.ptime = ptime
@@ -51,9 +57,7 @@ class RtpLeg(asyncio.DatagramProtocol):
         self.payload_type: int | None = None
         self.telephone_event_pt: int | None = None
         self.clock_rate = 8000
-        self._remote_sdp: Address | None = None
-        self._remote: Address | None = None
-        self._remote_ssrc: int | None = None
+        self.guard = RtpSourceGuard(log, mode=source_mode, latch_packets=latch_packets)
         self._jitter = JitterBuffer(max(1, jitter_ms // ptime), queue_packets)
         self._dtmf_in = DtmfDetector()
 
@@ -74,6 +78,7 @@ class RtpLeg(asyncio.DatagramProtocol):
         self.packets_out = 0
         self.malformed = 0
         self.foreign = 0
+        self.rtcp_in = 0
         self.dropped = 0
         self._malformed_logged = False
 
@@ -89,21 +94,29 @@ class RtpLeg(asyncio.DatagramProtocol):
         self.payload_type = payload_type
         self.clock_rate = clock_rate
         self.telephone_event_pt = telephone_event_pt
-        if remote != self._remote_sdp:
-            # new far end (first answer or re-INVITE): latch again on its packets
-            self._remote_sdp = remote
-            self._remote = None
-            self._remote_ssrc = None
-            self._jitter.reset()
+        pts = (payload_type,) if telephone_event_pt is None else (payload_type, telephone_event_pt)
+        target = self.guard.target
+        self.guard.configure(remote, pts)
+        if self.guard.target != target:
+            self._jitter.reset()  # new far end (first answer or re-INVITE): its stream starts afresh
+
+    def set_signalling_peer(self, ip: str | None) -> None:
+        """The IP the SIP signalling came from: a NATed far end may send its RTP from there."""
+        self.guard.set_signalling_peer(ip)
 
     @property
     def remote(self) -> Address | None:
-        """Where we send: the latched source address, else what the SDP said."""
-        return self._remote or self._remote_sdp
+        """Where we send: the locked source, else what the SDP said."""
+        return self.guard.target
 
     @property
     def latched(self) -> bool:
-        return self._remote is not None
+        return self.guard.latched
+
+    @property
+    def refused(self) -> int:
+        """Datagrams refused because of where they came from (RTP and RTCP)."""
+        return self.guard.refused
 
     @property
     def local_address(self) -> Address | None:
@@ -127,8 +140,11 @@ class RtpLeg(asyncio.DatagramProtocol):
         self.log.debug("RTP socket error: %s", exc)
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
+        if addr != self.guard.source and not self._admit(data, addr):
+            return  # not from the far end the SDP / signalling names: counted (and logged once) by the guard
         if is_rtcp(data):
-            return  # RTCP is not relayed; peers send it to port+1 anyway
+            self.rtcp_in += 1  # RTCP is not relayed (peers mostly send it to port+1 anyway)
+            return
         try:
             packet = parse_rtp(data)
         except RtpParseError as exc:
@@ -142,13 +158,6 @@ class RtpLeg(asyncio.DatagramProtocol):
             if pt != COMFORT_NOISE_PT:
                 self.foreign += 1
             return
-        if self._remote is None:
-            self._latch(addr, packet.ssrc)
-        elif addr != self._remote:
-            if packet.ssrc != self._remote_ssrc:
-                self.foreign += 1
-                return
-            self._latch(addr, packet.ssrc)  # same stream from a new address: NAT rebinding
         if pt == self.telephone_event_pt:
             self._handle_dtmf(packet)
             return
@@ -160,11 +169,13 @@ class RtpLeg(asyncio.DatagramProtocol):
                 except Exception:
                     self.log.exception("RTP audio sink failed")
 
-    def _latch(self, addr: Address, ssrc: int) -> None:
-        if addr != self._remote_sdp:
-            self.log.info("symmetric RTP: sending to %s:%s (SDP said %s)", addr[0], addr[1], self._remote_sdp)
-        self._remote = addr
-        self._remote_ssrc = ssrc
+    def _admit(self, data: bytes, addr: Address) -> bool:
+        """Slow path: a datagram from anywhere but the locked source."""
+        if not self.guard.admit(data, addr):
+            return False
+        if self.guard.source == addr:
+            self._jitter.reset()  # a newly locked source: its sequence numbers are not the old stream's
+        return True
 
     def _handle_dtmf(self, packet: RtpPacket) -> None:
         try:

@@ -31,6 +31,10 @@ class MediaSettings:
     """How long the RTP jitter buffer waits for a missing packet before skipping it."""
     queue_packets: int = 50
     """Bound of every media queue; the oldest packet is dropped when full."""
+    rtp_source: str = "signalling"
+    """Who may send us SIP-side RTP: "strict" (the SDP address only), "signalling" (that, or a NATed far end on
+    the SDP's or the signalling peer's IP after ``rtp_latch_packets`` consistent packets), "any" (insecure)."""
+    rtp_latch_packets: int = 4
     ice_timeout_s: float = 30.0
     """After start(), report "ice_timeout" if WebRTC is not connected by then (aioice itself
     needs about 64 s of STUN retransmissions to declare a dead peer failed)."""

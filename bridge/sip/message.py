@@ -397,6 +397,8 @@ class Response(_MessageFields):
     headers: Headers = field(default_factory=Headers)
     body: bytes = b""
     version: str = SIP_VERSION
+    source: tuple[str, int] | None = field(default=None, repr=False)
+    """The address it was received from (set by the transaction layer; not part of the message)."""
 
     def serialize(self) -> bytes:
         """Wire form; Content-Length always matches the body."""

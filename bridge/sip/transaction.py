@@ -203,6 +203,7 @@ class TransactionLayer:
             return
         tx = self._clients.get((branch, method))
         if tx is not None:
+            resp.source = source.addr  # media follows signalling: the call driver hands this IP to media/
             tx.receive(resp)
         elif self._on_stray_response is not None:
             self._on_stray_response(resp, source)

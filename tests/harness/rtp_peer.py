@@ -120,6 +120,11 @@ class RtpPeer(asyncio.DatagramProtocol):
             joined.extend(samples)
         return tone_ratio(joined, 8000, hz)
 
+    def send_to(self, addr: tuple[str, int]) -> None:
+        """Send there at once instead of waiting for the bridge's first packet (a far end behind NAT)."""
+        self.remote = addr
+        self._first.set()
+
     def start_sending(self, *, seconds: float = 30.0) -> None:
         self._task = asyncio.create_task(self._send_loop(seconds))
 

@@ -73,11 +73,11 @@ class RtpPeer(asyncio.DatagramProtocol):
         self.ts = (self.ts + 160) & 0xFFFFFFFF
         self.sent += 1
 
-    def start_tone(self, to: tuple[str, int], pt: int = 0, packets: int | None = None) -> None:
-        self._sender = asyncio.get_running_loop().create_task(self._tone(to, pt, packets))
+    def start_tone(self, to: tuple[str, int], pt: int = 0, packets: int | None = None, freq: float = 440.0) -> None:
+        self._sender = asyncio.get_running_loop().create_task(self._tone(to, pt, packets, freq))
 
-    async def _tone(self, to: tuple[str, int], pt: int, packets: int | None) -> None:
-        payloads = tone_payloads()
+    async def _tone(self, to: tuple[str, int], pt: int, packets: int | None, freq: float) -> None:
+        payloads = tone_payloads(freq)
         loop = asyncio.get_running_loop()
         start = loop.time()
         i = 0
