@@ -8,6 +8,8 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any
 
+from .sip.logs import prefixed, printable
+
 _CALL_FIELDS = ("call_id", "sip_call_id")
 
 
@@ -17,7 +19,18 @@ class CallLogger(logging.LoggerAdapter[logging.Logger]):
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
         extra = dict(self.extra or {})
         kwargs["extra"] = {**extra, **kwargs.get("extra", {})}
-        return f"[call_id={extra.get('call_id', '-')} sip_call_id={extra.get('sip_call_id', '-')}] {msg}", kwargs
+        return msg, kwargs
+
+    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
+        # the IDs (a SIP Call-ID is remote text) are arguments, never part of the format string
+        if self.isEnabledFor(level):
+            msg, kwargs = self.process(msg, kwargs)
+            kwargs["stacklevel"] = kwargs.get("stacklevel", 1) + 1
+            extra = kwargs["extra"]
+            fmt, fargs = prefixed("[call_id=%s sip_call_id=%s] ",
+                                  (printable(extra.get("call_id", "-")), printable(extra.get("sip_call_id", "-"))),
+                                  msg, args)
+            self.logger.log(level, fmt, *fargs, **kwargs)
 
     def set_ids(self, **ids: str) -> None:
         self.extra = {**dict(self.extra or {}), **ids}
@@ -25,6 +38,15 @@ class CallLogger(logging.LoggerAdapter[logging.Logger]):
 
 def call_logger(name: str, call_id: str, sip_call_id: str = "-") -> CallLogger:
     return CallLogger(logging.getLogger(name), {"call_id": call_id, "sip_call_id": sip_call_id})
+
+
+class SafeFormatter(logging.Formatter):
+    """Escapes control characters in the message so remote text can never start a forged log line
+    (tracebacks, appended after the message, keep their newlines)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message, limit=1 << 20)
+        return super().formatMessage(record)
 
 
 class JsonFormatter(logging.Formatter):
@@ -46,7 +68,7 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

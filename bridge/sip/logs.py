@@ -1,21 +1,88 @@
-"""Per-call logging: every line about a call names its SIP Call-ID, in the text and as `extra`."""
+"""Per-call logging: every line about a call names its SIP Call-ID, in the text and as `extra`.
+
+Call-IDs and other remote text are data: they travel as `%s` arguments (never inside the format string, where a
+`%` would break the line) and control characters are escaped so a CR/LF cannot forge a log line.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import MutableMapping
 from typing import Any
 
+MAX_LOGGED_TEXT = 200  # remote text longer than this is cut: a 64 kB header must not become a 64 kB log line
 
-class CallLog(logging.LoggerAdapter):
+
+def printable(text: object, limit: int = MAX_LOGGED_TEXT) -> str:
+    """`text` safe for one log line: control and non-printable characters escaped, at most `limit` chars."""
+    s = text if isinstance(text, str) else str(text)
+    if len(s) > limit:
+        s = s[:limit] + "…"
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in s)
+
+
+class CallLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     """Prefixes messages with `[call-id]` and adds `call_id` (and any other context) to each record."""
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
         extra = dict(self.extra or {})
         extra.update(kwargs.get("extra") or {})
         kwargs["extra"] = extra
-        return f"[{extra.get('call_id', '-')}] {msg}", kwargs
+        return msg, kwargs
+
+    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
+        if self.isEnabledFor(level):
+            msg, kwargs = self.process(msg, kwargs)
+            kwargs.setdefault("stacklevel", 1)
+            kwargs["stacklevel"] += 1
+            fmt, fargs = prefixed("[%s] ", (printable(kwargs["extra"].get("call_id", "-")),), msg, args)
+            self.logger.log(level, fmt, *fargs, **kwargs)
+
+
+def prefixed(prefix: str, prefix_args: tuple[Any, ...], msg: Any, args: tuple[Any, ...]) -> tuple[str, tuple[Any, ...]]:
+    """A prefix format plus its args in front of a caller's (msg, args), without ever formatting data into msg.
+
+    A message logged without args is never %-formatted by logging, so its own `%` must be escaped once it gets
+    args (the prefix's)."""
+    text = str(msg)
+    if not args:
+        text = text.replace("%", "%%")
+    elif len(args) == 1 and isinstance(args[0], dict) and args[0]:
+        # logging's mapping form (`"%(x)s", {"x": ...}`) cannot take positional prefix args: format it here
+        try:
+            text = text % args[0]
+        except (TypeError, ValueError, KeyError):
+            text = f"{text} {args[0]!r}"
+        text = text.replace("%", "%%")
+        args = ()
+    return prefix + text, (*prefix_args, *args)
 
 
 def call_log(logger: logging.Logger, call_id: str, **context: Any) -> CallLog:
     return CallLog(logger, {"call_id": call_id, **context})
+
+
+class RateLimitedLog:
+    """At most one line per `interval` seconds for a recurring event, with how many were folded into it."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0, level: int = logging.WARNING) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._level = level
+        self._next = 0.0
+        self.suppressed = 0
+        self.total = 0
+
+    def __call__(self, msg: str, *args: Any) -> None:
+        """`msg` is a constant format string; remote text goes in `args` (printable() it first)."""
+        self.total += 1
+        now = time.monotonic()
+        if now < self._next:
+            self.suppressed += 1
+            return
+        self._next = now + self._interval
+        folded, self.suppressed = self.suppressed, 0
+        self._logger.log(self._level, msg + " (%d more like it since the last such line)", *args, folded)
