@@ -21,7 +21,8 @@ class CallLogger(logging.LoggerAdapter[logging.Logger]):
         kwargs["extra"] = {**extra, **kwargs.get("extra", {})}
         return msg, kwargs
 
-    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
+    def log(self, level: int, msg: Any, *args: Any, **kw: Any) -> None:
+        kwargs: MutableMapping[str, Any] = kw
         # the IDs (a SIP Call-ID is remote text) are arguments, never part of the format string
         if self.isEnabledFor(level):
             msg, kwargs = self.process(msg, kwargs)

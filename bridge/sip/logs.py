@@ -24,7 +24,7 @@ def printable(text: object, limit: int = MAX_LOGGED_TEXT) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in s)
 
 
-class CallLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+class CallLog(logging.LoggerAdapter):
     """Prefixes messages with `[call-id]` and adds `call_id` (and any other context) to each record."""
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
@@ -33,7 +33,8 @@ class CallLog(logging.LoggerAdapter):  # type: ignore[type-arg]
         kwargs["extra"] = extra
         return msg, kwargs
 
-    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
+    def log(self, level: int, msg: Any, *args: Any, **kw: Any) -> None:
+        kwargs: MutableMapping[str, Any] = kw
         if self.isEnabledFor(level):
             msg, kwargs = self.process(msg, kwargs)
             kwargs.setdefault("stacklevel", 1)

@@ -23,6 +23,7 @@ from bridge.sip.client_transaction import (
 )
 from bridge.sip.errors import SipTransportError
 from bridge.sip.ids import MAGIC_COOKIE, new_branch, new_tag
+from bridge.sip.logs import RateLimitedLog, printable
 from bridge.sip.message import Request, Response, SipParseError, Via
 from bridge.sip.server_transaction import (
     InviteServerTransaction,
@@ -77,6 +78,9 @@ class TransactionLayer:
         self._absorbed: dict[tuple[str, ...], tuple[bytes | None, str, Address, StreamConnection | None]] = {}
         self._absorb_expiry: deque[tuple[float, tuple[str, ...]]] = deque()
         self._sweep_handle: asyncio.TimerHandle | None = None
+        self._per_source: dict[str, int] = {}  # live server transactions per source IP
+        self._log_overload = RateLimitedLog(logger, 10.0)
+        self.dropped_over_limit = 0
 
     # ----------------------------------------------------------------- task ownership
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
@@ -166,10 +170,24 @@ class TransactionLayer:
     # ----------------------------------------------------------------- server side
     def _add_server(self, tx: ServerTransaction) -> None:
         self._servers[tx.key] = tx
+        ip = tx.source.addr[0]
+        self._per_source[ip] = self._per_source.get(ip, 0) + 1
 
     def _remove_server(self, tx: ServerTransaction) -> None:
         if self._servers.get(tx.key) is tx:
             del self._servers[tx.key]
+            ip = tx.source.addr[0]
+            count = self._per_source.get(ip, 0) - 1
+            if count > 0:
+                self._per_source[ip] = count
+            else:
+                self._per_source.pop(ip, None)
+
+    def connections(self) -> set[StreamConnection]:
+        """Stream connections live transactions are bound to."""
+        found = {tx.connection for tx in self._servers.values() if tx.connection is not None}
+        found.update(tx.connection for tx in self._clients.values() if tx.connection is not None)
+        return found
 
     @staticmethod
     def server_key(request: Request, method: str | None = None) -> tuple[str, ...]:
@@ -230,6 +248,12 @@ class TransactionLayer:
                         self.spawn(self.transport.send(data, transport, addr), "repeat response")
                 except (SipTransportError, OSError) as exc:
                     logger.info("cannot repeat response to %s: %s", addr, exc)
+            return
+        if self._per_source.get(source.addr[0], 0) >= self.settings.max_server_transactions_per_source:
+            # one source cannot pin unbounded transaction state (each lives up to 64*T1); dropped unanswered
+            self.dropped_over_limit += 1
+            self._log_overload("dropping %s from %s: %d live transactions from that source", printable(req.method, 20),
+                               source.addr, self.settings.max_server_transactions_per_source)
             return
         new_tx: ServerTransaction
         if req.method == "INVITE":
