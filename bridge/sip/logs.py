@@ -86,4 +86,5 @@ class RateLimitedLog:
             return
         self._next = now + self._interval
         folded, self.suppressed = self.suppressed, 0
-        self._logger.log(self._level, msg + " (%d more like it since the last such line)", *args, folded)
+        self._logger.log(self._level, msg + " (%d more like it since the last such line)", *args, folded,
+                         stacklevel=2)
