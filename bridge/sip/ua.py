@@ -292,12 +292,13 @@ class UserAgent:
         self._remember_ended(dialog_id)
         try:
             orphan = self._orphan_dialog(resp, source, self._sent_invites[key])
+            destination = orphan.destination()
         except ValueError as exc:
             call_log(logger, resp.call_id).info("late 2xx with unusable headers from %s: %s", source.addr,
                                                 printable(exc))
             return
         call_log(logger, resp.call_id).info("late 2xx from To-tag %s (from %s): ACK + BYE towards %s",
-                                            printable(resp.to.tag), source.addr, orphan.destination()[1])
+                                            printable(resp.to.tag), source.addr, destination[1])
         orphan.send_ack(cseq)
         self.transactions.spawn(orphan.bye(), "bye unwanted 2xx")
 
@@ -368,6 +369,10 @@ class UserAgent:
             return
         if method == "INVITE":
             assert isinstance(tx, InviteServerTransaction)
+            problem = _unusable_dialog_headers(req)
+            if problem:  # 8.2 / 12.1.1: the dialog would be built from them, so refuse before the application
+                self._reply(tx, req, source, 400, f"Bad {problem}")
+                return
             si = ServerInvite(self, req, source, tx)
             if self.on_invite is None:
                 si.respond_now(480)
@@ -453,6 +458,18 @@ class UserAgent:
                     obj.respond_now(500)
 
         self.transactions.spawn(run(), what)
+
+
+def _unusable_dialog_headers(msg: Request | Response) -> str | None:
+    """The name of a dialog-forming header (Contact, Record-Route) that does not parse, if any."""
+    for name in ("Contact", "Record-Route"):
+        values = msg.headers.get_all(name)
+        try:
+            for value in values[:1] if name == "Contact" else values:
+                NameAddr.parse(value)
+        except ValueError:
+            return name
+    return None
 
 
 def _describe(msg: Request | Response) -> str:
