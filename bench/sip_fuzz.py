@@ -24,9 +24,11 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--tcp-share", type=float, default=0.1, help="share of messages sent over TCP")
     parser.add_argument("--time-limit", type=float, default=900.0, help="stop sending after this many seconds")
+    parser.add_argument("--settle", type=float, default=8.0,
+                        help="seconds to wait before measuring what the UA still holds (64*T1 = 6.4 s)")
     args = parser.parse_args()
     report = asyncio.run(run_fuzz(args.count, seed=args.seed, tcp_share=args.tcp_share,
-                                  time_limit=args.time_limit))
+                                  time_limit=args.time_limit, settle=args.settle))
     figures = report.as_dict()
     print(json.dumps(figures, indent=2))
     bad = (report.crashes or report.tracebacks or report.logging_errors or report.untrusted_sent_to_non_sender

@@ -44,4 +44,5 @@ class SipSettings:
     # Sources (IP, CIDR or host name, e.g. the trunk) whose messages may name hosts we then resolve and contact
     # (Contact/Record-Route of their requests). Names from anybody else are never looked up.
     trusted_hosts: tuple[str, ...] = ()
-    max_server_transactions_per_source: int = 256  # live server transactions per source IP; more are dropped
+    # live server transactions per untrusted source IP (trusted_hosts are exempt); more are dropped unanswered
+    max_server_transactions_per_source: int = 256

@@ -50,6 +50,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+MAX_ABSORBED = 65536  # tombstones of finished server transactions; beyond it the oldest go first
+
 
 RequestHandler = Callable[[Request, Source, "ServerTransaction | None"], None]
 ResponseHandler = Callable[[Response, Source], None]
@@ -97,6 +99,10 @@ class TransactionLayer:
     def _absorb(self, key: tuple[str, ...], data: bytes | None, transport: str, addr: Address,
                 connection: StreamConnection | None, lifetime: float) -> None:
         loop = asyncio.get_running_loop()
+        while len(self._absorbed) >= MAX_ABSORBED and self._absorb_expiry:
+            # a flood of requests must not grow this for 64*T1: a retransmission without its tombstone just
+            # starts a new transaction
+            self._absorbed.pop(self._absorb_expiry.popleft()[1], None)
         self._absorbed[key] = (data, transport, addr, connection)
         self._absorb_expiry.append((loop.time() + lifetime, key))
         if self._sweep_handle is None:
@@ -249,7 +255,8 @@ class TransactionLayer:
                 except (SipTransportError, OSError) as exc:
                     logger.info("cannot repeat response to %s: %s", addr, exc)
             return
-        if self._per_source.get(source.addr[0], 0) >= self.settings.max_server_transactions_per_source:
+        if (self._per_source.get(source.addr[0], 0) >= self.settings.max_server_transactions_per_source
+                and not self.transport.trust.is_trusted(source.addr[0])):  # the trunk may be busier
             # one source cannot pin unbounded transaction state (each lives up to 64*T1); dropped unanswered
             self.dropped_over_limit += 1
             self._log_overload("dropping %s from %s: %d live transactions from that source", printable(req.method, 20),

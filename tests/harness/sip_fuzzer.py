@@ -84,6 +84,7 @@ class FuzzReport:
     segments: int = 0
     udp_delivered: int = 0  # datagrams the UA's socket read
     udp_lost: int = 0  # sent but never read (kernel buffer overflow)
+    udp_too_big: int = 0  # mutations over the 65,507-byte datagram limit (not sent)
     crashes: int = 0  # exceptions that reached the event loop's exception handler
     tracebacks: int = 0  # ERROR (or worse) records with exc_info
     logging_errors: int = 0  # records logging could not format ("--- Logging error ---")
@@ -102,6 +103,7 @@ class FuzzReport:
     rss_before_kb: int = 0
     rss_after_kb: int = 0
     seconds: float = 0.0
+    state_after: dict[str, int] = field(default_factory=dict)  # what the UA still holds at the end
     mutations: dict[str, int] = field(default_factory=dict)
     traceback_samples: list[str] = field(default_factory=list)
 
@@ -210,7 +212,9 @@ class Mutator:
 
 
 async def run_fuzz(count: int = 3000, *, seed: int = 1, tcp_share: float = 0.1, trusted_share: float = 0.2,
-                   time_limit: float = 600.0) -> FuzzReport:
+                   time_limit: float = 600.0, settle: float = 0.0) -> FuzzReport:
+    """`settle`: seconds to wait after the last call before measuring what the UA still holds (64*T1 = 6.4 s
+    lets every transaction and tombstone of the run expire)."""
     report = FuzzReport()
     rng = random.Random(seed)
     loop = asyncio.get_running_loop()
@@ -411,6 +415,7 @@ async def run_fuzz(count: int = 3000, *, seed: int = 1, tcp_share: float = 0.1, 
             try:
                 sock.sendto(data, udp_target)
             except OSError:
+                report.udp_too_big += 1
                 continue
             report.datagrams += 1
             sent_udp += 1
@@ -441,9 +446,16 @@ async def run_fuzz(count: int = 3000, *, seed: int = 1, tcp_share: float = 0.1, 
         phase["name"] = "calls"
         report.calls_after_ok = await normal_call("after")
         report.victim_received_untrusted_phase = victim_heard
+        await asyncio.sleep(settle)
         report.unsolicited_dropped = ua.unsolicited_responses
         report.transactions_dropped_over_limit = ua.transactions.dropped_over_limit
         report.rss_after_kb = rss_kb()
+        tl = ua.transactions
+        report.state_after = {
+            "dialogs": len(ua.dialogs), "server_transactions": len(tl._servers),
+            "client_transactions": len(tl._clients),
+            "tombstones": len(tl._absorbed), "tasks": len(tl._tasks), "connections": layer.connection_count,
+            "sent_invites": len(ua._sent_invites), "ended_dialogs": len(ua._ended), "dns_cache": len(layer._resolved)}
     finally:
         for pair in streams.values():
             if pair is not None:
