@@ -27,6 +27,19 @@ def route_uri(route: str) -> SipUri:
     return NameAddr.parse(route).uri
 
 
+def usable_routes(values: list[str]) -> list[str]:
+    """Record-Route entries that parse (a response's broken one must not make every later request raise)."""
+    usable = []
+    for value in values:
+        try:
+            NameAddr.parse(value)
+        except ValueError:
+            logger.info("ignoring unparsable Record-Route %r", value[:200])
+            continue
+        usable.append(value)
+    return usable
+
+
 class Dialog:
     """One dialog. `on_request` gets in-dialog requests (BYE after the core has answered it 200);
     `on_terminated(reason)` is called once when the dialog ends."""

@@ -245,3 +245,23 @@ def test_call_loggers_keep_percent_and_escape_newlines(capsys: pytest.CaptureFix
         "INFO: [abc%s%d%(x)s%] bare %",
     ]
     assert "--- Logging error ---" not in capsys.readouterr().err
+
+
+async def test_2xx_with_unparsable_record_route_is_acked_without_a_traceback(
+        caplog: pytest.LogCaptureFixture) -> None:
+    peer = await RawUdpPeer.open()
+    try:
+        async with running_ua(fast_settings()) as ua:
+            ua_addr = ua.bound_address()
+            call = ua.invite(f"sip:bob@127.0.0.1:{peer.port}", from_uri="sip:alice@bridge.test", sdp=SDP_OFFER)
+            invite = (await peer.wait_for_message("INVITE"))[0].decode()
+            headers = dict(line.split(": ", 1) for line in invite.split("\r\n")[1:] if ": " in line)
+            peer.send(raw_2xx(call_id=headers["Call-ID"], from_tag=headers["From"].split("tag=")[1], to_tag="rr",
+                              branch=headers["Via"].split("branch=")[1].split(";")[0],
+                              contact=f"<sip:bob@127.0.0.1:{peer.port}>", record_route="<sip:%s.example.invalid;lr>",
+                              cseq=int(headers["CSeq"].split()[0])), ua_addr)
+            assert (await asyncio.wait_for(call.wait_final(), 5)).status == 200
+            await peer.wait_for_message("ACK")
+            assert not [r for r in caplog.records if r.exc_info]
+    finally:
+        peer.close()
