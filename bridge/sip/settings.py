@@ -40,7 +40,7 @@ class SipSettings:
     # transaction still uses it); also the TLS handshake deadline. 0 = never.
     tcp_idle_timeout: float = 60.0
     max_connections: int = 512  # accepted TCP/TLS connections in total; more are refused
-    max_connections_per_source: int = 32  # accepted TCP/TLS connections per source IP
+    max_connections_per_source: int = 32  # accepted TCP/TLS connections per untrusted source IP
     # Sources (IP, CIDR or host name, e.g. the trunk) whose messages may name hosts we then resolve and contact
     # (Contact/Record-Route of their requests). Names from anybody else are never looked up.
     trusted_hosts: tuple[str, ...] = ()

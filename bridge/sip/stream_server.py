@@ -29,17 +29,21 @@ _PEER_GONE = frozenset({errno.ECONNABORTED, errno.ECONNRESET, errno.EPROTO, errn
 
 
 class Admission:
-    """Counts accepted connections in total and per source IP."""
+    """Counts accepted connections in total and per source IP. Sources for which `exempt(ip)` holds (the
+    trunk: some SBCs open a connection per call) skip the per-source cap, never the total."""
 
-    def __init__(self, max_total: int, max_per_source: int) -> None:
+    def __init__(self, max_total: int, max_per_source: int, exempt: Callable[[str], bool] | None = None) -> None:
         self.max_total = max_total
         self.max_per_source = max_per_source
+        self._exempt = exempt
         self.total = 0
         self._per_source: dict[str, int] = {}
 
     def admit(self, ip: str) -> bool:
         count = self._per_source.get(ip, 0)
-        if self.total >= self.max_total or count >= self.max_per_source:
+        if self.total >= self.max_total:
+            return False
+        if count >= self.max_per_source and not (self._exempt is not None and self._exempt(ip)):
             return False
         self._per_source[ip] = count + 1
         self.total += 1

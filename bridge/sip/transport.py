@@ -197,7 +197,8 @@ class TransportLayer:
         self._server_ssl: ssl.SSLContext | None = None
         self._client_ssl: ssl.SSLContext | None = None
         self.trust = TrustPolicy(settings.trusted_hosts)
-        self._admission = Admission(settings.max_connections, settings.max_connections_per_source)
+        self._admission = Admission(settings.max_connections, settings.max_connections_per_source,
+                                    exempt=self.trust.is_trusted)
         self._accepting: set[asyncio.Task[None]] = set()  # TLS handshakes of accepted sockets
         self._idle_handle: asyncio.TimerHandle | None = None
         # connections a dialog or transaction still needs: never closed for idleness (set by the UA)

@@ -82,6 +82,18 @@ async def test_connections_over_the_per_source_and_total_limits_are_refused() ->
             w.close()
 
 
+async def test_trusted_source_skips_the_per_source_limit_but_not_the_total() -> None:
+    settings = fast_settings("udp", "tcp", max_connections=5, max_connections_per_source=2, tcp_idle_timeout=0,
+                             trusted_hosts=("127.0.0.5",))
+    async with running_ua(settings) as ua:
+        target = ua.bound_address("tcp")
+        trunk = [await asyncio.open_connection(*target, local_addr=("127.0.0.5", 0)) for _ in range(5)]
+        await wait_for(lambda: ua.transport.connection_count == 5)
+        assert await refused(target, "127.0.0.5")
+        for _, w in trunk:
+            w.close()
+
+
 async def test_descriptor_exhaustion_refuses_quietly_without_spinning_and_udp_calls_still_work(
         tmp_path: Path) -> None:
     stderr_path = tmp_path / "ua.stderr"
