@@ -8,7 +8,15 @@ import sys
 import time
 from pathlib import Path
 
-from tests.harness.sip_ua import SDP_OFFER, fast_settings, raw_request, running_ua, uri_of, wait_for
+from tests.harness.sip_ua import (
+    SDP_OFFER,
+    fast_settings,
+    raw_request,
+    running_ua,
+    self_signed_cert,
+    uri_of,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -147,3 +155,19 @@ async def test_descriptor_exhaustion_refuses_quietly_without_spinning_and_udp_ca
     assert 1 <= len(exhausted_lines) <= 2, log[-2000:]
     assert "Traceback" not in log and "socket.accept() out of system resource" not in log, log[-2000:]
     assert len(log.splitlines()) < 30, log[-2000:]
+
+
+async def test_tls_connection_that_never_handshakes_is_closed_and_frees_its_slot(tmp_path: Path) -> None:
+    certfile, keyfile = self_signed_cert(tmp_path)
+    settings = fast_settings("udp", "tls", tls_certfile=certfile, tls_keyfile=keyfile, tcp_idle_timeout=0.4,
+                             max_connections_per_source=1)
+    async with running_ua(settings) as ua:
+        target = ua.bound_address("tls")
+        reader, writer = await asyncio.open_connection(*target, local_addr=("127.0.0.2", 0))
+        assert await refused(target, "127.0.0.2")  # the silent one holds the source's only slot...
+        assert await closed_by_peer(reader, 3.0)  # ...until the handshake deadline
+        writer.close()
+        await wait_for(lambda: ua.transport._admission.total == 0)
+        _, again = await asyncio.open_connection(*target, local_addr=("127.0.0.2", 0))
+        await wait_for(lambda: ua.transport._admission.count("127.0.0.2") == 1)  # admitted again
+        again.close()
