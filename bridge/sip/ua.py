@@ -250,7 +250,7 @@ class UserAgent:
             logger.info("malformed %s from %s/%s: %s; answering 400", partial.method, source.transport,
                         source.addr, err)
             try:
-                self.transactions.respond_stateless(partial, source, 400, f"Bad Request ({err})"[:100])
+                self.transactions.respond_stateless(partial, source, 400, printable(f"Bad Request ({err})", 100))
             except (SipParseError, ValueError) as exc:
                 logger.info("cannot even answer the malformed request: %s", exc)
             return
