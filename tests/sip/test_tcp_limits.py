@@ -8,7 +8,9 @@ import sys
 import time
 from pathlib import Path
 
+from bridge.sip.server import ServerInvite
 from tests.harness.sip_ua import (
+    SDP_ANSWER,
     SDP_OFFER,
     fast_settings,
     raw_request,
@@ -171,3 +173,23 @@ async def test_tls_connection_that_never_handshakes_is_closed_and_frees_its_slot
         _, again = await asyncio.open_connection(*target, local_addr=("127.0.0.2", 0))
         await wait_for(lambda: ua.transport._admission.count("127.0.0.2") == 1)  # admitted again
         again.close()
+
+
+async def test_connection_carrying_a_dialog_outlives_the_idle_timeout() -> None:
+    async def answer(si: ServerInvite) -> None:
+        await si.respond(200, body=SDP_ANSWER)
+        await si.wait_ack(5)
+
+    async with running_ua(fast_settings("udp", "tcp", tcp_idle_timeout=0.3), on_invite=answer) as callee, \
+            running_ua(fast_settings("udp", "tcp")) as caller:
+        call = caller.invite(uri_of(callee, "tcp"), from_uri="sip:alice@bridge.test", sdp=SDP_OFFER)
+        assert (await asyncio.wait_for(call.wait_final(), 10)).status == 200
+        await wait_for(lambda: bool(callee.dialogs))
+        conn = callee.dialogs[0].connection
+        assert conn is not None
+        await asyncio.sleep(1.2)  # four idle timeouts without a byte
+        assert not conn.closed
+        assert call.dialog is not None
+        assert (await asyncio.wait_for(call.dialog.bye(), 5)) is not None
+        await wait_for(lambda: not callee.dialogs)
+        await wait_for(lambda: conn.closed, 3)  # no dialog holds it any more: idle, closed
