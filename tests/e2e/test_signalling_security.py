@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 
 import pytest
 
+from bridge.sip.settings import ListenAddress, SipSettings
+from bridge.sip.ua import UserAgent
 from tests.e2e.conftest import E2E, assert_released, eventually
+from tests.harness.sip_fuzzer import run_fuzz
 from tests.harness.sip_ua import RawUdpPeer
 
 pytestmark = pytest.mark.e2e
@@ -71,3 +76,30 @@ async def test_bridge_logs_percent_call_id_intact_and_reflects_no_stray_2xx(
     finally:
         for peer in (phone, attacker, victim):
             peer.close()
+
+
+async def test_fuzzing_the_running_bridge_crashes_nothing_reflects_nothing_and_calls_still_route(e2e: E2E) -> None:
+    bridge = await e2e.bridge()
+
+    async def unrouted_call(tag: str, addr: tuple[str, int]) -> bool:
+        """A call from the trunk still gets the real CallManager's answer (no route: 404)."""
+        await asyncio.sleep(3.0)  # the per-source INVITE rate limit refills after the trusted phase
+        caller = UserAgent(SipSettings(listen=[ListenAddress("udp", "127.0.0.1", 0)], t1=0.1, t2=0.8))
+        await caller.start()
+        try:
+            call = caller.invite(f"sip:19995550000@{addr[0]}:{addr[1]}", from_uri="sip:15550001111@127.0.0.1",
+                                 sdp=SDP.encode())
+            return (await asyncio.wait_for(call.wait_final(), 15)).status == 404
+        finally:
+            await caller.stop()
+
+    count = int(os.environ.get("SIP_FUZZ_BRIDGE_COUNT", "3000"))  # e.g. 100000 for the full run (-s to see it)
+    report = await run_fuzz(count, seed=11, target=bridge.ua, normal_call=unrouted_call, time_limit=900)
+    print(json.dumps(report.as_dict(), indent=1))
+    assert report.datagrams >= 0.8 * count
+    assert report.crashes == 0 and report.logging_errors == 0
+    assert report.tracebacks == 0, report.traceback_samples
+    assert report.untrusted_sent_to_non_sender == 0 and report.victim_received_untrusted_phase == 0
+    assert report.lookups_untrusted_phase == 0
+    assert report.calls_before_ok and report.calls_after_ok
+    await eventually(lambda: not bridge.calls.sessions(), 30, "every fuzzed call released")

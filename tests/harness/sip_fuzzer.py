@@ -17,6 +17,7 @@ import logging
 import random
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -212,9 +213,14 @@ class Mutator:
 
 
 async def run_fuzz(count: int = 3000, *, seed: int = 1, tcp_share: float = 0.1, trusted_share: float = 0.2,
-                   time_limit: float = 600.0, settle: float = 0.0) -> FuzzReport:
+                   time_limit: float = 600.0, settle: float = 0.0, target: UserAgent | None = None,
+                   normal_call: Callable[[str, Address], Awaitable[bool]] | None = None) -> FuzzReport:
     """`settle`: seconds to wait after the last call before measuring what the UA still holds (64*T1 = 6.4 s
-    lets every transaction and tombstone of the run expire)."""
+    lets every transaction and tombstone of the run expire).
+
+    `target`: a running UserAgent to fuzz instead of our own (e.g. the bridge's, with its real CallManager;
+    it must trust 127.0.0.1 and is left running), with `normal_call(tag, udp_address)` proving it still
+    serves calls."""
     report = FuzzReport()
     rng = random.Random(seed)
     loop = asyncio.get_running_loop()
@@ -258,13 +264,19 @@ async def run_fuzz(count: int = 3000, *, seed: int = 1, tcp_share: float = 0.1, 
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(dialog.bye(), 3)
 
-    settings = SipSettings(listen=[ListenAddress("udp", "127.0.0.1", 0), ListenAddress("tcp", "127.0.0.1", 0)],
-                           t1=0.1, t2=0.8, t4=1.0, tcp_idle_timeout=2.0, trusted_hosts=(TRUSTED,))
-    ua = UserAgent(settings, on_invite=on_invite)
-    await ua.start()
+    if target is None:
+        settings = SipSettings(listen=[ListenAddress("udp", "127.0.0.1", 0), ListenAddress("tcp", "127.0.0.1", 0)],
+                               t1=0.1, t2=0.8, t4=1.0, tcp_idle_timeout=2.0, trusted_hosts=(TRUSTED,))
+        ua = UserAgent(settings, on_invite=on_invite)
+        await ua.start()
+    else:
+        ua = target
     layer = ua.transport
     udp_target = ua.bound_address("udp")
-    tcp_target = ua.bound_address("tcp")
+    if layer.has_transport("tcp"):
+        tcp_target = ua.bound_address("tcp")
+    else:
+        tcp_target, tcp_share = udp_target, 0.0
 
     # ---- sandbox + accounting of everything the UA sends
     orig_send_udp = layer.send_udp
@@ -377,11 +389,11 @@ async def run_fuzz(count: int = 3000, *, seed: int = 1, tcp_share: float = 0.1, 
             while reader._buffer:  # type: ignore[attr-defined]  # discard what the UA answered
                 reader._buffer.clear()  # type: ignore[attr-defined]
 
-    async def normal_call(tag: str) -> bool:
+    async def our_normal_call(tag: str, addr: Address) -> bool:
         caller = UserAgent(SipSettings(listen=[ListenAddress("udp", TRUSTED, 0)], t1=0.1, t2=0.8))
         await caller.start()
         try:
-            call = caller.invite(f"sip:normal-{tag}@{udp_target[0]}:{udp_target[1]}",
+            call = caller.invite(f"sip:normal-{tag}@{addr[0]}:{addr[1]}",
                                  from_uri="sip:alice@bridge.test", sdp=SDP.format(src=TRUSTED).encode())
             final = await asyncio.wait_for(call.wait_final(), 10)
             if final.status != 200 or call.dialog is None:
@@ -392,6 +404,8 @@ async def run_fuzz(count: int = 3000, *, seed: int = 1, tcp_share: float = 0.1, 
             return False
         finally:
             await caller.stop()
+
+    call_check = normal_call or our_normal_call
 
     async def run_phase(name: str, sources: tuple[str, ...], n: int) -> None:
         nonlocal victim_heard
@@ -439,12 +453,12 @@ async def run_fuzz(count: int = 3000, *, seed: int = 1, tcp_share: float = 0.1, 
     try:
         report.rss_before_kb = rss_kb()
         phase["name"] = "calls"
-        report.calls_before_ok = await normal_call("before")
+        report.calls_before_ok = await call_check("before", udp_target)
         untrusted_n = int(count * (1 - trusted_share))
         await run_phase("untrusted", UNTRUSTED, untrusted_n)
         await run_phase("trusted", (TRUSTED,), count - untrusted_n)
         phase["name"] = "calls"
-        report.calls_after_ok = await normal_call("after")
+        report.calls_after_ok = await call_check("after", udp_target)
         report.victim_received_untrusted_phase = victim_heard
         await asyncio.sleep(settle)
         report.unsolicited_dropped = ua.unsolicited_responses
@@ -463,7 +477,11 @@ async def run_fuzz(count: int = 3000, *, seed: int = 1, tcp_share: float = 0.1, 
         for s in socks.values():
             s.close()
         StreamConnection.send = orig_stream_send  # type: ignore[method-assign]
-        await ua.stop()
+        for name in ("send_udp", "resolve", "_get_connection"):
+            delattr(layer, name)
+        del udp_proto.datagram_received
+        if target is None:
+            await ua.stop()
         root.removeHandler(counter)
         root.setLevel(old_level)
         loop.set_exception_handler(old_handler)
