@@ -88,3 +88,34 @@ class RateLimitedLog:
         folded, self.suppressed = self.suppressed, 0
         self._logger.log(self._level, msg + " (%d more like it since the last such line)", *args, folded,
                          stacklevel=2)
+
+
+class LogBudget:
+    """A token bucket for log lines about individual bad packets: a burst of `burst` lines, then `per_second`;
+    what is over budget is counted and reported in one line when the budget allows again. A flood of garbage
+    must not become a flood of log lines (disk, CPU), yet the first bad packets of an incident are all logged."""
+
+    def __init__(self, logger: logging.Logger, burst: int = 200, per_second: float = 20.0) -> None:
+        self._logger = logger
+        self._burst = float(burst)
+        self._rate = per_second
+        self._tokens = float(burst)
+        self._last = time.monotonic()
+        self.suppressed = 0
+
+    def log(self, level: int, msg: str, *args: Any) -> None:
+        """`msg` is a constant format string; remote text goes in `args`."""
+        if not self._logger.isEnabledFor(level):
+            return
+        now = time.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens < 1:
+            self.suppressed += 1
+            return
+        self._tokens -= 1
+        if self.suppressed:
+            folded, self.suppressed = self.suppressed, 0
+            self._logger.warning("%d log lines about bad SIP packets suppressed (over %d/s)", folded, int(self._rate),
+                                 stacklevel=2)
+        self._logger.log(level, msg, *args, stacklevel=2)

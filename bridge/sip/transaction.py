@@ -23,7 +23,7 @@ from bridge.sip.client_transaction import (
 )
 from bridge.sip.errors import SipTransportError
 from bridge.sip.ids import MAGIC_COOKIE, new_branch, new_tag
-from bridge.sip.logs import RateLimitedLog, printable
+from bridge.sip.logs import LogBudget, RateLimitedLog, printable
 from bridge.sip.message import Request, Response, SipParseError, Via
 from bridge.sip.server_transaction import (
     InviteServerTransaction,
@@ -82,6 +82,7 @@ class TransactionLayer:
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._per_source: dict[str, int] = {}  # live server transactions per source IP
         self._log_overload = RateLimitedLog(logger, 10.0)
+        self._bad_packets = LogBudget(logger)
         self.dropped_over_limit = 0
 
     # ----------------------------------------------------------------- task ownership
@@ -223,7 +224,8 @@ class TransactionLayer:
             branch = resp.branch or ""
             method = resp.cseq[1]
         except (SipParseError, ValueError, AttributeError, IndexError) as exc:
-            logger.info("dropping response without usable Via/CSeq from %s: %s", source.addr, exc)
+            self._bad_packets.log(logging.INFO, "dropping response without usable Via/CSeq from %s: %s",
+                                  source.addr, exc)
             return
         tx = self._clients.get((branch, method))
         if tx is not None:

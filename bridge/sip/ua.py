@@ -23,7 +23,7 @@ from bridge.sip.dialog import Dialog, DialogId
 from bridge.sip.digest import Credentials, build_authorization, parse_challenge
 from bridge.sip.errors import SipTransportError
 from bridge.sip.ids import new_branch, new_call_id, new_tag
-from bridge.sip.logs import RateLimitedLog, call_log, printable
+from bridge.sip.logs import LogBudget, RateLimitedLog, call_log, printable
 from bridge.sip.message import Headers, NameAddr, Request, Response, SipParseError
 from bridge.sip.server import ALLOW, ServerInvite, ServerRequest
 from bridge.sip.server_transaction import InviteServerTransaction, NonInviteServerTransaction, ServerTransaction
@@ -64,6 +64,7 @@ class UserAgent:
         # only a 2xx matching one is ACKed, and its ACK/BYE go there unless it came from there
         self._sent_invites: OrderedDict[tuple[str, str], tuple[str, Address] | None] = OrderedDict()
         self._log_unsolicited = RateLimitedLog(logger, 10.0)
+        self._bad_packets = LogBudget(logger)
         self.unsolicited_responses = 0  # dropped: matched no transaction, dialog or INVITE of ours
         self.transport.connections_in_use = self._connections_in_use
         self._running = False
@@ -241,20 +242,21 @@ class UserAgent:
             self.transactions.handle_message(msg, source)
         except SipParseError as exc:
             # a header the parser accepted lazily turned out malformed (e.g. a bad Via on use)
-            logger.info("dropping malformed %s from %s/%s: %s", _describe(msg), source.transport,
-                        source.addr, exc)
+            self._bad_packets.log(logging.INFO, "dropping malformed %s from %s/%s: %s", _describe(msg),
+                                  source.transport, source.addr, exc)
 
     def _on_parse_error(self, err: SipParseError, source: Source) -> None:
         partial = err.partial
         if partial is not None and partial.method != "ACK":
-            logger.info("malformed %s from %s/%s: %s; answering 400", partial.method, source.transport,
-                        source.addr, err)
+            self._bad_packets.log(logging.INFO, "malformed %s from %s/%s: %s; answering 400", partial.method,
+                                  source.transport, source.addr, err)
             try:
                 self.transactions.respond_stateless(partial, source, 400, printable(f"Bad Request ({err})", 100))
             except (SipParseError, ValueError) as exc:
-                logger.info("cannot even answer the malformed request: %s", exc)
+                self._bad_packets.log(logging.INFO, "cannot even answer the malformed request: %s", exc)
             return
-        logger.info("dropping malformed message from %s/%s: %s", source.transport, source.addr, err)
+        self._bad_packets.log(logging.INFO, "dropping malformed message from %s/%s: %s", source.transport,
+                              source.addr, err)
 
     def _on_stray_response(self, resp: Response, source: Source) -> None:
         """A response that matched no client transaction. Nothing unsolicited is answered:

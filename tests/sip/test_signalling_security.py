@@ -265,3 +265,20 @@ async def test_2xx_with_unparsable_record_route_is_acked_without_a_traceback(
             assert not [r for r in caplog.records if r.exc_info]
     finally:
         peer.close()
+
+
+async def test_a_flood_of_garbage_is_logged_within_a_budget(caplog: pytest.LogCaptureFixture) -> None:
+    attacker = await RawUdpPeer.open(ATTACKER)
+    try:
+        async with running_ua(fast_settings()) as ua:
+            target = ua.bound_address()
+            with caplog.at_level(logging.INFO, logger="bridge.sip"):
+                for i in range(1000):
+                    attacker.send(f"NOT SIP {i}\r\n\r\n", target)
+                    if i % 50 == 49:
+                        await asyncio.sleep(0.01)
+                await asyncio.sleep(0.3)
+            lines = [r for r in caplog.records if "malformed" in r.getMessage()]
+            assert 200 <= len(lines) < 300  # the burst, then ~20/s
+    finally:
+        attacker.close()
