@@ -42,6 +42,11 @@ def sip_settings(config: Config) -> SipSettings:
         listen=[ListenAddress(item.transport, item.host, item.port) for item in sip.listen],
         advertised_host=sip.advertised_host, advertised_port=sip.advertised_port, user_agent=sip.user_agent,
         t1=sip.t1_ms / 1000, t2=sip.t2_ms / 1000, tls_certfile=sip.tls_cert, tls_keyfile=sip.tls_key,
+        tcp_idle_timeout=sip.tcp_idle_timeout_s,
+        max_connections=sip.max_connections,
+        max_connections_per_source=sip.max_connections_per_source,
+        # names in the messages of the trunk and of trusted sources may be resolved; nobody else's
+        trusted_hosts=(*sip.inbound.trusted_sources, SipUri.parse(sip.trunk.proxy).host),
     )
 
 

@@ -156,6 +156,9 @@ class SipConfig:
     t2_ms: int = 4000
     tls_cert: str | None = None
     tls_key: str | None = None
+    tcp_idle_timeout_s: float = 60.0
+    max_connections: int = 512
+    max_connections_per_source: int = 32
     trunk: SipTrunkConfig = field(default_factory=SipTrunkConfig)
     inbound: SipInboundConfig = field(default_factory=SipInboundConfig)
 
@@ -605,6 +608,9 @@ def _sip(s: _Section) -> SipConfig:
         t2_ms=s.integer("t2_ms", 4000, lo=t1, hi=60000),
         tls_cert=tls_cert,
         tls_key=tls_key,
+        tcp_idle_timeout_s=s.number("tcp_idle_timeout_s", 60, lo=0),
+        max_connections=s.integer("max_connections", 512, lo=1),
+        max_connections_per_source=s.integer("max_connections_per_source", 32, lo=1),
         trunk=_trunk(s.section("trunk")),
         inbound=_inbound(s.section("inbound")),
     )

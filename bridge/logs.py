@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from bridge.config import LoggingConfig
 
+from .sip.logs import prefixed, printable
+
 _CALL_FIELDS = ("call_id", "sip_call_id")
 
 
@@ -22,7 +24,19 @@ class CallLogger(logging.LoggerAdapter[logging.Logger]):
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
         extra = dict(self.extra or {})
         kwargs["extra"] = {**extra, **kwargs.get("extra", {})}
-        return f"[call_id={extra.get('call_id', '-')} sip_call_id={extra.get('sip_call_id', '-')}] {msg}", kwargs
+        return msg, kwargs
+
+    def log(self, level: int, msg: Any, *args: Any, **kw: Any) -> None:
+        kwargs: MutableMapping[str, Any] = kw
+        # the IDs (a SIP Call-ID is remote text) are arguments, never part of the format string
+        if self.isEnabledFor(level):
+            msg, kwargs = self.process(msg, kwargs)
+            kwargs["stacklevel"] = kwargs.get("stacklevel", 1) + 1
+            extra = kwargs["extra"]
+            fmt, fargs = prefixed("[call_id=%s sip_call_id=%s] ",
+                                  (printable(extra.get("call_id", "-")), printable(extra.get("sip_call_id", "-"))),
+                                  msg, args)
+            self.logger.log(level, fmt, *fargs, **kwargs)
 
     def set_ids(self, **ids: str) -> None:
         self.extra = {**dict(self.extra or {}), **ids}
@@ -30,6 +44,15 @@ class CallLogger(logging.LoggerAdapter[logging.Logger]):
 
 def call_logger(name: str, call_id: str, sip_call_id: str = "-") -> CallLogger:
     return CallLogger(logging.getLogger(name), {"call_id": call_id, "sip_call_id": sip_call_id})
+
+
+class SafeFormatter(logging.Formatter):
+    """Escapes control characters in the message so remote text can never start a forged log line
+    (tracebacks, appended after the message, keep their newlines)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message, limit=1 << 20)
+        return super().formatMessage(record)
 
 
 class JsonFormatter(logging.Formatter):
@@ -55,7 +78,7 @@ def setup_logging(level: str = "INFO", fmt: str = "text", *, loggers: Mapping[st
 
     Calling it again replaces what an earlier call installed (the file handler is closed)."""
     formatter: logging.Formatter = (
-        JsonFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        JsonFormatter() if fmt == "json" else SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if file:
         Path(file).parent.mkdir(parents=True, exist_ok=True)

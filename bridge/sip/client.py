@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from bridge.sip.client_transaction import ClientTransaction
-from bridge.sip.dialog import Dialog
+from bridge.sip.dialog import Dialog, usable_routes
 from bridge.sip.digest import Credentials
 from bridge.sip.errors import SipTimeout, SipTransportError
 from bridge.sip.ids import new_branch
@@ -126,7 +126,7 @@ class ClientInvite:
         if early is not None:
             dialog = early
             dialog._refresh_target(resp)
-            dialog.route_set = list(reversed(resp.headers.get_all("Record-Route")))
+            dialog.route_set = usable_routes(list(reversed(resp.headers.get_all("Record-Route"))))
             dialog.remote_header = resp.headers.get("To") or dialog.remote_header
         else:
             dialog = self._dialog_from(resp, state="confirmed")
@@ -167,7 +167,7 @@ class ClientInvite:
         return Dialog(
             self._ua, call_id=self.call_id, local_tag=self.local_tag, remote_tag=resp.to.tag or "",
             local_header=self.request.headers.get("From") or "", remote_header=resp.headers.get("To") or "",
-            remote_target=target, route_set=list(reversed(resp.headers.get_all("Record-Route"))),
+            remote_target=target, route_set=usable_routes(list(reversed(resp.headers.get_all("Record-Route")))),
             local_cseq=self.request.cseq[0], remote_cseq=None, transport=self._transport,
             connection=connection, state=state, is_uac=True)
 

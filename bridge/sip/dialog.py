@@ -11,7 +11,7 @@ from bridge.sip.errors import SipTimeout, SipTransportError
 from bridge.sip.ids import new_branch
 from bridge.sip.logs import call_log
 from bridge.sip.message import Headers, NameAddr, Request, Response
-from bridge.sip.transport import RELIABLE, Address, StreamConnection
+from bridge.sip.transport import RELIABLE, Address, StreamConnection, is_ip_literal, strip_brackets
 from bridge.sip.uri import SipUri
 
 if TYPE_CHECKING:
@@ -27,6 +27,19 @@ def route_uri(route: str) -> SipUri:
     return NameAddr.parse(route).uri
 
 
+def usable_routes(values: list[str]) -> list[str]:
+    """Record-Route entries that parse (a response's broken one must not make every later request raise)."""
+    usable = []
+    for value in values:
+        try:
+            NameAddr.parse(value)
+        except ValueError:
+            logger.info("ignoring unparsable Record-Route %r", value[:200])
+            continue
+        usable.append(value)
+    return usable
+
+
 class Dialog:
     """One dialog. `on_request` gets in-dialog requests (BYE after the core has answered it 200);
     `on_terminated(reason)` is called once when the dialog ends."""
@@ -34,7 +47,8 @@ class Dialog:
     def __init__(self, ua: UserAgent, *, call_id: str, local_tag: str, remote_tag: str, local_header: str,
                  remote_header: str, remote_target: SipUri, route_set: list[str], local_cseq: int,
                  remote_cseq: int | None, transport: str, connection: StreamConnection | None,
-                 state: str = "early", is_uac: bool) -> None:
+                 state: str = "early", is_uac: bool, peer: tuple[str, Address] | None = None,
+                 peer_trusted: bool = True) -> None:
         self._ua = ua
         self.call_id = call_id
         self.local_tag = local_tag
@@ -51,6 +65,10 @@ class Dialog:
         self.connection = connection
         self.state = state
         self.is_uac = is_uac
+        # Where the peer's messages came from, and whether it may name hosts for us to contact. An untrusted
+        # peer's Contact/Record-Route decide the Request-URI and Route headers only: packets go to `peer`.
+        self.peer = peer
+        self.peer_trusted = peer_trusted
         # in-dialog requests; a re-INVITE arrives as a ServerInvite (respond, then wait_ack)
         self.on_request: Callable[[ServerRequest | ServerInvite], Awaitable[None]] | None = None
         self.on_terminated: Callable[[str], None] | None = None
@@ -103,6 +121,10 @@ class Dialog:
         host, port = uri.host_port()
         if uri.port is None and transport == "tls":
             port = 5061
+        if not self.peer_trusted and self.peer is not None:
+            peer_transport, peer_addr = self.peer
+            if not (is_ip_literal(host) and strip_brackets(host) == peer_addr[0] and transport == peer_transport):
+                return peer_transport, peer_addr  # never resolve or contact a host an untrusted packet named
         return transport, (host, port)
 
     # ----------------------------------------------------------------- building

@@ -158,8 +158,8 @@ async def cancel_invite(ua: UserAgent, state: PendingInviteState) -> Response | 
     """CANCEL an INVITE a previous process sent (9.1: same Request-URI, top Via, From, To, Call-ID, CSeq
     number). Its final response is taken by a stand-in INVITE transaction: a 487 is ACKed there; a 2xx
     that crossed the CANCEL goes to the UA, which knows the INVITE as ours and ACKs + BYEs it."""
-    ua.remember_sent_invite(state.call_id, state.local_tag)
     addr = (state.dest_host, state.dest_port)
+    ua.remember_sent_invite(state.call_id, state.local_tag, destination=(state.transport, addr))
     _adopt_client_invite(ua, state, addr)
     headers = Headers()
     headers.add("Via", state.via)

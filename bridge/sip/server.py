@@ -202,7 +202,8 @@ class ServerInvite:
                 local_header=f"{to_value};tag={self.local_tag}", remote_header=req.headers.get("From") or "",
                 remote_target=target, route_set=req.headers.get_all("Record-Route"), local_cseq=0,
                 remote_cseq=self.cseq, transport=self.transport, connection=self.source.connection,
-                state="early", is_uac=False)
+                state="early", is_uac=False, peer=(self.source.transport, self.source.addr),
+                peer_trusted=self._ua.transport.trust.is_trusted(self.source.addr[0]))
             self.dialog._pending_invite = self
             self._ua._add_dialog(self.dialog)
         return self.dialog

@@ -56,9 +56,11 @@ class ServerTransaction:
     async def _send_async(self, data: bytes) -> None:
         addr = self.addr
         if self.reliable:
+            # 18.2.2: a new connection to the Via's port, but always at the source IP (received): the Via
+            # host is the sender's text and is never resolved
             via = self.request.top_via
             port = int(via.params.get("rport") or 0) or via.port or (5061 if self.transport == "tls" else 5060)
-            addr = (via.params.get("received") or via.host, port)
+            addr = (self.source.addr[0], port)
         try:
             await self.layer.transport.send(data, self.transport, addr)
         except (SipTransportError, OSError) as exc:

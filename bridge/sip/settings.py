@@ -36,3 +36,13 @@ class SipSettings:
     trying_delay: float = 0.2  # INVITE server sends 100 if the application has not answered within this
     connect_timeout: float = 10.0  # TCP/TLS connect
     udp_receive_buffer: int = 4 * 1024 * 1024  # SO_RCVBUF for UDP listeners (kernel caps it at rmem_max)
+    # TCP/TLS: a connection with no bytes in either direction for this long is closed (unless a dialog or a
+    # transaction still uses it); also the TLS handshake deadline. 0 = never.
+    tcp_idle_timeout: float = 60.0
+    max_connections: int = 512  # accepted TCP/TLS connections in total; more are refused
+    max_connections_per_source: int = 32  # accepted TCP/TLS connections per untrusted source IP
+    # Sources (IP, CIDR or host name, e.g. the trunk) whose messages may name hosts we then resolve and contact
+    # (Contact/Record-Route of their requests). Names from anybody else are never looked up.
+    trusted_hosts: tuple[str, ...] = ()
+    # live server transactions per untrusted source IP (trusted_hosts are exempt); more are dropped unanswered
+    max_server_transactions_per_source: int = 256

@@ -23,6 +23,7 @@ from bridge.sip.client_transaction import (
 )
 from bridge.sip.errors import SipTransportError
 from bridge.sip.ids import MAGIC_COOKIE, new_branch, new_tag
+from bridge.sip.logs import LogBudget, RateLimitedLog, printable
 from bridge.sip.message import Request, Response, SipParseError, Via
 from bridge.sip.server_transaction import (
     InviteServerTransaction,
@@ -48,6 +49,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+MAX_ABSORBED = 65536  # tombstones of finished server transactions; beyond it the oldest go first
 
 
 RequestHandler = Callable[[Request, Source, "ServerTransaction | None"], None]
@@ -77,6 +80,10 @@ class TransactionLayer:
         self._absorbed: dict[tuple[str, ...], tuple[bytes | None, str, Address, StreamConnection | None]] = {}
         self._absorb_expiry: deque[tuple[float, tuple[str, ...]]] = deque()
         self._sweep_handle: asyncio.TimerHandle | None = None
+        self._per_source: dict[str, int] = {}  # live server transactions per source IP
+        self._log_overload = RateLimitedLog(logger, 10.0)
+        self._bad_packets = LogBudget(logger)
+        self.dropped_over_limit = 0
 
     # ----------------------------------------------------------------- task ownership
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
@@ -93,6 +100,10 @@ class TransactionLayer:
     def _absorb(self, key: tuple[str, ...], data: bytes | None, transport: str, addr: Address,
                 connection: StreamConnection | None, lifetime: float) -> None:
         loop = asyncio.get_running_loop()
+        while len(self._absorbed) >= MAX_ABSORBED and self._absorb_expiry:
+            # a flood of requests must not grow this for 64*T1: a retransmission without its tombstone just
+            # starts a new transaction
+            self._absorbed.pop(self._absorb_expiry.popleft()[1], None)
         self._absorbed[key] = (data, transport, addr, connection)
         self._absorb_expiry.append((loop.time() + lifetime, key))
         if self._sweep_handle is None:
@@ -166,10 +177,24 @@ class TransactionLayer:
     # ----------------------------------------------------------------- server side
     def _add_server(self, tx: ServerTransaction) -> None:
         self._servers[tx.key] = tx
+        ip = tx.source.addr[0]
+        self._per_source[ip] = self._per_source.get(ip, 0) + 1
 
     def _remove_server(self, tx: ServerTransaction) -> None:
         if self._servers.get(tx.key) is tx:
             del self._servers[tx.key]
+            ip = tx.source.addr[0]
+            count = self._per_source.get(ip, 0) - 1
+            if count > 0:
+                self._per_source[ip] = count
+            else:
+                self._per_source.pop(ip, None)
+
+    def connections(self) -> set[StreamConnection]:
+        """Stream connections live transactions are bound to."""
+        found = {tx.connection for tx in self._servers.values() if tx.connection is not None}
+        found.update(tx.connection for tx in self._clients.values() if tx.connection is not None)
+        return found
 
     @staticmethod
     def server_key(request: Request, method: str | None = None) -> tuple[str, ...]:
@@ -199,7 +224,8 @@ class TransactionLayer:
             branch = resp.branch or ""
             method = resp.cseq[1]
         except (SipParseError, ValueError, AttributeError, IndexError) as exc:
-            logger.info("dropping response without usable Via/CSeq from %s: %s", source.addr, exc)
+            self._bad_packets.log(logging.INFO, "dropping response without usable Via/CSeq from %s: %s",
+                                  source.addr, exc)
             return
         tx = self._clients.get((branch, method))
         if tx is not None:
@@ -231,6 +257,13 @@ class TransactionLayer:
                         self.spawn(self.transport.send(data, transport, addr), "repeat response")
                 except (SipTransportError, OSError) as exc:
                     logger.info("cannot repeat response to %s: %s", addr, exc)
+            return
+        if (self._per_source.get(source.addr[0], 0) >= self.settings.max_server_transactions_per_source
+                and not self.transport.trust.is_trusted(source.addr[0])):  # the trunk may be busier
+            # one source cannot pin unbounded transaction state (each lives up to 64*T1); dropped unanswered
+            self.dropped_over_limit += 1
+            self._log_overload("dropping %s from %s: %d live transactions from that source", printable(req.method, 20),
+                               source.addr, self.settings.max_server_transactions_per_source)
             return
         new_tx: ServerTransaction
         if req.method == "INVITE":

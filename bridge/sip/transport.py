@@ -9,22 +9,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import socket
 import ssl
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from bridge.sip.errors import SipTransportError
 from bridge.sip.message import Request, Response, SipParseError, StreamFramer, parse_message
 from bridge.sip.settings import ListenAddress, SipSettings
+from bridge.sip.stream_server import Admission, StreamServer
+from bridge.sip.trust import TrustPolicy
 
 logger = logging.getLogger(__name__)
 
 Address = tuple[str, int]
 RELIABLE = frozenset({"tcp", "tls"})
 DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
+MAX_RESOLVED_NAMES = 256  # DNS answers kept (names come from config and local users, but cap it anyway)
+RESOLVED_TTL = 300.0  # seconds a DNS answer is reused
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +70,8 @@ def is_ip_literal(host: str) -> bool:
 class StreamConnection(asyncio.Protocol):
     """One TCP/TLS connection (either direction), framed by Content-Length."""
 
-    def __init__(self, layer: TransportLayer, transport_name: str, *, outgoing: bool) -> None:
+    def __init__(self, layer: TransportLayer, transport_name: str, *, outgoing: bool,
+                 admitted: str | None = None) -> None:
         self._layer = layer
         self.transport_name = transport_name
         self.outgoing = outgoing
@@ -72,6 +79,14 @@ class StreamConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self.remote: Address = ("", 0)
         self.closed = False
+        self.last_activity = asyncio.get_running_loop().time()
+        self._admitted = admitted  # source IP counted by the listener's Admission until we close
+
+    def release(self) -> None:
+        """Give back the listener's admission slot (once)."""
+        if self._admitted is not None:
+            self._layer._admission.release(self._admitted)
+            self._admitted = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -82,10 +97,12 @@ class StreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.release()
         self._layer._unregister_connection(self)
         logger.debug("%s connection %s closed (%s)", self.transport_name, self.remote, exc)
 
     def data_received(self, data: bytes) -> None:
+        self.last_activity = asyncio.get_running_loop().time()
         try:
             items = self._framer.feed(data)
         except Exception:  # a framer bug must not kill the loop; the stream is unusable now
@@ -106,11 +123,17 @@ class StreamConnection(asyncio.Protocol):
     def send(self, data: bytes) -> None:
         if self._transport is None or self.closed or self._transport.is_closing():
             raise SipTransportError(f"{self.transport_name} connection to {self.remote} is closed")
+        self.last_activity = asyncio.get_running_loop().time()
         self._transport.write(data)
 
     def close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
+
+    def abort(self) -> None:
+        """Close at once, dropping unsent data (an idle or refused connection has none worth keeping)."""
+        if self._transport is not None:
+            self._transport.abort()
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):
@@ -156,7 +179,7 @@ class _Listener:
     config: ListenAddress
     bound: Address
     udp: _UdpProtocol | None = None
-    server: asyncio.base_events.Server | None = None
+    server: StreamServer | None = None
 
 
 class TransportLayer:
@@ -170,9 +193,16 @@ class TransportLayer:
         self._connections: dict[tuple[str, Address], StreamConnection] = {}
         self._all_connections: set[StreamConnection] = set()
         self._connecting: dict[tuple[str, Address], asyncio.Future[StreamConnection]] = {}
-        self._resolved: dict[str, str] = {}
+        self._resolved: OrderedDict[str, tuple[str, float]] = OrderedDict()  # name -> (address, expiry)
         self._server_ssl: ssl.SSLContext | None = None
         self._client_ssl: ssl.SSLContext | None = None
+        self.trust = TrustPolicy(settings.trusted_hosts)
+        self._admission = Admission(settings.max_connections, settings.max_connections_per_source,
+                                    exempt=self.trust.is_trusted)
+        self._accepting: set[asyncio.Task[None]] = set()  # TLS handshakes of accepted sockets
+        self._idle_handle: asyncio.TimerHandle | None = None
+        # connections a dialog or transaction still needs: never closed for idleness (set by the UA)
+        self.connections_in_use: Callable[[], set[StreamConnection]] = set
 
     # ----------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -188,14 +218,71 @@ class TransportLayer:
             else:
                 ctx = self._server_ssl_context() if cfg.transport == "tls" else None
                 name = cfg.transport
-                server = await loop.create_server(
-                    lambda name=name: StreamConnection(self, name, outgoing=False),
-                    host, cfg.port, ssl=ctx, reuse_address=True)
-                sockname = server.sockets[0].getsockname()
+                server = StreamServer.listen(host, cfg.port, self._admission,
+                                             functools.partial(self._serve_accepted, name=name, ctx=ctx))
+                sockname = server.sock.getsockname()
                 self._listeners.append(_Listener(cfg, (host, int(sockname[1])), server=server))
             logger.info("SIP listening on %s %s:%d", cfg.transport, host, self._listeners[-1].bound[1])
+        if self.settings.tcp_idle_timeout > 0:
+            self._idle_handle = loop.call_later(self._idle_interval(), self._close_idle)
+        for name in self.trust.names:  # learn the trusted names' addresses before their first message
+            task = loop.create_task(self._resolve_quietly(name))
+            self._accepting.add(task)
+            task.add_done_callback(self._accepting.discard)
+
+    async def _resolve_quietly(self, name: str) -> None:
+        with contextlib.suppress(SipTransportError):
+            await self.resolve(name)
+
+    def _serve_accepted(self, sock: socket.socket, peer: Address, *, name: str,
+                        ctx: ssl.SSLContext | None) -> None:
+        conn = StreamConnection(self, name, outgoing=False, admitted=peer[0])
+        task = asyncio.get_running_loop().create_task(self._wrap_accepted(sock, conn, ctx))
+        self._accepting.add(task)
+        task.add_done_callback(self._accepting.discard)
+
+    async def _wrap_accepted(self, sock: socket.socket, conn: StreamConnection, ctx: ssl.SSLContext | None) -> None:
+        """Give an accepted socket its asyncio transport (for TLS: after the handshake, under a deadline)."""
+        timeout = (self.settings.tcp_idle_timeout or self.settings.connect_timeout) if ctx else None
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: conn, sock, ssl=ctx, ssl_handshake_timeout=timeout)
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            logger.debug("cannot set up accepted connection from %s: %s", conn._admitted, exc)
+            conn.release()
+            sock.close()
+        except asyncio.CancelledError:
+            conn.release()
+            sock.close()
+            raise
+
+    def _idle_interval(self) -> float:
+        return max(0.05, min(5.0, self.settings.tcp_idle_timeout / 4))
+
+    def _close_idle(self) -> None:
+        """Close TCP/TLS connections silent in both directions for tcp_idle_timeout (none a dialog or
+        transaction still holds): a connection that never sends a byte cannot hold a descriptor for long."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() - self.settings.tcp_idle_timeout
+        idle = [conn for conn in self._all_connections if conn.last_activity <= deadline and not conn.closed]
+        if idle:
+            in_use = self.connections_in_use()
+            for conn in idle:
+                if conn not in in_use:
+                    logger.debug("closing idle %s connection %s", conn.transport_name, conn.remote)
+                    conn.abort()
+        self._idle_handle = loop.call_later(self._idle_interval(), self._close_idle)
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._all_connections)
 
     async def stop(self) -> None:
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+            self._idle_handle = None
+        for task in list(self._accepting):
+            task.cancel()
         for lst in self._listeners:
             if lst.udp is not None and lst.udp.transport is not None:
                 lst.udp.transport.close()
@@ -203,10 +290,8 @@ class TransportLayer:
                 lst.server.close()
         for conn in list(self._all_connections):
             conn.close()
-        for lst in self._listeners:
-            if lst.server is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(lst.server.wait_closed(), 2)
+        if self._accepting:
+            await asyncio.gather(*self._accepting, return_exceptions=True)
         self._listeners.clear()
         self._connections.clear()
         self._all_connections.clear()
@@ -244,10 +329,10 @@ class TransportLayer:
         host = strip_brackets(host)
         if is_ip_literal(host):
             return host
-        cached = self._resolved.get(host)
-        if cached is not None:
-            return cached
         loop = asyncio.get_running_loop()
+        cached = self._resolved.get(host)
+        if cached is not None and cached[1] > loop.time():
+            return cached[0]
         try:
             infos = await loop.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
         except OSError as exc:
@@ -258,8 +343,20 @@ class TransportLayer:
                     for lst in self._listeners}
         infos.sort(key=lambda info: info[0] not in families)
         addr = str(infos[0][4][0])
-        self._resolved[host] = addr
+        self._resolved[host] = (addr, loop.time() + RESOLVED_TTL)
+        self._resolved.move_to_end(host)
+        while len(self._resolved) > MAX_RESOLVED_NAMES:
+            self._resolved.popitem(last=False)
+        self.trust.note_resolved(host, addr)
         return addr
+
+    def cached_address(self, host: str) -> str | None:
+        """What `host` resolved to recently (an IP literal is its own address); never looks anything up."""
+        host = strip_brackets(host)
+        if is_ip_literal(host):
+            return host
+        cached = self._resolved.get(host)
+        return cached[0] if cached is not None else None
 
     # ----------------------------------------------------------------- sending
     async def send(self, data: bytes, transport: str, addr: Address,

@@ -23,13 +23,13 @@ from bridge.sip.dialog import Dialog, DialogId
 from bridge.sip.digest import Credentials, build_authorization, parse_challenge
 from bridge.sip.errors import SipTransportError
 from bridge.sip.ids import new_branch, new_call_id, new_tag
-from bridge.sip.logs import call_log
+from bridge.sip.logs import LogBudget, RateLimitedLog, call_log, printable
 from bridge.sip.message import Headers, NameAddr, Request, Response, SipParseError
 from bridge.sip.server import ALLOW, ServerInvite, ServerRequest
 from bridge.sip.server_transaction import InviteServerTransaction, NonInviteServerTransaction, ServerTransaction
 from bridge.sip.settings import SipSettings
 from bridge.sip.transaction import TransactionLayer
-from bridge.sip.transport import Address, Source, TransportLayer, format_host
+from bridge.sip.transport import Address, Source, StreamConnection, TransportLayer, format_host, strip_brackets
 from bridge.sip.uri import SipUri
 
 logger = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["ClientInvite", "Dialog", "ServerInvite", "ServerRequest", "UserAgent"]
 
 ENDED_DIALOG_MEMORY = 4096
+MAX_ACKS_PER_DIALOG = 16  # 2xx with new CSeqs for one dialog: a spoofer must not grow its ACK table
 KNOWN_METHODS = frozenset({"REGISTER", "SUBSCRIBE", "NOTIFY", "MESSAGE", "INFO", "UPDATE", "PRACK", "REFER",
                            "PUBLISH", "BYE"})
 
@@ -59,8 +60,13 @@ class UserAgent:
         self._client_invites: set[ClientInvite] = set()
         # recently ended UAC dialogs: a late 2xx retransmission for one is ACKed, not answered with a BYE
         self._ended: OrderedDict[DialogId, None] = OrderedDict()
-        # (Call-ID, local tag) of INVITEs this UA sent, recently: only a 2xx matching one may start a dialog
-        self._sent_invites: OrderedDict[tuple[str, str], None] = OrderedDict()
+        # (Call-ID, local tag) of INVITEs this UA sent, recently, with where each went (transport, next hop):
+        # only a 2xx matching one is ACKed, and its ACK/BYE go there unless it came from there
+        self._sent_invites: OrderedDict[tuple[str, str], tuple[str, Address] | None] = OrderedDict()
+        self._log_unsolicited = RateLimitedLog(logger, 10.0)
+        self._bad_packets = LogBudget(logger)
+        self.unsolicited_responses = 0  # dropped: matched no transaction, dialog or INVITE of ours
+        self.transport.connections_in_use = self._connections_in_use
         # dialogs a previous process left and crash recovery hung up: the peer's own BYE still gets 200
         self._reaped: OrderedDict[DialogId, None] = OrderedDict()
         self._running = False
@@ -204,11 +210,14 @@ class UserAgent:
 
     def _add_client_invite(self, ci: ClientInvite) -> None:
         self._client_invites.add(ci)
-        self.remember_sent_invite(ci.call_id, ci.local_tag)
+        self.remember_sent_invite(ci.call_id, ci.local_tag, destination=(ci._transport, ci._addr))
 
-    def remember_sent_invite(self, call_id: str, local_tag: str) -> None:
-        """Record an INVITE as ours (also one restored after a restart), so its late 2xx is ACKed and hung up."""
-        self._sent_invites[(call_id, local_tag)] = None
+    def remember_sent_invite(self, call_id: str, local_tag: str,
+                             destination: tuple[str, Address] | None = None) -> None:
+        """Record an INVITE as ours (also one restored after a restart), so its late 2xx is ACKed and hung up.
+        `destination` (transport, next hop) is where that INVITE went: the late 2xx's ACK/BYE go there too
+        unless the 2xx came from there (see _on_stray_response)."""
+        self._sent_invites[(call_id, local_tag)] = destination
         self._sent_invites.move_to_end((call_id, local_tag))
         if len(self._sent_invites) > ENDED_DIALOG_MEMORY:
             self._sent_invites.popitem(last=False)
@@ -241,56 +250,102 @@ class UserAgent:
             self.transactions.handle_message(msg, source)
         except SipParseError as exc:
             # a header the parser accepted lazily turned out malformed (e.g. a bad Via on use)
-            logger.info("dropping malformed %s from %s/%s: %s", _describe(msg), source.transport,
-                        source.addr, exc)
+            self._bad_packets.log(logging.INFO, "dropping malformed %s from %s/%s: %s", _describe(msg),
+                                  source.transport, source.addr, exc)
 
     def _on_parse_error(self, err: SipParseError, source: Source) -> None:
         partial = err.partial
         if partial is not None and partial.method != "ACK":
-            logger.info("malformed %s from %s/%s: %s; answering 400", partial.method, source.transport,
-                        source.addr, err)
+            self._bad_packets.log(logging.INFO, "malformed %s from %s/%s: %s; answering 400", partial.method,
+                                  source.transport, source.addr, err)
             try:
-                self.transactions.respond_stateless(partial, source, 400, f"Bad Request ({err})"[:100])
+                self.transactions.respond_stateless(partial, source, 400, printable(f"Bad Request ({err})", 100))
             except (SipParseError, ValueError) as exc:
-                logger.info("cannot even answer the malformed request: %s", exc)
+                self._bad_packets.log(logging.INFO, "cannot even answer the malformed request: %s", exc)
             return
-        logger.info("dropping malformed message from %s/%s: %s", source.transport, source.addr, err)
+        self._bad_packets.log(logging.INFO, "dropping malformed message from %s/%s: %s", source.transport,
+                              source.addr, err)
 
     def _on_stray_response(self, resp: Response, source: Source) -> None:
-        """A 2xx to an INVITE whose transaction has ended (13.2.2.4): a retransmission of the answer we
-        took gets the dialog's ACK again; any other (a late fork, or an answer to a call we already hung
-        up) is ACKed and then hung up with a BYE."""
+        """A response that matched no client transaction. Nothing unsolicited is answered:
+
+        - a 2xx for a live dialog of ours (a retransmission) gets that dialog's ACK again;
+        - a 2xx matching an INVITE we sent (Call-ID + our From-tag, `_sent_invites`) but no dialog (a late
+          fork, or an answer after we gave up) gets one ACK and one BYE transaction (13.2.2.4), once per
+          dialog: later copies are dropped;
+        - anything else is dropped, counted, and logged at most once per 10 s.
+
+        Where the late 2xx's ACK/BYE go: RFC 3261 sends them to its Contact through its Record-Route. Only
+        a party that saw our INVITE can match our Call-ID and tag, and legitimately that 2xx arrives from the
+        next hop we sent the INVITE to (responses follow the Via path). So the Contact/Record-Route are
+        followed (and a name in them resolved) only when the 2xx came from that next hop or a trusted
+        source; from any other address the ACK/BYE go to the INVITE's next hop, and nothing a packet names
+        is resolved or contacted.
+        """
         if not (200 <= resp.status < 300 and resp.cseq[1] == "INVITE"):
-            logger.debug("stray %d response from %s", resp.status, source.addr)
+            self._unsolicited(resp, source)
             return
         cseq = resp.cseq[0]
-        dialog = self._dialogs.get((resp.call_id, resp.from_.tag or "", resp.to.tag or ""))
+        local_tag = resp.from_.tag or ""
+        dialog = self._dialogs.get((resp.call_id, local_tag, resp.to.tag or ""))
         if dialog is not None:
-            if not dialog.resend_ack(cseq):
+            if not dialog.resend_ack(cseq) and cseq <= dialog.local_cseq and len(dialog._acks) < MAX_ACKS_PER_DIALOG:
                 dialog.send_ack(cseq)
             return
-        orphan = self._orphan_dialog(resp, source)
+        key = (resp.call_id, local_tag)
+        if key not in self._sent_invites:
+            self._unsolicited(resp, source)
+            return
+        dialog_id = (resp.call_id, local_tag, resp.to.tag or "")
+        if dialog_id in self._ended:
+            return  # one ACK + one BYE per dialog: its retransmissions (or replays) get nothing more
+        self._remember_ended(dialog_id)
+        try:
+            orphan = self._orphan_dialog(resp, source, self._sent_invites[key])
+            destination = orphan.destination()
+        except ValueError as exc:
+            call_log(logger, resp.call_id).info("late 2xx with unusable headers from %s: %s", source.addr,
+                                                printable(exc))
+            return
+        call_log(logger, resp.call_id).info("late 2xx from To-tag %s (from %s): ACK + BYE towards %s",
+                                            printable(resp.to.tag), source.addr, destination[1])
         orphan.send_ack(cseq)
-        if orphan.id in self._ended:
-            return  # a retransmitted 2xx of a dialog that is already over: the ACK was all it needed
-        call_log(logger, resp.call_id).info("2xx from unwanted fork %s: ACK + BYE", resp.to.tag)
-        self._remember_ended(orphan.id)
         self.transactions.spawn(orphan.bye(), "bye unwanted 2xx")
+
+    def _unsolicited(self, resp: Response, source: Source) -> None:
+        self.unsolicited_responses += 1
+        self._log_unsolicited("dropping unsolicited %d response from %s/%s (Call-ID %s)", resp.status,
+                              source.transport, source.addr, printable(resp.call_id, 80))
 
     def _remember_ended(self, dialog_id: DialogId) -> None:
         self._ended[dialog_id] = None
         if len(self._ended) > ENDED_DIALOG_MEMORY:
             self._ended.popitem(last=False)
 
-    def _orphan_dialog(self, resp: Response, source: Source) -> Dialog:
-        """A throw-away dialog built from a 2xx alone (its From is ours, its To is the peer's)."""
+    def _orphan_dialog(self, resp: Response, source: Source, sent_to: tuple[str, Address] | None) -> Dialog:
+        """A throw-away dialog built from a late 2xx (its From is ours, its To is the peer's), aimed as
+        _on_stray_response explains."""
         contact = resp.headers.get("Contact")
         target = NameAddr.parse(contact).uri if contact else resp.to.uri
+        trusted = self.transport.trust.is_trusted(source.addr[0])
+        peer: tuple[str, Address] = (source.transport, source.addr)
+        if sent_to is not None:
+            hop = strip_brackets(sent_to[1][0])
+            trusted = trusted or source.addr[0] in (hop, self.transport.cached_address(hop))
+            peer = sent_to
+        same_hop = trusted or peer == (source.transport, source.addr)
         return Dialog(self, call_id=resp.call_id, local_tag=resp.from_.tag or "", remote_tag=resp.to.tag or "",
                       local_header=resp.headers.get("From") or "", remote_header=resp.headers.get("To") or "",
                       remote_target=target, route_set=list(reversed(resp.headers.get_all("Record-Route"))),
                       local_cseq=resp.cseq[0], remote_cseq=None, transport=source.transport,
-                      connection=source.connection, state="confirmed", is_uac=True)
+                      connection=source.connection if same_hop else None, state="confirmed", is_uac=True, peer=peer,
+                      peer_trusted=trusted)
+
+    def _connections_in_use(self) -> set[StreamConnection]:
+        """Stream connections a dialog or transaction still needs (kept open however idle)."""
+        in_use = {d.connection for d in self._dialogs.values() if d.connection is not None}
+        in_use.update(self.transactions.connections())
+        return in_use
 
     def _on_request(self, req: Request, source: Source, tx: ServerTransaction | None) -> None:
         method = req.method
@@ -325,6 +380,10 @@ class UserAgent:
             return
         if method == "INVITE":
             assert isinstance(tx, InviteServerTransaction)
+            problem = _unusable_dialog_headers(req)
+            if problem:  # 8.2 / 12.1.1: the dialog would be built from them, so refuse before the application
+                self._reply(tx, req, source, 400, f"Bad {problem}")
+                return
             si = ServerInvite(self, req, source, tx)
             if self.on_invite is None:
                 si.respond_now(480)
@@ -410,6 +469,18 @@ class UserAgent:
                     obj.respond_now(500)
 
         self.transactions.spawn(run(), what)
+
+
+def _unusable_dialog_headers(msg: Request | Response) -> str | None:
+    """The name of a dialog-forming header (Contact, Record-Route) that does not parse, if any."""
+    for name in ("Contact", "Record-Route"):
+        values = msg.headers.get_all(name)
+        try:
+            for value in values[:1] if name == "Contact" else values:
+                NameAddr.parse(value)
+        except ValueError:
+            return name
+    return None
 
 
 def _describe(msg: Request | Response) -> str:
