@@ -71,6 +71,7 @@ class BridgeConfig:
     invite_lifetime_ms: int = 60000
     ring_timeout_s: int = 60
     failure_notices: bool = True
+    homeserver_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -444,6 +445,7 @@ def _bridge(s: _Section, domain: str) -> BridgeConfig:
         invite_lifetime_ms=s.integer("invite_lifetime_ms", 60000, lo=5000, hi=600000),
         ring_timeout_s=s.integer("ring_timeout_s", 60, lo=5, hi=600),
         failure_notices=s.boolean("failure_notices", True),
+        homeserver_timeout_s=s.number("homeserver_timeout_s", 10.0, lo=0.5),
     )
     s.finish()
     return out
