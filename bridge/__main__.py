@@ -56,10 +56,9 @@ def run(config: Config) -> int:
               "(config is valid)", file=sys.stderr)
         return 2
     try:
-        asyncio.run(app.run(config))
-    except KeyboardInterrupt:
-        pass
-    return 0
+        return int(asyncio.run(app.run(config)) or 0)
+    except KeyboardInterrupt:  # before the signal handlers were installed
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:
