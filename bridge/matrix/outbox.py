@@ -40,7 +40,7 @@ class OutboxItem:
     room_id: str
     event_type: str  # "m.room.message" for notices
     content: dict[str, Any]
-    sender: str | None  # whose event: the phone number of the ghost, None = the unknown-caller ghost
+    sender: str  # the user ID that sends it (a ghost or the bot)
     txn_id: str
     expires_at: float  # loop time
     result: asyncio.Future[str] = field(repr=False)  # the event ID, or NotDelivered
@@ -94,7 +94,7 @@ class Outbox:
     def pending(self) -> int:
         return sum(len(q) for q in self._rooms.values())
 
-    def enqueue(self, room_id: str, event_type: str, content: dict[str, Any], *, sender: str | None,
+    def enqueue(self, room_id: str, event_type: str, content: dict[str, Any], *, sender: str,
                 max_age_s: float | None = None) -> OutboxItem:
         """Queue an event behind the room's earlier ones; returns at once."""
         loop = asyncio.get_running_loop()

@@ -214,17 +214,27 @@ class Portals:
     def send_call_event(self, room_id: str, number: str | None, event_type: str,
                         content: dict[str, Any]) -> OutboxItem:
         """Queue an m.call.* event from the number's ghost in the room's outbox; returns at once."""
-        return self.outbox.enqueue(room_id, event_type, content, sender=number)
+        return self.outbox.enqueue(room_id, event_type, content, sender=self.ghosts.mxid_for(number))
 
     def send_notice(self, room_id: str, number: str | None, text: str) -> OutboxItem:
         """Queue an m.notice from the number's ghost in the room's outbox; returns at once."""
-        return self.outbox.enqueue(room_id, str(EventType.ROOM_MESSAGE), {"msgtype": "m.notice", "body": text},
-                                   sender=number)
+        return self.outbox.enqueue(room_id, str(EventType.ROOM_MESSAGE), _notice(text),
+                                   sender=self.ghosts.mxid_for(number))
+
+    def send_bot_notice(self, room_id: str, text: str) -> OutboxItem:
+        """Queue an m.notice from the bridge bot in the room's outbox; returns at once."""
+        return self.outbox.enqueue(room_id, str(EventType.ROOM_MESSAGE), _notice(text), sender=self.config.bot_mxid)
 
     async def deliver(self, item: OutboxItem) -> str:
-        """The outbox's send function: one attempt, as the ghost, under the item's transaction ID."""
-        intent = await self.ghosts.intent_for(item.sender)
+        """The outbox's send function: one attempt, as the item's sender (a ghost or the bot), under the item's
+        transaction ID."""
+        number = self.ghosts.number_from_mxid(item.sender)
+        intent = await self.ghosts.intent_for(number) if number is not None else self.az.bot_intent()
         etype = EventType.find(item.event_type, t_class=EventType.Class.MESSAGE)
         event_id = await intent.send_message_event(RoomID(item.room_id), etype, cast(Any, item.content),
                                                    txn_id=item.txn_id)
         return str(event_id)
+
+
+def _notice(text: str) -> dict[str, Any]:
+    return {"msgtype": "m.notice", "body": text}

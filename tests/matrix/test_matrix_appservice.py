@@ -89,8 +89,9 @@ async def test_malformed_transactions_get_400_and_malformed_events_are_skipped(e
     room = "!malformed:bridge.test"
     await env.side.tables.portal.put(room, f"@alice:{SERVER}", "15550000001")
     good = call_event(room, "m.call.invite", 1)
-    events: list[Any] = ["junk", {"type": "m.call.invite"}, {**good, "content": "not a dict"},
-                         {**good, "sender": 5}, good]
+    # (Each event has its own ID, as on a real homeserver: a handled ID is never handled again.)
+    events: list[Any] = ["junk", {"type": "m.call.invite"}, {**good, "content": "not a dict", "event_id": "$m1"},
+                         {**good, "sender": 5, "event_id": "$m2"}, good]
     assert (await put_txn(env.as_url, "bad3", events, token))[0] == 200
     assert [c.event_id for c in env.recorder.calls_in(room)] == [good["event_id"]]
 
