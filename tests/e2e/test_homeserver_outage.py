@@ -9,7 +9,9 @@ INVITEs that arrive during an outage get a prompt 503 and leave nothing allocate
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -128,7 +130,6 @@ async def test_synapse_restarts_between_and_during_calls_and_every_event_is_hand
         second = await alice.place_call(room, GHOST)
         await second.wait_answer(timeout=30)
         assert txns[mark:] and min(txns[mark:]) < before, f"not renumbered: {before} then {txns[mark:]}"
-        assert len(sipp.messages.split("INVITE sip:")) - 1 >= 1
 
         # Mid-call: Synapse goes down, the phone hangs up; the bridge's m.call.hangup waits in the outbox
         # and reaches the Matrix client once Synapse is back.
@@ -156,14 +157,19 @@ def _to_tag(response: bytes) -> str:
     return m.group(1).decode() if m else ""
 
 
-async def test_invites_during_an_outage_get_a_prompt_503_and_release_everything(env: E2E) -> None:
+@pytest.mark.parametrize("outage", ["stopped", "frozen"])
+async def test_invites_during_an_outage_get_a_prompt_503_and_release_everything(env: E2E, outage: str) -> None:
+    """stopped: connections are refused. frozen (SIGSTOP): connections hang, so the deadline has to end them."""
     def overrides(data: dict[str, Any]) -> None:
         data["sip"]["inbound"]["routes"] = [{"number": DIALLED, "users": [ALICE]}]
         data["sip"]["inbound"]["rate_limit"] = {"per_source_per_second": 1000, "burst": 1000}
         data["bridge"]["homeserver_timeout_s"] = 3
 
     bridge = await env.bridge(overrides)
-    await asyncio.to_thread(stop_synapse_sync, env.synapse)
+    if outage == "stopped":
+        await asyncio.to_thread(stop_synapse_sync, env.synapse)
+    else:
+        os.kill(env.synapse.process.pid, signal.SIGSTOP)
     phone = await RawUdpPeer.open()
     target = ("127.0.0.1", env.plan.sip_port)
     try:
@@ -174,11 +180,11 @@ async def test_invites_during_an_outage_get_a_prompt_503_and_release_everything(
                        .replace(f"bob@127.0.0.1:{target[1]}", f"{DIALLED}@127.0.0.1:{target[1]}"), target)
         finals = await phone.wait_for_message("SIP/2.0 503", count=20, timeout=30)
         elapsed = time.monotonic() - start
-        assert elapsed < 15, f"503s took {elapsed:.1f}s"
+        assert elapsed < 10, f"503s took {elapsed:.1f}s"  # homeserver_timeout_s is 3
         by_call = {re.search(rb"Call-ID: (\S+)", f).group(1).decode(): f for f in finals}  # type: ignore[union-attr]
         assert sorted(by_call) == sorted(f"outage-{i}" for i in range(20))
-        assert all(b"Retry-After: 30" in f for f in finals)
-        assert not phone.messages("SIP/2.0 200")
+        assert all(b"Retry-After: 30" in f for f in finals)  # ours, not the rate limiter's (5)
+        assert not phone.messages("SIP/2.0 200") and not phone.messages("SIP/2.0 180")
         for i in range(20):  # ACK the final responses, as a phone does
             resp = by_call[f"outage-{i}"]
             phone.send(raw_request("ACK", target, via_port=phone.port, branch=f"z9hG4bKout{i}",
@@ -188,4 +194,7 @@ async def test_invites_during_an_outage_get_a_prompt_503_and_release_everything(
         assert not bridge.calls.inbound
     finally:
         phone.close()
-        await asyncio.to_thread(start_synapse_process_sync, env.synapse)
+        if outage == "stopped":
+            await asyncio.to_thread(start_synapse_process_sync, env.synapse)
+        else:
+            os.kill(env.synapse.process.pid, signal.SIGCONT)
