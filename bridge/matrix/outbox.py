@@ -53,6 +53,12 @@ class OutboxItem:
     def done(self) -> bool:
         return self.result.done()
 
+    @property
+    def what(self) -> str:
+        """For log lines: the event type, and the Matrix call_id of a call event (to find the call's other lines)."""
+        call_id = self.content.get("call_id")
+        return f"{self.event_type} [call_id={call_id}]" if isinstance(call_id, str) else self.event_type
+
     def _settle(self, event_id: str | None, error: str = "") -> None:
         if self.result.done():
             return
@@ -166,7 +172,7 @@ class Outbox:
         while not item.withdrawn:
             remaining = item.expires_at - loop.time()
             if remaining <= 0:
-                log.warning("giving up %s to %s after %d attempt(s): expired (txn %s)", item.event_type,
+                log.warning("giving up %s to %s after %d attempt(s): expired (txn %s)", item.what,
                             item.room_id, item.attempts, item.txn_id)
                 item._settle(None, "expired")
                 return
@@ -185,16 +191,16 @@ class Outbox:
                 error = exc
             else:
                 if item.attempts > 1:
-                    log.info("delivered %s to %s after %d attempts", item.event_type, item.room_id, item.attempts)
+                    log.info("delivered %s to %s after %d attempts", item.what, item.room_id, item.attempts)
                 item._settle(attempt.result())
                 return
             if not is_retriable(error):
-                log.error("giving up %s to %s: the homeserver refused it: %s", item.event_type, item.room_id,
+                log.error("giving up %s to %s: the homeserver refused it: %s", item.what, item.room_id,
                           error)
                 item._settle(None, f"refused: {error}")
                 return
             level = logging.WARNING if item.attempts == 1 else logging.DEBUG
-            log.log(level, "sending %s to %s failed (%s); retrying with back-off up to %.0fs", item.event_type,
+            log.log(level, "sending %s to %s failed (%s); retrying with back-off up to %.0fs", item.what,
                     item.room_id, error, self.backoff_max_s)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(delay, max(remaining, 0.0))):
@@ -216,6 +222,6 @@ class Outbox:
             item._settle(None, "outbox closed")
         if left:
             log.warning("outbox closed with %d undelivered event(s) (%s)", len(left),
-                        ", ".join(sorted({f"{i.event_type} to {i.room_id}" for i in left})))
+                        ", ".join(sorted({f"{i.what} to {i.room_id}" for i in left})))
         self._rooms.clear()
         self._workers.clear()
