@@ -129,11 +129,14 @@ class InboundCall:
 
     def homeserver_unreachable(self) -> list[Action]:
         """A homeserver step of ringing (portal room, membership check, the invite itself) did not finish in
-        time. The caller is told to try again later; Matrix never got an invite (it was withdrawn unsent)."""
+        time. The caller is told to try again later. When the invite was being sent it was withdrawn, but an
+        attempt already on the wire may still land when a hung homeserver recovers: a hangup follows it through
+        the outbox, so no device rings for a call that is over (clients ignore hangups of calls they never saw)."""
         if self.state not in (InState.WAITING_JOIN, InState.RINGING):
             return []
+        extra = [self._hangup("unknown_error")] if self.invite_sent else []
         return self._finish("homeserver_unreachable", SendSipResponse(
-            503, "Service Unavailable", retry_after_s=HOMESERVER_RETRY_AFTER_S))
+            503, "Service Unavailable", retry_after_s=HOMESERVER_RETRY_AFTER_S), *extra)
 
     # --- SIP side ---
     def sip_cancelled(self) -> list[Action]:

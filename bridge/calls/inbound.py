@@ -98,6 +98,7 @@ class InboundSession(CallSession):
         self.lifetime_ms = lifetime_ms
         self.ring_timeout_s = ring_timeout_s
         self.homeserver_timeout_s = homeserver_timeout_s
+        self._homeserver_down = False  # the 503 is queued: no 180 for an invite that never reached Matrix
         self.portal: PortalInfo | None = None
         self.dialog: Dialog | None = None
         self.offerless = not server_invite.request.body
@@ -172,8 +173,10 @@ class InboundSession(CallSession):
         self.post(self.machine.user_joined if joined else self.machine.lifetime_expired)
 
     def _homeserver_failed(self, step: str, exc: BaseException) -> None:
-        self.clog.warning("homeserver unreachable while %s for %s: %s", step, self.callee,
-                          str(exc) or type(exc).__name__)
+        self._homeserver_down = True
+        detail = f"no answer within {self.homeserver_timeout_s:g}s" if isinstance(exc, TimeoutError) else str(exc)
+        self.clog.warning("homeserver unreachable while %s for %s: %s: %s", step, self.callee,
+                          type(exc).__name__, detail)
         self.post(self.machine.homeserver_unreachable)
 
     async def _send_invite(self) -> None:
@@ -286,7 +289,7 @@ class InboundSession(CallSession):
             await self.call_log.call_answered(self.call_id)
             if self.offerless:
                 self.spawn(self._take_ack_answer(), "sip-ack-answer")
-        else:
+        elif status >= 200 or not self._homeserver_down:
             await self.fork.respond(self, status, reason, retry_after_s=retry_after_s)
 
     async def _take_ack_answer(self) -> None:

@@ -198,3 +198,57 @@ async def test_invites_during_an_outage_get_a_prompt_503_and_release_everything(
             await asyncio.to_thread(start_synapse_process_sync, env.synapse)
         else:
             os.kill(env.synapse.process.pid, signal.SIGCONT)
+
+
+async def test_homeserver_lost_while_sending_the_invite_is_503_and_a_hangup_follows_it(env: E2E) -> None:
+    """The portal exists and the user is in it, then Synapse goes down before the m.call.invite: the invite is
+    withdrawn after homeserver_timeout_s, the phone gets 503 (no 180), and once Synapse is back the client gets
+    the hangup that follows a withdrawn invite, never the invite."""
+    def overrides(data: dict[str, Any]) -> None:
+        data["sip"]["inbound"]["routes"] = [{"number": DIALLED, "users": [ALICE]}]
+        data["bridge"]["homeserver_timeout_s"] = 3
+
+    bridge = await env.bridge(overrides)
+    bridge.matrix.portals.outbox.backoff_max_s = 2.0  # retry soon once Synapse is back (keeps the test short)
+    alice = await env.client("alice")
+    await alice.start_sync(auto_join=True)
+    matrix: Any = bridge.calls.matrix
+    real_is_joined, real_wait_joined = matrix.is_joined, matrix.wait_joined
+
+    async def then_synapse_stops(joined: bool) -> bool:
+        if joined:  # blocks the loop on purpose: Synapse is gone before the invite is sent
+            stop_synapse_sync(env.synapse)
+        return joined
+
+    async def is_joined(room_id: str, mxid: str) -> bool:
+        return await then_synapse_stops(await real_is_joined(room_id, mxid))
+
+    async def wait_joined(room_id: str, mxid: str, timeout: float) -> bool:
+        return await then_synapse_stops(await real_wait_joined(room_id, mxid, timeout))
+
+    matrix.is_joined, matrix.wait_joined = is_joined, wait_joined
+    phone = await RawUdpPeer.open()
+    target = ("127.0.0.1", env.plan.sip_port)
+    uri = f"bob@127.0.0.1:{target[1]}"
+    try:
+        phone.send(raw_request("INVITE", target, via_port=phone.port, branch="z9hG4bKinv1", call_id="inv-1",
+                               body=SDP).replace(uri, f"{DIALLED}@127.0.0.1:{target[1]}"), target)
+        await eventually(lambda: env.synapse.process.poll() is not None, 30, "Synapse stopped after the join")
+        stopped = time.monotonic()
+        final = (await phone.wait_for_message("SIP/2.0 503", timeout=15))[0]
+        assert time.monotonic() - stopped < 10
+        assert b"Retry-After: 30" in final
+        assert not phone.messages("SIP/2.0 180")
+        phone.send(raw_request("ACK", target, via_port=phone.port, branch="z9hG4bKinv1", call_id="inv-1",
+                               to_tag=_to_tag(final)).replace(uri, f"{DIALLED}@127.0.0.1:{target[1]}"), target)
+        await assert_released(bridge)
+    finally:
+        phone.close()
+    await asyncio.to_thread(start_synapse_process_sync, env.synapse)
+    hangup = await alice.wait_for_event(None, lambda e: e.get("type") == "m.call.hangup"
+                                        and str(e.get("sender", "")).startswith("@sip_"), timeout=30)
+    assert hangup["content"]["reason"] == "unknown_error"
+    await asyncio.sleep(1)
+    call_id = hangup["content"]["call_id"]
+    assert not [e for e in alice.events if e.get("type") == "m.call.invite"
+                and e.get("content", {}).get("call_id") == call_id], "the withdrawn invite arrived late"

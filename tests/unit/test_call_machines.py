@@ -248,11 +248,14 @@ def test_inbound_homeserver_unreachable_before_or_while_inviting_is_503_with_ret
     assert waiting.homeserver_unreachable() == [
         SendSipResponse(503, "Service Unavailable", retry_after_s=30), Finish("homeserver_unreachable")]
     assert waiting.ended and waiting.homeserver_unreachable() == []
-    # The invite itself could not be delivered (it was withdrawn): no Matrix hangup for an invite nobody got.
+    # The invite itself was not delivered in time (withdrawn; an attempt on the wire may still land): a hangup
+    # follows it through the outbox.
     ringing = InboundCall(callee=ALICE)
     ringing.user_joined()
     actions = ringing.homeserver_unreachable()
-    assert actions == [SendSipResponse(503, "Service Unavailable", retry_after_s=30), Finish("homeserver_unreachable")]
+    assert actions[0] == SendSipResponse(503, "Service Unavailable", retry_after_s=30)
+    assert isinstance(actions[1], SendMatrixEnding) and actions[1].ending.reason == "unknown_error"
+    assert actions[2:] == [Finish("homeserver_unreachable")]
     connected = InboundCall(callee=ALICE)
     connected.user_joined()
     connected.matrix_answer(ALICE, "p1")
