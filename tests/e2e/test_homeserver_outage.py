@@ -148,6 +148,7 @@ async def test_synapse_restarts_between_and_during_calls_and_every_event_is_hand
         assert len(bridge.calls.outbound) == 0
         rows = [await bridge.matrix.call_log.get(c.call_id) for c in (first, second)]
         assert [r.end_reason for r in rows if r is not None] == ["matrix_user_hangup", "sip_bye"]
+        assert len(await bridge.matrix.call_log.recent()) == 2  # each m.call.invite started exactly one call
     finally:
         await peer.close()
 
