@@ -20,14 +20,29 @@ from tests.harness.synapse import free_port
 REPO = Path(__file__).resolve().parents[2]
 
 
-def start_bridge_process(tmp_path: Path) -> subprocess.Popen[str]:
+# bridge.app.run() with a shutdown that never finishes (a stand-in for a call that will not end).
+SLOW_STOP = """
+import asyncio, sys
+import bridge.app as app
+from bridge.config import load_config
+
+async def never_done(self):
+    await asyncio.sleep(3600)
+
+app.Bridge.stop = never_done
+sys.exit(asyncio.run(app.run(load_config(sys.argv[1]))))
+"""
+
+
+def start_bridge_process(tmp_path: Path, *, code: str | None = None) -> subprocess.Popen[str]:
     plan = StackPlan(tmp_path)
     plan.homeserver_url = f"http://127.0.0.1:{free_port()}"  # nothing listens there: connection refused
     data = plan.config_dict()
     data["logging"]["level"] = "INFO"
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump(data))
-    return subprocess.Popen([sys.executable, "-m", "bridge", "-c", str(cfg)], cwd=REPO, stdout=subprocess.PIPE,
+    argv = ["-c", code, str(cfg)] if code is not None else ["-m", "bridge", "-c", str(cfg)]
+    return subprocess.Popen([sys.executable, *argv], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
@@ -75,3 +90,27 @@ def test_unreachable_homeserver_is_retried_with_one_line_per_attempt_and_a_signa
     assert took < 5, f"stopped {took:.1f}s after the signal"
     assert "Traceback" not in everything, everything
     assert "shutting down" in everything
+
+
+def test_a_second_signal_exits_at_once_while_the_shutdown_hangs(tmp_path: Path) -> None:
+    proc = start_bridge_process(tmp_path, code=SLOW_STOP)
+    output = Output(proc)
+    try:
+        output.wait_for("not reachable", 1, timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        output.wait_for("shutting down", 1, timeout=10)
+        time.sleep(0.5)
+        assert proc.poll() is None  # the (stand-in) shutdown is still running
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    output.thread.join(5)
+    everything = "".join(output.lines)
+    assert proc.returncode == 1, everything
+    assert took < 2, f"exited {took:.1f}s after the second signal"
+    assert "exiting at once" in everything and "Traceback" not in everything
