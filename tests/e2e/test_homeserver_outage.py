@@ -245,11 +245,12 @@ async def test_homeserver_lost_while_sending_the_invite_is_503_and_a_hangup_foll
         await assert_released(bridge)
     finally:
         phone.close()
+    [row] = await bridge.matrix.call_log.recent()
+    assert row.end_reason == "homeserver_unreachable"
     await asyncio.to_thread(start_synapse_process_sync, env.synapse)
-    hangup = await alice.wait_for_event(None, lambda e: e.get("type") == "m.call.hangup"
-                                        and str(e.get("sender", "")).startswith("@sip_"), timeout=30)
+    hangup = await alice.wait_for_event(row.room_id, lambda e: e.get("type") == "m.call.hangup"
+                                        and e.get("content", {}).get("call_id") == row.call_id, timeout=30)
     assert hangup["content"]["reason"] == "unknown_error"
     await asyncio.sleep(1)
-    call_id = hangup["content"]["call_id"]
     assert not [e for e in alice.events if e.get("type") == "m.call.invite"
-                and e.get("content", {}).get("call_id") == call_id], "the withdrawn invite arrived late"
+                and e.get("content", {}).get("call_id") == row.call_id], "the withdrawn invite arrived late"
