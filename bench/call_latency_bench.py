@@ -57,6 +57,7 @@ sys.path.insert(0, str(ROOT))
 
 from bridge.app import Bridge  # noqa: E402
 from bridge.logs import CallLogger, setup_logging  # noqa: E402
+from bridge.matrix.outbox import OutboxItem  # noqa: E402
 from bridge.media.call_media import CallMedia  # noqa: E402
 from tests.harness.bridge_stack import SERVER_NAME, StackPlan, start_bridge  # noqa: E402
 from tests.harness.matrix_client import MatrixTestClient, loopback_ice  # noqa: E402
@@ -190,20 +191,22 @@ class Probe:
         manager.on_call_event = call_event_in  # type: ignore[method-assign]
 
         portals = bridge.matrix.portals
-        send_call_event = portals.send_call_event
+        outbox = portals.outbox
+        deliver = outbox.send
 
-        async def call_event_out(room_id: str, number: str | None, event_type: str, content: dict[str, Any]) -> str:
-            call_id = str(content.get("call_id"))
-            self.mark("mx_out", event_type, call_id)
+        # "Sent" = the outbox issued the request to Synapse (sends are queued; the outbox delivers them).
+        async def call_event_out(item: OutboxItem) -> str:
+            call_id = str(item.content.get("call_id"))
+            self.mark("mx_out", item.event_type, call_id)
             start = time.perf_counter()
             try:
-                return await send_call_event(room_id, number, event_type, content)
+                return await deliver(item)
             finally:
                 end = time.perf_counter()
-                self.marks.setdefault(("mx_out_ret", event_type, call_id), end)
-                self.step(f"matrix send {event_type}", start, end)
+                self.marks.setdefault(("mx_out_ret", item.event_type, call_id), end)
+                self.step(f"matrix send {item.event_type}", start, end)
 
-        portals.send_call_event = call_event_out  # type: ignore[method-assign]
+        outbox.send = call_event_out
 
         # Breakdown probes: the awaited steps of the call driver.
         for name in ("portal_for_room", "portal_for_inbound", "is_joined", "wait_joined", "send_notice"):

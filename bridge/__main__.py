@@ -109,10 +109,9 @@ def run(config: Config, upgrade: Upgrade | None = None, *, write_upgrade: bool =
     if upgrade is not None and config.path is not None:
         save_upgrade(config.path, upgrade, write=write_upgrade)
     try:
-        asyncio.run(app.run(config))
-    except KeyboardInterrupt:
-        pass
-    return 0
+        return int(asyncio.run(app.run(config)) or 0)
+    except KeyboardInterrupt:  # before the signal handlers were installed
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:

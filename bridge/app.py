@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 from typing import Any
@@ -15,7 +16,7 @@ from .call.record import CallRecord
 from .call.recovery import CRASH_REASON
 from .calls.manager import CallManager, CallSettings, InboundSettings
 from .calls.outbound import TrunkTarget
-from .calls.ports import PortalInfo
+from .calls.ports import MatrixUnavailable, PortalInfo
 from .calls.recovery import CrashRecovery
 from .config import Config
 from .db.call_log import CallLog, CallLogEntry
@@ -24,6 +25,7 @@ from .db.database import create_database
 from .logs import call_logger, configure_logging
 from .matrix.connector import MatrixSide
 from .matrix.ghosts import UNKNOWN_NUMBER
+from .matrix.outbox import NotDelivered, OutboxItem
 from .media.ice import restrict_host_addresses
 from .media.settings import IceServer, MediaSettings
 from .preflight import run_preflight
@@ -87,11 +89,22 @@ class MatrixAdapter:
         portal = await self.side.portals.get(room_id)
         return self._info(portal.room_id, portal.mxid, portal.number) if portal else None
 
-    async def send_call_event(self, portal: PortalInfo, event_type: str, content: dict[str, Any]) -> str:
-        return await self.side.portals.send_call_event(portal.room_id, portal.number, event_type, content)
+    async def send_call_event(self, portal: PortalInfo, event_type: str, content: dict[str, Any], *,
+                              deliver_within: float | None = None) -> str:
+        item = self.side.portals.send_call_event(portal.room_id, portal.number, event_type, content)
+        return await self._delivered(item, deliver_within)
 
-    async def send_notice(self, portal: PortalInfo, text: str) -> None:
-        await self.side.portals.send_notice(portal.room_id, portal.number, text)
+    async def send_notice(self, portal: PortalInfo, text: str, *, deliver_within: float | None = None) -> str:
+        item = self.side.portals.send_notice(portal.room_id, portal.number, text)
+        return await self._delivered(item, deliver_within)
+
+    async def _delivered(self, item: OutboxItem, deliver_within: float | None) -> str:
+        if deliver_within is not None:
+            try:
+                await self.side.portals.outbox.wait_delivered(item, deliver_within)
+            except NotDelivered as e:
+                raise MatrixUnavailable(f"{item.event_type} to {item.room_id}: {e}") from e
+        return item.txn_id
 
     async def portal_for_inbound(self, mxid: str, number: str | None, caller_name: str | None) -> PortalInfo:
         portal = await self.side.portals.get_or_create_portal(mxid, number, caller_name=caller_name)
@@ -190,6 +203,7 @@ class Bridge:
                     default_route=list(inbound.default_route),
                     rate_per_second=inbound.rate_limit.per_source_per_second, rate_burst=inbound.rate_limit.burst,
                     lifetime_ms=config.bridge.invite_lifetime_ms, ring_timeout_s=config.bridge.ring_timeout_s,
+                    homeserver_timeout_s=config.bridge.homeserver_timeout_s,
                 ),
                 media=media_settings(config),
                 dialplan=plan,
@@ -243,19 +257,53 @@ class Bridge:
         await self.ua.stop()
 
 
-async def run(config: Config) -> None:
-    """Run until SIGINT/SIGTERM."""
+STOP_TIMEOUT_S = 15.0  # calls ended politely, queued hangups given a few seconds; then exit regardless
+
+
+async def run(config: Config) -> int:
+    """Run until SIGINT/SIGTERM; returns the exit status.
+
+    The signal handlers come first, so a signal stops the bridge whatever it is doing: waiting for an
+    unreachable homeserver at start, running, or ending calls. A second signal exits at once."""
     configure_logging(config.logging)
     restrict_host_addresses(config.media.ice_host_addresses)
     await run_preflight(config)  # one warning per setting that would make calls fail
-    bridge = Bridge(config)
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            log.warning("%s again: exiting at once", sig.name)
+            logging.shutdown()
+            os._exit(1)
+        log.info("%s received: stopping", sig.name)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await bridge.start()
+        loop.add_signal_handler(sig, on_signal, sig)
+    bridge = Bridge(config)
+    status = 0
+    starting = asyncio.create_task(bridge.start(), name="bridge-start")
+    stopping = asyncio.create_task(stop.wait(), name="bridge-stop-signal")
     try:
-        await stop.wait()
+        await asyncio.wait([starting, stopping], return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+        elif (exc := starting.exception()) is not None:
+            log.error("bridge could not start: %s", exc)
+            status = 1
+        else:
+            await stop.wait()
     finally:
+        stopping.cancel()
         log.info("shutting down")
-        await bridge.stop()
+        try:
+            async with asyncio.timeout(STOP_TIMEOUT_S):
+                await bridge.stop()
+        except TimeoutError:
+            # Whatever still holds on (a DB thread, a peer connection) must not keep the process alive.
+            log.error("shutdown did not finish within %.0fs; exiting anyway", STOP_TIMEOUT_S)
+            logging.shutdown()
+            os._exit(status or 1)
+    return status

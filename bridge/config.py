@@ -86,6 +86,7 @@ class BridgeConfig:
     ring_timeout_s: int = 60
     failure_notices: bool = True
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    homeserver_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -499,6 +500,7 @@ def _bridge(s: _Section, domain: str) -> BridgeConfig:
         ring_timeout_s=s.integer("ring_timeout_s", 60, lo=5, hi=600),
         failure_notices=s.boolean("failure_notices", True),
         limits=_limits(s.section("limits")),
+        homeserver_timeout_s=s.number("homeserver_timeout_s", 10.0, lo=0.5),
     )
     s.finish()
     return out

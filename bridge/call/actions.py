@@ -23,6 +23,7 @@ class SendSipResponse:
 
     status: int
     reason: str
+    retry_after_s: int | None = None  # a Retry-After header (with 503: when to try again)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,8 @@ from .reasons import (
     media_failure_reason,
 )
 
+HOMESERVER_RETRY_AFTER_S = 30  # Retry-After on a 503 for an unreachable homeserver: outages last a while
+
 
 class InState(enum.Enum):
     WAITING_JOIN = "waiting_join"  # portal room exists / was created; the user has not joined yet
@@ -124,6 +126,17 @@ class InboundCall:
         status, phrase = SIP_FOR_NO_ANSWER
         extra = [self._hangup("invite_timeout")] if self.invite_sent else []
         return self._finish("invite_timeout", SendSipResponse(status, phrase), *extra)
+
+    def homeserver_unreachable(self) -> list[Action]:
+        """A homeserver step of ringing (portal room, membership check, the invite itself) did not finish in
+        time. The caller is told to try again later. When the invite was being sent it was withdrawn, but an
+        attempt already on the wire may still land when a hung homeserver recovers: a hangup follows it through
+        the outbox, so no device rings for a call that is over (clients ignore hangups of calls they never saw)."""
+        if self.state not in (InState.WAITING_JOIN, InState.RINGING):
+            return []
+        extra = [self._hangup("unknown_error")] if self.invite_sent else []
+        return self._finish("homeserver_unreachable", SendSipResponse(
+            503, "Service Unavailable", retry_after_s=HOMESERVER_RETRY_AFTER_S), *extra)
 
     # --- SIP side ---
     def sip_cancelled(self) -> list[Action]:

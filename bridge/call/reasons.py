@@ -91,6 +91,8 @@ def aggregate_fork_finals(statuses: list[int]) -> tuple[int, str]:
         return SIP_FOR_MATRIX_REJECT
     if 486 in statuses:
         return 486, "Busy Here"
+    if statuses and all(s == 503 for s in statuses):
+        return 503, "Service Unavailable"
     if statuses and all(s >= 500 for s in statuses):
         return 500, "Server Internal Error"
     return SIP_FOR_NO_ANSWER

@@ -31,7 +31,7 @@ from ..sip.dialog import Dialog
 from ..sip.ua import ServerInvite
 from .call_state import CallStateWriter, NoCallState, inbound_record
 from .in_dialog import answer_in_dialog
-from .ports import CallLogPort, CallStatePort, MatrixPort, PortalInfo
+from .ports import CallLogPort, CallStatePort, MatrixPort, MatrixUnavailable, PortalInfo
 from .renegotiation import Renegotiator
 from .session import CallSession, new_call_id, new_party_id
 
@@ -49,8 +49,10 @@ class InboundFork:
         self.winner: InboundSession | None = None
         self._ringing_sent = False
         self._finals: dict[int, int] = {}  # id(branch) -> its final status
+        self._retry_after: int | None = None  # the longest Retry-After a failed branch asked for
 
-    async def respond(self, branch: InboundSession, status: int, reason: str) -> Dialog | None:
+    async def respond(self, branch: InboundSession, status: int, reason: str, *,
+                      retry_after_s: int | None = None) -> Dialog | None:
         if status < 200:
             if not self._ringing_sent and self.winner is None:
                 self._ringing_sent = True
@@ -66,9 +68,12 @@ class InboundFork:
             return await self.sip.respond(status, reason, body=branch.local_sip_sdp,
                                           headers=[("Content-Type", "application/sdp")])
         self._finals[id(branch)] = status
+        if retry_after_s is not None:
+            self._retry_after = max(retry_after_s, self._retry_after or 0)
         if self.winner is None and len(self._finals) == len(self.branches):
             final, phrase = aggregate_fork_finals(list(self._finals.values()))
-            await self.sip.respond(final, phrase)
+            headers = [("Retry-After", str(self._retry_after))] if final == 503 and self._retry_after else []
+            await self.sip.respond(final, phrase, headers=headers)
         return None
 
 
@@ -78,6 +83,7 @@ class InboundSession(CallSession):
         media: CallMedia, matrix: MatrixPort, call_log: CallLogPort, lifetime_ms: int, ring_timeout_s: float,
         on_finished: Callable[[CallSession], None], log: CallLogger, fork: InboundFork,
         call_state: CallStatePort | None = None,
+        homeserver_timeout_s: float = 10.0,
     ) -> None:
         self.sip = server_invite
         self.fork = fork
@@ -95,6 +101,8 @@ class InboundSession(CallSession):
         self.rtp_port: int | None = None
         self.lifetime_ms = lifetime_ms
         self.ring_timeout_s = ring_timeout_s
+        self.homeserver_timeout_s = homeserver_timeout_s
+        self._homeserver_down = False  # the 503 is queued: no 180 for an invite that never reached Matrix
         self.portal: PortalInfo | None = None
         self.dialog: Dialog | None = None
         self.offerless = not server_invite.request.body
@@ -138,19 +146,59 @@ class InboundSession(CallSession):
             lambda: self.machine.media_failed(media_seen=self.media.stats().webrtc_frames_in > 0))
 
     async def _ring(self) -> None:
-        self.portal = await self.matrix.portal_for_inbound(self.callee, self.caller_number, self.caller_name)
+        # Each homeserver step has a deadline: with the homeserver down, the caller gets a prompt 503 and
+        # everything held for the call (RTP port, WebRTC peer, tasks) is released, instead of ringing forever.
+        try:
+            async with asyncio.timeout(self.homeserver_timeout_s):
+                self.portal = await self.matrix.portal_for_inbound(self.callee, self.caller_number,
+                                                                   self.caller_name)
+        except Exception as exc:
+            self._homeserver_failed("creating the portal room", exc)
+            return
         self.clog.info("inbound call from %s for %s in %s", self.caller_number or "anonymous", self.callee,
                        self.portal.room_id)
         await self.call_log.call_started(
             call_id=self.call_id, party_id=self.party_id, sip_call_id=self.sip.call_id, room_id=self.portal.room_id,
             direction="inbound", number=self.caller_number, mxid=self.callee,
         )
-        joined = await self.matrix.is_joined(self.portal.room_id, self.callee)
+        try:
+            async with asyncio.timeout(self.homeserver_timeout_s):
+                joined = await self.matrix.is_joined(self.portal.room_id, self.callee)
+        except Exception as exc:
+            self._homeserver_failed("checking membership", exc)
+            return
         if not joined:
             self.clog.info("waiting up to %.0fs for %s to join %s", self.ring_timeout_s, self.callee,
                            self.portal.room_id)
-            joined = await self.matrix.wait_joined(self.portal.room_id, self.callee, self.ring_timeout_s)
+            try:
+                # Bounded by ring_timeout_s (its look-up included); a homeserver error still ends in 503.
+                joined = await self.matrix.wait_joined(self.portal.room_id, self.callee, self.ring_timeout_s)
+            except Exception as exc:
+                self._homeserver_failed("waiting for the user to join", exc)
+                return
         self.post(self.machine.user_joined if joined else self.machine.lifetime_expired)
+
+    def _homeserver_failed(self, step: str, exc: BaseException) -> None:
+        self._homeserver_down = True
+        detail = f"no answer within {self.homeserver_timeout_s:g}s" if isinstance(exc, TimeoutError) else str(exc)
+        self.clog.warning("homeserver unreachable while %s for %s: %s: %s", step, self.callee,
+                          type(exc).__name__, detail)
+        self.post(self.machine.homeserver_unreachable)
+
+    async def _send_invite(self) -> None:
+        assert self.portal is not None
+        offer = await self.media.create_webrtc_offer()
+        content = self.out.invite(offer, lifetime_ms=self.lifetime_ms, invitee=self.callee, dtmf=True)
+        await self.state.save()  # now with the room: recovery can hang the Matrix side up
+        try:
+            # Delivered or withdrawn: a late invite would ring a user whose caller already got 503.
+            await self.matrix.send_call_event(self.portal, "m.call.invite", content,
+                                              deliver_within=self.homeserver_timeout_s)
+        except MatrixUnavailable as exc:
+            self._homeserver_failed("sending the m.call.invite", exc)
+            return
+        await self.matrix.send_call_event(self.portal, "m.call.candidates", self.out.end_of_candidates())
+        self.spawn(self._lifetime(), "invite-lifetime")
 
     async def _watch_cancel(self) -> None:
         await self.sip.cancelled.wait()
@@ -181,17 +229,11 @@ class InboundSession(CallSession):
     # --- actions ---
     async def execute(self, action: Action) -> None:
         if isinstance(action, SendMatrixInvite):
-            assert self.portal is not None
-            offer = await self.media.create_webrtc_offer()
-            content = self.out.invite(offer, lifetime_ms=self.lifetime_ms, invitee=self.callee, dtmf=True)
-            await self.state.save()  # now with the room: recovery can hang the Matrix side up
-            await self.matrix.send_call_event(self.portal, "m.call.invite", content)
-            await self.matrix.send_call_event(self.portal, "m.call.candidates", self.out.end_of_candidates())
-            self.spawn(self._lifetime(), "invite-lifetime")
+            await self._send_invite()
         elif isinstance(action, SendSelectAnswer):
             await self._select(action.party_id)
         elif isinstance(action, SendSipResponse):
-            await self._respond(action.status, action.reason)
+            await self._respond(action.status, action.reason, action.retry_after_s)
         elif isinstance(action, StartMedia):
             if self._media_ok and not self.offerless:  # offerless: media starts once the ACK brings the answer
                 self.media.start()
@@ -244,7 +286,7 @@ class InboundSession(CallSession):
             await asyncio.wait([self._select_sent])
         await self.matrix.send_call_event(self.portal, event_type, content)
 
-    async def _respond(self, status: int, reason: str) -> None:
+    async def _respond(self, status: int, reason: str, retry_after_s: int | None = None) -> None:
         if status == 200:
             if not self._media_ok:
                 return  # media_failed is queued and will answer SIP
@@ -256,8 +298,8 @@ class InboundSession(CallSession):
             await self.call_log.call_answered(self.call_id)
             if self.offerless:
                 self.spawn(self._take_ack_answer(), "sip-ack-answer")
-        else:
-            await self.fork.respond(self, status, reason)
+        elif status >= 200 or not self._homeserver_down:
+            await self.fork.respond(self, status, reason, retry_after_s=retry_after_s)
 
     async def _take_ack_answer(self) -> None:
         ack = await self.sip.wait_ack(timeout=40)

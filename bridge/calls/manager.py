@@ -52,6 +52,7 @@ class InboundSettings:
     rate_burst: int = 10
     lifetime_ms: int = 60000
     ring_timeout_s: float = 60.0
+    homeserver_timeout_s: float = 10.0  # each homeserver step of ringing a Matrix user; then 503
 
 
 @dataclass
@@ -334,6 +335,7 @@ class CallManager:
                     server_invite=inv, callee=callee, caller_number=caller_number, caller_name=caller_name,
                     media=self._new_media(clog), matrix=self.matrix, call_log=self.call_log,
                     lifetime_ms=self.settings.inbound.lifetime_ms, ring_timeout_s=self.settings.inbound.ring_timeout_s,
+                    homeserver_timeout_s=self.settings.inbound.homeserver_timeout_s,
                     on_finished=self._finished, log=clog, fork=fork, call_state=self.call_state,
                 )
                 fork.branches.append(session)

@@ -19,12 +19,22 @@ class PortalInfo:
     number: str | None  # E.164 digits of the phone side; None = withheld ("Unknown caller")
 
 
+class MatrixUnavailable(Exception):
+    """The homeserver did not take an event (or answer a request) in time; the event was withdrawn."""
+
+
 class MatrixPort(Protocol):
+    """Sends return as soon as the event is queued: an outbox delivers each room's events in order, retrying
+    while the homeserver is down, so a call never waits on homeserver health. With ``deliver_within`` the call
+    waits for delivery and raises MatrixUnavailable after that many seconds (the event is then never sent).
+    Both return the event's transaction ID (stable across retries)."""
+
     async def portal_for_room(self, room_id: str) -> PortalInfo | None: ...
 
-    async def send_call_event(self, portal: PortalInfo, event_type: str, content: dict[str, Any]) -> str: ...
+    async def send_call_event(self, portal: PortalInfo, event_type: str, content: dict[str, Any], *,
+                              deliver_within: float | None = None) -> str: ...
 
-    async def send_notice(self, portal: PortalInfo, text: str) -> None: ...
+    async def send_notice(self, portal: PortalInfo, text: str, *, deliver_within: float | None = None) -> str: ...
 
     async def portal_for_inbound(self, mxid: str, number: str | None, caller_name: str | None) -> PortalInfo: ...
 

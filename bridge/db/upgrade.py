@@ -75,3 +75,29 @@ async def upgrade_v2(conn: Connection, scheme: Scheme) -> None:
 
 
 upgrade_table.register(upgrade_v2, description="call_state: durable state of calls in progress")
+
+
+async def upgrade_v3(conn: Connection, scheme: Scheme) -> None:
+    # A homeserver may number its transactions from 1 again after a restart (Synapse on SQLite does), so an
+    # ID alone says nothing: key on (ID, body digest). Old rows carry no digest and cannot be matched.
+    await conn.execute("DROP TABLE txn")
+    await conn.execute(
+        """CREATE TABLE txn (
+            txn_id      TEXT NOT NULL,
+            digest      TEXT NOT NULL,
+            received_at BIGINT NOT NULL,
+            PRIMARY KEY (txn_id, digest)
+        )"""
+    )
+    await conn.execute("CREATE INDEX txn_received_at_idx ON txn (received_at)")
+    # Events already handled, so one re-sent under another transaction ID is still handled once.
+    await conn.execute(
+        """CREATE TABLE handled_event (
+            event_id   TEXT PRIMARY KEY,
+            handled_at BIGINT NOT NULL
+        )"""
+    )
+    await conn.execute("CREATE INDEX handled_event_handled_at_idx ON handled_event (handled_at)")
+
+
+upgrade_table.register(upgrade_v3, description="Transaction dedupe on (txn_id, body digest); handled event IDs")

@@ -106,7 +106,4 @@ class Bot:
         return f"You already have a direct chat with {pretty}: {link}"
 
     async def reply(self, room_id: str, text: str) -> None:
-        try:
-            await self.intent.send_notice(RoomID(room_id), text)
-        except MatrixRequestError as e:
-            log.warning("bot could not reply in %s: %s", room_id, e)
+        self.portals.send_bot_notice(room_id, text)  # the outbox delivers it, retrying while the homeserver is down

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
@@ -22,14 +22,23 @@ from bridge.matrix.bot import Bot
 from bridge.matrix.dispatcher import EventDispatcher
 from bridge.matrix.ghosts import Ghosts
 from bridge.matrix.handler import CallHandler, NullCallHandler
+from bridge.matrix.outbox import is_retriable
 from bridge.matrix.permissions import Permissions
 from bridge.matrix.portals import Portals
 from bridge.matrix.room_queue import RoomQueues
 
 log = logging.getLogger(__name__)
 
-TXN_RETENTION_MS = 7 * 24 * 3600 * 1000  # homeservers retry a transaction for far less than this
-START_RETRY_S = 60.0  # how long start() keeps retrying an unreachable homeserver
+CONNECT_BACKOFF_START_S = 1.0
+CONNECT_BACKOFF_MAX_S = 30.0
+CONNECT_ATTEMPT_TIMEOUT_S = 20.0  # a homeserver that accepts connections but never answers
+OUTBOX_GRACE_S = 5.0  # at stop, how long queued events (hangups of the calls just ended) may take to go out
+
+
+def _describe(e: BaseException) -> str:
+    """One line for an error (aiohttp's connection errors carry the address; TimeoutError carries nothing)."""
+    text = str(e) or type(e).__name__
+    return text.splitlines()[0] if text.strip() else type(e).__name__
 
 
 class _MemoryASStateStore(MemoryStateStore, ASStateStore):
@@ -99,11 +108,14 @@ class MatrixSide:
             return
         await self.db.start()
         self._opened = True
-        await self.tables.txn.prune(int(time.time() * 1000) - TXN_RETENTION_MS)
+        await self.tables.txn.prune_old()
 
     async def connect(self, *, serve: bool = True) -> None:
-        """Listen for the homeserver, register the bot, ask the homeserver to ping us."""
-        if serve:
+        """Listen for the homeserver, register the bot, ask the homeserver to ping us.
+
+        An unreachable homeserver is waited for, forever, with capped back-off and one log line per attempt:
+        the admin may start the bridge before Synapse. Cancel the task to give up (SIGTERM does)."""
+        if serve and self._runner is None:
             self._runner = web.AppRunner(self.web_app, access_log=None)
             await self._runner.setup()
             site = web.TCPSite(self._runner, self.config.appservice.hostname, self.config.appservice.port)
@@ -112,33 +124,46 @@ class MatrixSide:
             sockets = getattr(server, "sockets", None) or []
             self.port = sockets[0].getsockname()[1] if sockets else self.config.appservice.port
             log.info("appservice listening on %s:%s", self.config.appservice.hostname, self.port)
-        await self._prepare_bot()
+        await self._until_reachable(self._prepare_bot)
         if serve:
             await self._ping_homeserver()
+
+    async def _until_reachable(self, step: Callable[[], Awaitable[None]]) -> None:
+        delay = CONNECT_BACKOFF_START_S
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with asyncio.timeout(CONNECT_ATTEMPT_TIMEOUT_S):
+                    await step()
+                return
+            except Exception as e:
+                if not is_retriable(e):
+                    raise
+                log.warning("homeserver %s not reachable (attempt %d: %s); retrying in %.0fs",
+                            self.config.homeserver.address, attempt, _describe(e), delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, CONNECT_BACKOFF_MAX_S)
 
     async def _ping_homeserver(self) -> None:
         """Ask the homeserver to ping us (MSC2659). Besides proving the round trip, a successful ping makes
         Synapse deliver transactions it queued while the bridge was down at once instead of after its backoff."""
         try:
-            await self.az.bot_intent().appservice_ping(self.config.appservice.id)
+            async with asyncio.timeout(CONNECT_ATTEMPT_TIMEOUT_S):
+                await self.az.bot_intent().appservice_ping(self.config.appservice.id)
             log.info("homeserver reached the appservice (ping ok)")
         except MatrixRequestError as e:
             log.warning("homeserver could not ping the appservice at %s: %s (check appservice.address and the "
                         "registration's url)", self.config.appservice.address, e)
+        except Exception as e:
+            if not is_retriable(e):
+                raise
+            log.warning("homeserver ping failed: %s", _describe(e))
 
     async def _prepare_bot(self) -> None:
         intent = self.az.bot_intent()
-        deadline = time.monotonic() + START_RETRY_S
-        while True:
-            try:
-                await intent.ensure_registered()
-                await intent.set_displayname(self.config.appservice.bot_displayname)
-                return
-            except (TimeoutError, aiohttp.ClientConnectionError) as e:
-                if time.monotonic() > deadline:
-                    raise
-                log.warning("homeserver %s not reachable yet (%s); retrying", self.config.homeserver.address, e)
-                await asyncio.sleep(2)
+        await intent.ensure_registered()
+        await intent.set_displayname(self.config.appservice.bot_displayname)
 
     async def stop(self) -> None:
         """Stop listening, cancel room workers, close the HTTP session and the DB. Idempotent."""
@@ -146,6 +171,7 @@ class MatrixSide:
             await self._runner.cleanup()
             self._runner = None
         await self.queues.close()
+        await self.portals.outbox.close(OUTBOX_GRACE_S)
         if not self._session.closed:
             await self._session.close()
         try:

@@ -20,6 +20,7 @@ from bridge.call.dialplan import check_dial
 from bridge.config import Config
 from bridge.db.portal import Portal, PortalTable
 from bridge.matrix.ghosts import UNKNOWN_NUMBER, Ghosts
+from bridge.matrix.outbox import Outbox, OutboxItem
 from bridge.matrix.permissions import Permissions
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class Portals:
         self.permissions = permissions
         self._waiters: dict[tuple[str, str], list[asyncio.Future[bool]]] = defaultdict(list)
         self._pair_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self.outbox = Outbox(self.deliver)
 
     # ------------------------------------------------------------------ lookups
 
@@ -80,10 +82,10 @@ class Portals:
         key = (room_id, mxid)
         self._waiters[key].append(fut)
         try:
-            # Register first, then check: a join that lands in between still resolves the future.
-            if await self.is_joined(room_id, mxid):
-                return True
             async with asyncio.timeout(timeout):
+                # Register first, then check: a join that lands in between still resolves the future.
+                if await self.is_joined(room_id, mxid):
+                    return True
                 return await fut
         except TimeoutError:
             return False
@@ -209,14 +211,30 @@ class Portals:
 
     # ------------------------------------------------------------------ sending as the ghost
 
-    async def send_call_event(self, room_id: str, number: str | None, event_type: str,
-                              content: dict[str, Any]) -> str:
-        """Send an m.call.* event as the number's ghost; returns the event ID."""
-        intent = await self.ghosts.intent_for(number)
-        etype = EventType.find(event_type, t_class=EventType.Class.MESSAGE)
-        event_id = await intent.send_message_event(RoomID(room_id), etype, cast(Any, content))
+    def send_call_event(self, room_id: str, number: str | None, event_type: str,
+                        content: dict[str, Any]) -> OutboxItem:
+        """Queue an m.call.* event from the number's ghost in the room's outbox; returns at once."""
+        return self.outbox.enqueue(room_id, event_type, content, sender=self.ghosts.mxid_for(number))
+
+    def send_notice(self, room_id: str, number: str | None, text: str) -> OutboxItem:
+        """Queue an m.notice from the number's ghost in the room's outbox; returns at once."""
+        return self.outbox.enqueue(room_id, str(EventType.ROOM_MESSAGE), _notice(text),
+                                   sender=self.ghosts.mxid_for(number))
+
+    def send_bot_notice(self, room_id: str, text: str) -> OutboxItem:
+        """Queue an m.notice from the bridge bot in the room's outbox; returns at once."""
+        return self.outbox.enqueue(room_id, str(EventType.ROOM_MESSAGE), _notice(text), sender=self.config.bot_mxid)
+
+    async def deliver(self, item: OutboxItem) -> str:
+        """The outbox's send function: one attempt, as the item's sender (a ghost or the bot), under the item's
+        transaction ID."""
+        number = self.ghosts.number_from_mxid(item.sender)
+        intent = await self.ghosts.intent_for(number) if number is not None else self.az.bot_intent()
+        etype = EventType.find(item.event_type, t_class=EventType.Class.MESSAGE)
+        event_id = await intent.send_message_event(RoomID(item.room_id), etype, cast(Any, item.content),
+                                                   txn_id=item.txn_id)
         return str(event_id)
 
-    async def send_notice(self, room_id: str, number: str | None, text: str) -> str:
-        intent = await self.ghosts.intent_for(number)
-        return str(await intent.send_notice(RoomID(room_id), text))
+
+def _notice(text: str) -> dict[str, Any]:
+    return {"msgtype": "m.notice", "body": text}

@@ -89,8 +89,9 @@ async def test_malformed_transactions_get_400_and_malformed_events_are_skipped(e
     room = "!malformed:bridge.test"
     await env.side.tables.portal.put(room, f"@alice:{SERVER}", "15550000001")
     good = call_event(room, "m.call.invite", 1)
-    events: list[Any] = ["junk", {"type": "m.call.invite"}, {**good, "content": "not a dict"},
-                         {**good, "sender": 5}, good]
+    # (Each event has its own ID, as on a real homeserver: a handled ID is never handled again.)
+    events: list[Any] = ["junk", {"type": "m.call.invite"}, {**good, "content": "not a dict", "event_id": "$m1"},
+                         {**good, "sender": 5, "event_id": "$m2"}, good]
     assert (await put_txn(env.as_url, "bad3", events, token))[0] == 200
     assert [c.event_id for c in env.recorder.calls_in(room)] == [good["event_id"]]
 
@@ -132,8 +133,13 @@ async def test_replay_after_restart_with_same_database_is_harmless(env: MatrixEn
     try:
         assert (await put_txn(url, "restart1", events, config.appservice.hs_token))[0] == 200
         assert second.calls == []
-        assert (await put_txn(url, "restart2", events, config.appservice.hs_token))[0] == 200
-        assert len(second.calls) == 1  # a new transaction is still handled
+        # Same ID, new events (a restarted homeserver numbering from 1 again): handled.
+        fresh = [call_event(room, "m.call.hangup", 2)]
+        assert (await put_txn(url, "restart1", fresh, config.appservice.hs_token))[0] == 200
+        assert [c.event_id for c in second.calls] == [fresh[0]["event_id"]]
+        # A new ID re-sending an event already handled: skipped.
+        assert (await put_txn(url, "restart2", events + fresh, config.appservice.hs_token))[0] == 200
+        assert len(second.calls) == 1
     finally:
         await side.stop()
 
@@ -175,7 +181,7 @@ async def test_real_call_events_from_synapse_arrive_in_order(env: MatrixEnv) -> 
     assert got[0].type == "m.call.invite" and got[0].sender == f"@alice:{SERVER}" and got[0].ts > 0
     # Our own ghost's call events are echoed by Synapse but never reach the handler.
     await env.side.portals.send_call_event(room, number, "m.call.hangup", {"call_id": "x", "version": "1",
-                                                                           "party_id": "ghost"})
+                                                                           "party_id": "ghost"}).result
     marker = await env.alice.send_event(room, "m.call.hangup", {"call_id": "marker", "version": "1",
                                                                 "party_id": "AAAA"})
     await eventually(lambda: env.recorder.calls_in(room)[-1].event_id == marker, what="marker")

@@ -102,8 +102,8 @@ async def test_inbound_portal_is_created_reused_and_waited_for(env: MatrixEnv) -
     # Sending as the ghost: alice sees the call event and the notice from the ghost.
     event_id = await env.side.portals.send_call_event(portal.room_id, number, "m.call.invite", {
         "call_id": "in1", "party_id": "bridge", "version": "1", "lifetime": 60000,
-        "offer": {"type": "offer", "sdp": "v=0\r\n"}})
-    await env.side.portals.send_notice(portal.room_id, number, "Missed call")
+        "offer": {"type": "offer", "sdp": "v=0\r\n"}}).result
+    await env.side.portals.send_notice(portal.room_id, number, "Missed call").result
     seen = await env.alice.wait_for(
         lambda: [e for e in env.alice.events if e.get("room_id") == portal.room_id
                  and e.get("sender") == env.ghost(number) and e["type"] in ("m.call.invite", "m.room.message")],

@@ -241,3 +241,22 @@ def test_negotiate_answer_content_is_version_1_with_our_party_and_a_lifetime() -
                        "description": {"type": "answer", "sdp": "v=0\r\n"}}
     assert parse_call_event("m.call.negotiate", content) == Negotiate(
         "CALL", "PARTY", "1", sdp_type="answer", sdp="v=0\r\n", lifetime_ms=30000)
+
+
+def test_inbound_homeserver_unreachable_before_or_while_inviting_is_503_with_retry_after() -> None:
+    waiting = InboundCall(callee=ALICE)
+    assert waiting.homeserver_unreachable() == [
+        SendSipResponse(503, "Service Unavailable", retry_after_s=30), Finish("homeserver_unreachable")]
+    assert waiting.ended and waiting.homeserver_unreachable() == []
+    # The invite itself was not delivered in time (withdrawn; an attempt on the wire may still land): a hangup
+    # follows it through the outbox.
+    ringing = InboundCall(callee=ALICE)
+    ringing.user_joined()
+    actions = ringing.homeserver_unreachable()
+    assert actions[0] == SendSipResponse(503, "Service Unavailable", retry_after_s=30)
+    assert isinstance(actions[1], SendMatrixEnding) and actions[1].ending.reason == "unknown_error"
+    assert actions[2:] == [Finish("homeserver_unreachable")]
+    connected = InboundCall(callee=ALICE)
+    connected.user_joined()
+    connected.matrix_answer(ALICE, "p1")
+    assert connected.homeserver_unreachable() == []  # a connected call does not depend on the homeserver

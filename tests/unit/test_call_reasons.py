@@ -70,3 +70,11 @@ def test_fork_finals_prefer_decline_then_busy_then_no_answer() -> None:
     assert aggregate_fork_finals([480, 486]) == (486, "Busy Here")
     assert aggregate_fork_finals([480, 480]) == (480, "Temporarily Unavailable")
     assert aggregate_fork_finals([500, 503])[0] == 500
+
+
+def test_fork_finals_keep_503_when_every_branch_found_the_homeserver_unreachable() -> None:
+    from bridge.call.reasons import aggregate_fork_finals
+
+    assert aggregate_fork_finals([503, 503]) == (503, "Service Unavailable")
+    assert aggregate_fork_finals([503]) == (503, "Service Unavailable")
+    assert aggregate_fork_finals([480, 503]) == (480, "Temporarily Unavailable")

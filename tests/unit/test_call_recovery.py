@@ -56,7 +56,8 @@ class HomeserverDown:
         self.up = asyncio.Event()
         self.sent: list[tuple[str, str, dict[str, Any]]] = []
 
-    async def send_call_event(self, portal: PortalInfo, event_type: str, content: dict[str, Any]) -> str:
+    async def send_call_event(self, portal: PortalInfo, event_type: str, content: dict[str, Any], *,
+                              deliver_within: float | None = None) -> str:
         await self.up.wait()
         self.sent.append((portal.room_id, event_type, content))
         return "$event"

@@ -146,7 +146,7 @@ async def db(db_url: str) -> AsyncIterator[Database]:
 
 
 async def test_migrations_create_all_tables_and_record_the_version(db: Database) -> None:
-    for table in ("portal", "ghost", "txn", "call_log", "call_state"):
+    for table in ("portal", "ghost", "txn", "handled_event", "call_log", "call_state"):
         assert await db.table_exists(table)
     assert await db.fetchval("SELECT version FROM version") == len(upgrade_table.upgrades)
 
@@ -187,16 +187,36 @@ async def test_ghost_upsert(db: Database) -> None:
     assert await ghosts.get("@sip_1:x") == Ghost("@sip_1:x", "1", "Uno")
 
 
-async def test_txn_seen_mark_and_prune(db: Database) -> None:
+async def test_txn_dedupe_keys_on_id_and_body_digest_and_prunes(db: Database) -> None:
     txns = Tables.for_db(db).txn
-    assert not await txns.seen("t1")
-    await txns.mark("t1")
-    await txns.mark("t1")  # a second mark is harmless
-    assert await txns.seen("t1")
+    assert not await txns.seen("t1", "d1")
+    await txns.mark("t1", "d1")
+    await txns.mark("t1", "d1")  # a second mark is harmless
+    assert await txns.seen("t1", "d1")
+    assert not await txns.seen("t1", "d2")  # same ID, other body: a new transaction (homeserver restarted)
+    await txns.mark("t1", "d2")
+    assert await txns.seen("t1", "d2")
     await txns.prune(older_than_ms=0)
-    assert await txns.seen("t1")
+    assert await txns.seen("t1", "d1")
     await txns.prune(older_than_ms=2**62)
-    assert not await txns.seen("t1")
+    assert not await txns.seen("t1", "d1")
+
+
+async def test_handled_events_are_remembered_and_bounded(db: Database) -> None:
+    txns = Tables.for_db(db).txn
+    assert not await txns.event_seen("$a")
+    await txns.mark_event("$a")
+    await txns.mark_event("$a")
+    assert await txns.event_seen("$a")
+    await txns.prune_old()  # recent rows survive the routine prune
+    assert await txns.event_seen("$a")
+    for i in range(5):
+        await db.execute("INSERT INTO handled_event (event_id, handled_at) VALUES ($1, $2)", f"$n{i}", 10**13 + i)
+    await txns.prune(older_than_ms=0, keep_rows=3)  # only the 3 newest remain
+    assert [await txns.event_seen(f"$n{i}") for i in range(5)] == [False, False, True, True, True]
+    assert not await txns.event_seen("$a")
+    await txns.prune(older_than_ms=2**62)
+    assert not await txns.event_seen("$n4")
 
 
 async def test_call_log_lifecycle_keeps_first_answer_and_end(db: Database) -> None:
