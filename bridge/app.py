@@ -12,9 +12,9 @@ from typing import Any
 
 from .call.dialplan import format_number
 from .call.limits import CallLimits
+from .call.policy import TrustedSources
 from .call.record import CallRecord
 from .call.recovery import CRASH_REASON
-from .call.policy import TrustedSources
 from .calls.caller_id import CallerIdSettings
 from .calls.manager import CallManager, CallSettings, InboundSettings
 from .calls.outbound import TrunkTarget
