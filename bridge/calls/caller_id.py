@@ -23,7 +23,7 @@ from ..call.identity import (
 from ..config import CallerId, DialplanConfig
 from ..logs import CallLogger
 from ..sip.headers import Headers, split_list
-from ..sip.message import NameAddr, SipParseError
+from ..sip.message import NameAddr, Response, SipParseError
 from ..sip.server import ServerInvite, ServerRequest
 
 
@@ -89,10 +89,13 @@ class CallerIdAnnouncer:
         for event_type in ASSERTED_IDENTITY_TYPES:
             await self.send(event_type, content)
 
-    async def from_response(self, headers: Headers) -> None:
-        """The trunk's answer to our INVITE: believed only when the trunk proxy is a trusted source."""
-        if self.ctx.settings.trunk_trusted:
-            await self.announce(asserted_identity(headers, self.ctx.plan))
+    async def from_response(self, resp: Response) -> None:
+        """The trunk's answer to our INVITE: believed only from a trusted source. Where the SIP core records the
+        address a response came from (``Response.source``), that address decides; else the trunk proxy's."""
+        source = getattr(resp, "source", None)
+        trusted = self.ctx.trusted(source[0]) if source else self.ctx.settings.trunk_trusted
+        if trusted:
+            await self.announce(asserted_identity(resp.headers, self.ctx.plan))
 
     async def from_request(self, req: ServerRequest | ServerInvite) -> None:
         """An in-dialog re-INVITE or UPDATE, which may assert a new identity (e.g. after a transfer)."""

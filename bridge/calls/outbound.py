@@ -225,7 +225,7 @@ class OutboundSession(CallSession):
         await self.state.save()
         self.log.info("SIP answered; m.call.answer sent")
         if self.caller_id is not None:  # who actually answered, if the trusted trunk says (MSC3086)
-            self.spawn(self.caller_id.from_response(self.answer_response.headers), "asserted-identity")
+            self.spawn(self.caller_id.from_response(self.answer_response), "asserted-identity")
 
     async def _in_dialog(self, req: ServerRequest | ServerInvite) -> None:
         await answer_in_dialog(self.media, req, self.clog)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from bridge.call.identity import ASSERTED_IDENTITY_TYPES as ASSERTED_TYPES
 from bridge.call.identity import Identity, outbound_identity_headers, privacy_withholds_id
 from bridge.calls.caller_id import asserted_identity
 from bridge.config import CallerId, ConfigError, DialplanConfig, build_registration, parse_config
@@ -123,3 +124,33 @@ def test_rtc_ring_is_declined_each_time_but_explained_once_per_call() -> None:
     kinds = [kind for kind, _ in sender.sent]
     assert kinds == ["notice", DECLINE_TYPE, "notice"]
     assert sender.sent[1][1]["m.relates_to"] == {"rel_type": "m.reference", "event_id": "$ring"}
+
+
+def test_trunk_answer_identity_is_believed_only_from_a_trusted_source() -> None:
+    from types import SimpleNamespace
+    from typing import cast
+
+    from bridge.call.policy import TrustedSources
+    from bridge.calls.caller_id import CallerIdAnnouncer, CallerIdContext, CallerIdSettings
+    from bridge.logs import call_logger
+    from bridge.sip.message import Response
+
+    headers = Headers([("P-Asserted-Identity", "<sip:+15553334444@pbx>")])
+
+    def announced(source: tuple[str, int] | None, trunk_trusted: bool) -> list[str]:
+        sent: list[str] = []
+
+        async def send(event_type: str, content: dict[str, Any]) -> None:
+            sent.append(event_type)
+
+        ctx = CallerIdContext(CallerIdSettings(trunk_trusted=trunk_trusted), PLAN,
+                              TrustedSources(["10.0.0.0/8"]).allows)
+        announcer = CallerIdAnnouncer(ctx, call_id="c", party_id="p", format_number=str, send=send,
+                                      log=call_logger(__name__, "c"))
+        asyncio.run(announcer.from_response(cast(Response, SimpleNamespace(headers=headers, source=source))))
+        return sent
+
+    assert announced(("10.1.2.3", 5060), trunk_trusted=False) == list(ASSERTED_TYPES)
+    assert announced(("192.0.2.9", 5060), trunk_trusted=True) == []  # the address it came from decides
+    assert announced(None, trunk_trusted=True) == list(ASSERTED_TYPES)  # unknown: the trunk proxy's trust
+    assert announced(None, trunk_trusted=False) == []
