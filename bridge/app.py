@@ -8,12 +8,15 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .call.dialplan import format_number
 from .call.limits import CallLimits
+from .call.policy import TrustedSources
 from .call.record import CallRecord
 from .call.recovery import CRASH_REASON
+from .calls.caller_id import CallerIdSettings
 from .calls.manager import CallManager, CallSettings, InboundSettings
 from .calls.outbound import TrunkTarget
 from .calls.ports import MatrixUnavailable, PortalInfo
@@ -72,6 +75,19 @@ def trunk_target(config: Config) -> TrunkTarget:
         creds = Credentials(trunk.auth_username, trunk.auth_password)
     return TrunkTarget(proxy=trunk.proxy, domain=domain, from_uri=f"sip:{trunk.from_user}@{from_domain}",
                        from_display=None, credentials=creds)
+
+
+def caller_id_settings(config: Config, ghost_mxid: Callable[[str], str | None]) -> CallerIdSettings:
+    trunk = config.sip.trunk
+    proxy_host = SipUri.parse(trunk.proxy).host
+    # PAI in the trunk's answers is believed only when the proxy is an address in sip.inbound.trusted_sources
+    # (a host name is not resolved here: list the trunk by address to trust it).
+    trunk_trusted = TrustedSources(config.sip.inbound.trusted_sources).allows(proxy_host)
+    return CallerIdSettings(
+        identity_header=trunk.identity_header, caller_ids=config.bridge.caller_ids,
+        identity_domain=trunk.from_domain or trunk.domain or proxy_host, trunk_trusted=trunk_trusted,
+        ghost_mxid=ghost_mxid,
+    )
 
 
 class MatrixAdapter:
@@ -213,6 +229,7 @@ class Bridge:
                     concurrent_calls=config.bridge.limits.concurrent_calls,
                     total_concurrent_calls=config.bridge.limits.total_concurrent_calls,
                 ),
+                caller_id=caller_id_settings(config, self.matrix.ghosts.mxid_for),
             ),
             ua_ref=lambda: self.ua,
             matrix=MatrixAdapter(self.matrix, config),

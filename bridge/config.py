@@ -76,6 +76,14 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class CallerId:
+    """What the bridge asserts to the trunk for one Matrix user's outbound calls (bridge.caller_ids)."""
+
+    number: str | None = None  # E.164 digits (no '+') the admin assigned to the user; None: none asserted
+    withhold: bool = False  # send Privacy: id (the trunk must not show the number to the callee)
+
+
+@dataclass(frozen=True)
 class BridgeConfig:
     username_template: str = "sip_{number}"
     displayname_template: str = "{name}"  # falls back to {formatted} when the caller sent no name
@@ -87,6 +95,7 @@ class BridgeConfig:
     failure_notices: bool = True
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     homeserver_timeout_s: float = 10.0
+    caller_ids: Mapping[str, CallerId] = field(default_factory=dict)  # Matrix user ID -> caller ID
 
 
 @dataclass(frozen=True)
@@ -106,6 +115,7 @@ class SipTrunkConfig:
     auth_password: str | None = None
     register: bool = False
     register_expires: int = 3600
+    identity_header: str = "none"  # none | pai | ppi: how outbound INVITEs carry the caller's number
 
     def __repr__(self) -> str:
         return f"SipTrunkConfig(proxy={self.proxy!r}, from_user={self.from_user!r}, register={self.register})"
@@ -501,8 +511,32 @@ def _bridge(s: _Section, domain: str) -> BridgeConfig:
         failure_notices=s.boolean("failure_notices", True),
         limits=_limits(s.section("limits")),
         homeserver_timeout_s=s.number("homeserver_timeout_s", 10.0, lo=0.5),
+        caller_ids=_caller_ids(s),
     )
     s.finish()
+    return out
+
+
+def _caller_ids(s: _Section) -> dict[str, CallerId]:
+    """``caller_ids: {"@alice:example.org": "+15550001111", "@bob:example.org": {number: ..., withhold: true}}``"""
+    raw = s.raw("caller_ids", {})
+    if not isinstance(raw, Mapping):
+        raise ConfigError(s.key("caller_ids"), 'must be a mapping like {"@alice:example.org": "+15550001111"}')
+    out: dict[str, CallerId] = {}
+    for who, value in raw.items():
+        key = f"{s.key('caller_ids')}.{who}"
+        _check_user_id(key, str(who))
+        if isinstance(value, str | int) and not isinstance(value, bool):
+            entry = _Section({"number": value}, key)
+        else:
+            entry = _Section(value, key)
+        number = entry.opt_string("number")
+        if number is not None:
+            number = number.strip().removeprefix("+")
+            if not re.match(r"^[1-9][0-9]{2,14}$", number):
+                raise ConfigError(entry.key("number"), f"{number!r} is not an E.164 number (e.g. +15550001111)")
+        out[str(who)] = CallerId(number=number, withhold=entry.boolean("withhold", False))
+        entry.finish()
     return out
 
 
@@ -538,6 +572,7 @@ def _trunk(s: _Section) -> SipTrunkConfig:
         auth_password=s.opt_string("auth_password"),
         register=s.boolean("register", False),
         register_expires=s.integer("register_expires", 3600, lo=60, hi=86400),
+        identity_header=s.choice("identity_header", "none", ("none", "pai", "ppi")),
     )
     if out.register and not out.auth_username:
         raise ConfigError(s.key("auth_username"), "is required when register is true (the registrar's user)")
@@ -789,6 +824,11 @@ def user_namespace_regex(config: Config) -> str:
     return f"@{re.escape(before)}.+{re.escape(after)}:{re.escape(config.homeserver.domain)}"
 
 
+# Third-party protocols the bridge answers lookups for (bridge/matrix/thirdparty.py): Element's dial pad looks for
+# either name in /thirdparty/protocols and resolves a dialled number with /thirdparty/user/<protocol>.
+PSTN_PROTOCOLS = ("m.protocol.pstn", "im.vector.protocol.pstn")
+
+
 def build_registration(config: Config, as_token: str, hs_token: str) -> dict[str, Any]:
     """The appservice registration document the homeserver loads."""
     return {
@@ -807,6 +847,7 @@ def build_registration(config: Config, as_token: str, hs_token: str) -> dict[str
             "aliases": [],
             "rooms": [],
         },
+        "protocols": list(PSTN_PROTOCOLS),
     }
 
 

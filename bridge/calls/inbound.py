@@ -28,8 +28,10 @@ from ..call.reasons import aggregate_fork_finals
 from ..logs import CallLogger
 from ..media.call_media import CallMedia
 from ..sip.dialog import Dialog
+from ..sip.server import ServerRequest
 from ..sip.ua import ServerInvite
 from .call_state import CallStateWriter, NoCallState, inbound_record
+from .caller_id import CallerIdAnnouncer, CallerIdContext
 from .in_dialog import answer_in_dialog
 from .ports import CallLogPort, CallStatePort, MatrixPort, MatrixUnavailable, PortalInfo
 from .renegotiation import Renegotiator
@@ -82,7 +84,7 @@ class InboundSession(CallSession):
         self, *, server_invite: ServerInvite, callee: str, caller_number: str | None, caller_name: str | None,
         media: CallMedia, matrix: MatrixPort, call_log: CallLogPort, lifetime_ms: int, ring_timeout_s: float,
         on_finished: Callable[[CallSession], None], log: CallLogger, fork: InboundFork,
-        call_state: CallStatePort | None = None,
+        call_state: CallStatePort | None = None, caller_id: CallerIdContext | None = None,
         homeserver_timeout_s: float = 10.0,
     ) -> None:
         self.sip = server_invite
@@ -114,6 +116,9 @@ class InboundSession(CallSession):
         self.clog = log  # shared with the media plane: both sides of one call log the same IDs
         self.clog.set_ids(call_id=self.call_id, sip_call_id=server_invite.call_id)
         self.renegotiator = Renegotiator(media, log)
+        self.caller_id = None if caller_id is None else CallerIdAnnouncer(
+            caller_id, call_id=self.call_id, party_id=self.party_id, format_number=matrix.format_number,
+            send=self._send_matrix, log=log)
         super().__init__(self.clog, on_finished)
 
     @property
@@ -261,6 +266,8 @@ class InboundSession(CallSession):
         self._select_sent = self.spawn(
             self.matrix.send_call_event(portal, "m.call.select_answer", self.out.select_answer(party_id)),
             "select-answer")
+        if self.caller_id is not None:  # the trusted INVITE's P-Asserted-Identity, after the select (MSC3086)
+            self.spawn(self.caller_id.announce(self.caller_id.ctx.initial), "asserted-identity")
         try:
             await self.media.set_webrtc_answer(self.answers[party_id])
             cands, _ended = self.candidates.take(self.call_id, party_id)
@@ -293,13 +300,18 @@ class InboundSession(CallSession):
             self.dialog = await self.fork.respond(self, 200, reason)
             if self.dialog is not None:
                 self.dialog.on_terminated = self._dialog_terminated
-                self.dialog.on_request = lambda req: answer_in_dialog(self.media, req, self.clog)
+                self.dialog.on_request = self._in_dialog
                 await self.state.save()
             await self.call_log.call_answered(self.call_id)
             if self.offerless:
                 self.spawn(self._take_ack_answer(), "sip-ack-answer")
         elif status >= 200 or not self._homeserver_down:
             await self.fork.respond(self, status, reason, retry_after_s=retry_after_s)
+
+    async def _in_dialog(self, req: ServerRequest | ServerInvite) -> None:
+        await answer_in_dialog(self.media, req, self.clog)
+        if self.caller_id is not None:
+            await self.caller_id.from_request(req)
 
     async def _take_ack_answer(self) -> None:
         ack = await self.sip.wait_ack(timeout=40)

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from ..call import events as ev
 from ..call.candidates import CandidateBuffer
 from ..call.dialplan import check_dial, normalize_number, route_users
+from ..call.identity import Identity
 from ..call.invite_checks import Ignore, Refuse, check_invite, invite_age
 from ..call.limits import CallLimiter, CallLimits, RefusalThrottle
 from ..call.policy import RateLimiter, TrustedSources
@@ -31,6 +32,7 @@ from ..sip.message import NameAddr, SipParseError
 from ..sip.sdp import SdpError
 from ..sip.ua import ServerInvite, UserAgent
 from ..sip.uri import SipUri
+from .caller_id import CallerIdContext, CallerIdSettings, asserted_identity
 from .inbound import InboundFork, InboundSession
 from .outbound import OutboundSession, TrunkTarget
 from .ports import CallLogPort, CallStatePort, MatrixPort, PortalInfo
@@ -63,6 +65,7 @@ class CallSettings:
     dialplan: DialplanConfig
     failure_notices: bool = True
     limits: CallLimits = field(default_factory=CallLimits)
+    caller_id: CallerIdSettings = field(default_factory=CallerIdSettings)
 
 
 class CallEventLike(Protocol):
@@ -243,6 +246,7 @@ class CallManager:
             invite=invite, sender=sender, portal=portal, number=number, ua=self._ua(), trunk=self.settings.trunk,
             media=self._new_media(clog), log=clog, matrix=self.matrix, call_log=self.call_log,
             failure_notices=self.settings.failure_notices, on_finished=self._finished, call_state=self.call_state,
+            identity_headers=self.settings.caller_id.outbound_headers(sender), caller_id=self._caller_id_context(),
         )
         self.outbound[call_id] = session
         try:
@@ -316,7 +320,9 @@ class CallManager:
         req = inv.request
         try:
             dialled = self._dialled_number(req.uri, req.to)
-            caller_number, caller_name = self._caller(inv, trusted=True)
+            trusted = self.trusted.allows(host)  # identity headers count only from trusted sources
+            caller_number, caller_name = self._caller(inv, trusted=trusted)
+            asserted = asserted_identity(req.headers, self.settings.dialplan) if trusted else None
         except (SipParseError, ValueError) as exc:
             await inv.respond(400, "Bad Request")
             log.info("INVITE %s from %s: unreadable identity: %s", inv.call_id, host, exc)
@@ -337,6 +343,7 @@ class CallManager:
                     lifetime_ms=self.settings.inbound.lifetime_ms, ring_timeout_s=self.settings.inbound.ring_timeout_s,
                     homeserver_timeout_s=self.settings.inbound.homeserver_timeout_s,
                     on_finished=self._finished, log=clog, fork=fork, call_state=self.call_state,
+                    caller_id=self._caller_id_context(asserted),
                 )
                 fork.branches.append(session)
                 await session.prepare()
@@ -353,6 +360,9 @@ class CallManager:
         for session in fork.branches:
             self.inbound[session.call_id] = session
             session.ring()
+
+    def _caller_id_context(self, initial: Identity | None = None) -> CallerIdContext:
+        return CallerIdContext(self.settings.caller_id, self.settings.dialplan, self.trusted.allows, initial)
 
     @staticmethod
     async def _abort_fork(fork: InboundFork) -> None:

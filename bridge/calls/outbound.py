@@ -25,8 +25,10 @@ from ..sip.dialog import Dialog
 from ..sip.digest import Credentials
 from ..sip.errors import SipTimeout, SipTransportError
 from ..sip.message import Response
+from ..sip.server import ServerInvite, ServerRequest
 from ..sip.ua import ClientInvite, UserAgent
 from .call_state import CallStateWriter, NoCallState, outbound_record
+from .caller_id import CallerIdAnnouncer, CallerIdContext
 from .in_dialog import answer_in_dialog
 from .ports import CallLogPort, CallStatePort, MatrixPort, PortalInfo
 from .renegotiation import Renegotiator
@@ -52,6 +54,7 @@ class OutboundSession(CallSession):
         self, *, invite: ev.Invite, sender: str, portal: PortalInfo, number: str, ua: UserAgent, trunk: TrunkTarget,
         media: CallMedia, matrix: MatrixPort, call_log: CallLogPort, failure_notices: bool,
         on_finished: Callable[[CallSession], None], log: CallLogger, call_state: CallStatePort | None = None,
+        identity_headers: list[tuple[str, str]] | None = None, caller_id: CallerIdContext | None = None,
     ) -> None:
         self.invite = invite
         self.sender = sender
@@ -75,6 +78,10 @@ class OutboundSession(CallSession):
         self._answered_ok = False
         self.clog = log  # shared with the media plane: both sides of one call log the same IDs
         self.renegotiator = Renegotiator(media, log)
+        self.identity_headers = identity_headers or []  # PAI/PPI/Privacy for the trunk (bridge.caller_ids)
+        self.caller_id = None if caller_id is None else CallerIdAnnouncer(
+            caller_id, call_id=invite.call_id, party_id=self.party_id, format_number=matrix.format_number,
+            send=lambda etype, content: matrix.send_call_event(portal, etype, content), log=log)
         super().__init__(self.clog, on_finished)
 
     @property
@@ -102,6 +109,7 @@ class OutboundSession(CallSession):
             self.trunk.request_uri(self.number), from_uri=self.trunk.from_uri, from_display=self.trunk.from_display,
             to_uri=self.trunk.request_uri(self.number), sdp=self.media.sip_offer(),
             credentials=self.trunk.credentials, outbound_proxy=self.trunk.proxy, call_id=sip_call_id,
+            headers=self.identity_headers,
         )
         self.clog.set_ids(sip_call_id=self.client_invite.call_id)
         self.log.info("outbound call from %s to %s: INVITE sent (rtp %s:%d)", self.sender, self.number, host, port)
@@ -143,7 +151,7 @@ class OutboundSession(CallSession):
             self.dialog = invite.dialog
             if self.dialog is not None:
                 self.dialog.on_terminated = self._dialog_terminated
-                self.dialog.on_request = lambda req: answer_in_dialog(self.media, req, self.clog)
+                self.dialog.on_request = self._in_dialog
             self.post(self.machine.sip_answered)
             await self.state.save()
         else:
@@ -217,6 +225,13 @@ class OutboundSession(CallSession):
         await self.call_log.call_answered(self.call_id)
         await self.state.save()
         self.log.info("SIP answered; m.call.answer sent")
+        if self.caller_id is not None:  # who actually answered, if the trusted trunk says (MSC3086)
+            self.spawn(self.caller_id.from_response(self.answer_response), "asserted-identity")
+
+    async def _in_dialog(self, req: ServerRequest | ServerInvite) -> None:
+        await answer_in_dialog(self.media, req, self.clog)
+        if self.caller_id is not None:
+            await self.caller_id.from_request(req)
 
     async def _renegotiate(self, offer_sdp: str) -> None:
         async def send_answer(sdp: str) -> None:

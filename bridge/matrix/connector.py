@@ -26,6 +26,7 @@ from bridge.matrix.outbox import is_retriable
 from bridge.matrix.permissions import Permissions
 from bridge.matrix.portals import Portals
 from bridge.matrix.room_queue import RoomQueues
+from bridge.matrix.thirdparty import ThirdParty
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class MatrixSide:
         self.server = AppserviceServer(config.appservice.hs_token, self.tables.txn, self.queues,
                                        self.dispatcher.dispatch, self.ghosts.handle_user_query)
         self.web_app: web.Application = self.server.app
+        ThirdParty(config, self.ghosts).add_routes(self.web_app)  # Element's dial pad (/thirdparty/...)
         self._runner: web.AppRunner | None = None
         self._opened = False
         self.port: int | None = None  # the bound port once serving (useful when configured as 0)

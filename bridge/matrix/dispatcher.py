@@ -12,6 +12,7 @@ from bridge.matrix.ghosts import Ghosts
 from bridge.matrix.handler import CallEvent, CallHandler
 from bridge.matrix.permissions import Permissions
 from bridge.matrix.portals import Portals
+from bridge.matrix.rtc import RTC_TYPES, RtcCalls
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ class EventDispatcher:
         self.bot = bot
         self.permissions = permissions
         self.handler = handler
+        self.rtc = RtcCalls(portals)
 
     def is_bridge_user(self, mxid: str) -> bool:
         return mxid == self.bot_mxid or self.ghosts.is_ghost(mxid)
@@ -48,6 +50,9 @@ class EventDispatcher:
             return
         if etype == "m.room.member":
             await self._membership(room_id, sender, evt.get("state_key"), content)
+        elif etype in RTC_TYPES and not self.is_bridge_user(sender):
+            if (portal := await self.portals.get(room_id)) is not None:  # MatrixRTC call in a portal: decline
+                await self.rtc.on_event(evt, portal.number)
         elif etype.startswith("m.call."):
             await self._call_event(evt, room_id, sender, content)
         elif etype == "m.room.message" and not self.is_bridge_user(sender):
