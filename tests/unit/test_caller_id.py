@@ -93,12 +93,11 @@ class _Sender:
     def __init__(self) -> None:
         self.sent: list[tuple[str, dict[str, Any]]] = []
 
-    async def send_call_event(self, room_id: str, number: str | None, event_type: str,
-                              content: dict[str, Any]) -> str:
+    def send_call_event(self, room_id: str, number: str | None, event_type: str, content: dict[str, Any]) -> str:
         self.sent.append((event_type, content))
         return "$x"
 
-    async def send_notice(self, room_id: str, number: str | None, text: str) -> str:
+    def send_notice(self, room_id: str, number: str | None, text: str) -> str:
         self.sent.append(("notice", {"body": text}))
         return "$n"
 
