@@ -31,6 +31,7 @@ from ..sip.dialog import Dialog
 from ..sip.ua import ServerInvite
 from .call_state import CallStateWriter, NoCallState, inbound_record
 from .in_dialog import answer_in_dialog
+from .phone_hold import PhoneHold
 from .ports import CallLogPort, CallStatePort, MatrixPort, PortalInfo
 from .renegotiation import Renegotiator
 from .session import CallSession, new_call_id, new_party_id
@@ -106,6 +107,7 @@ class InboundSession(CallSession):
         self.clog = log  # shared with the media plane: both sides of one call log the same IDs
         self.clog.set_ids(call_id=self.call_id, sip_call_id=server_invite.call_id)
         self.renegotiator = Renegotiator(media, log)
+        self.phone_hold = PhoneHold(media, log, send_offer=self._send_negotiate_offer, spawn=self.spawn, polite=False)
         super().__init__(self.clog, on_finished)
 
     @property
@@ -177,6 +179,11 @@ class InboundSession(CallSession):
             return
         self.candidates.add(self.call_id, cands.party_id, cands.candidates)
 
+    def on_negotiate_answer(self, sender: str, party_id: str | None, sdp: str) -> None:
+        """Answer to the bridge's own m.call.negotiate offer (phone hold / resume): only the selected device's."""
+        if sender == self.callee and party_id in (None, self.machine.selected_party):
+            self.phone_hold.matrix_answer(sdp)
+
     # --- actions ---
     async def execute(self, action: Action) -> None:
         if isinstance(action, SendMatrixInvite):
@@ -228,7 +235,13 @@ class InboundSession(CallSession):
             self.clog.warning("cannot apply the Matrix answer: %s", exc)
             self.post(lambda: self.machine.media_failed(media_seen=False))
 
+    async def _send_negotiate_offer(self, sdp: str) -> None:
+        await self._send_matrix("m.call.negotiate", self.out.negotiate("offer", sdp))
+
     async def _renegotiate(self, offer_sdp: str) -> None:
+        if not self.phone_hold.matrix_offer_arrived():
+            return
+
         async def send_answer(sdp: str) -> None:
             await self._send_matrix("m.call.negotiate", self.out.negotiate("answer", sdp))
 
@@ -250,7 +263,8 @@ class InboundSession(CallSession):
             self.dialog = await self.fork.respond(self, 200, reason)
             if self.dialog is not None:
                 self.dialog.on_terminated = self._dialog_terminated
-                self.dialog.on_request = lambda req: answer_in_dialog(self.media, req, self.clog)
+                self.dialog.on_request = lambda req: answer_in_dialog(
+                    self.media, req, self.clog, self.phone_hold.phone_renegotiated)
                 await self.state.save()
             await self.call_log.call_answered(self.call_id)
             if self.offerless:

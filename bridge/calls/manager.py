@@ -173,6 +173,8 @@ class CallManager:
             out.post(lambda: m.matrix_hangup(value.party_id, "user_hangup"))
         elif isinstance(value, ev.SelectAnswer):
             out.post(lambda: m.matrix_select_answer(value.party_id, value.selected_party_id, out.party_id))
+        elif isinstance(value, ev.Negotiate) and value.sdp_type == "answer":
+            out.on_negotiate_answer(value.party_id, value.sdp)
         elif isinstance(value, ev.Negotiate):
             out.post(lambda: m.matrix_negotiate(value.party_id, value.sdp_type, value.sdp))
 
@@ -186,6 +188,8 @@ class CallManager:
             inc.post(lambda: m.matrix_reject(sender))
         elif isinstance(value, ev.Hangup):
             inc.post(lambda: m.matrix_hangup(sender, value.party_id, value.reason))
+        elif isinstance(value, ev.Negotiate) and value.sdp_type == "answer":
+            inc.on_negotiate_answer(sender, value.party_id, value.sdp)
         elif isinstance(value, ev.Negotiate):
             inc.post(lambda: m.matrix_negotiate(sender, value.party_id, value.sdp_type, value.sdp))
 

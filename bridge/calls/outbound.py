@@ -28,6 +28,7 @@ from ..sip.message import Response
 from ..sip.ua import ClientInvite, UserAgent
 from .call_state import CallStateWriter, NoCallState, outbound_record
 from .in_dialog import answer_in_dialog
+from .phone_hold import PhoneHold
 from .ports import CallLogPort, CallStatePort, MatrixPort, PortalInfo
 from .renegotiation import Renegotiator
 from .session import CallSession, new_party_id
@@ -75,6 +76,7 @@ class OutboundSession(CallSession):
         self._answered_ok = False
         self.clog = log  # shared with the media plane: both sides of one call log the same IDs
         self.renegotiator = Renegotiator(media, log)
+        self.phone_hold = PhoneHold(media, log, send_offer=self._send_negotiate_offer, spawn=self.spawn, polite=True)
         super().__init__(self.clog, on_finished)
 
     @property
@@ -143,7 +145,8 @@ class OutboundSession(CallSession):
             self.dialog = invite.dialog
             if self.dialog is not None:
                 self.dialog.on_terminated = self._dialog_terminated
-                self.dialog.on_request = lambda req: answer_in_dialog(self.media, req, self.clog)
+                self.dialog.on_request = lambda req: answer_in_dialog(
+                    self.media, req, self.clog, self.phone_hold.phone_renegotiated)
             self.post(self.machine.sip_answered)
             await self.state.save()
         else:
@@ -170,6 +173,11 @@ class OutboundSession(CallSession):
         real = [c.as_dict() for c in cands.candidates if not c.is_end]
         if real:
             self.spawn(self._add_candidates(real), "webrtc-candidates")
+
+    def on_negotiate_answer(self, party_id: str | None, sdp: str) -> None:
+        """Answer to the bridge's own m.call.negotiate offer (phone hold / resume): only the caller's counts."""
+        if self.invite.party_id is None or party_id in (None, self.invite.party_id):
+            self.phone_hold.matrix_answer(sdp)
 
     async def _add_candidates(self, cands: list[dict[str, Any]]) -> None:
         if self.webrtc_ready is not None:
@@ -217,7 +225,13 @@ class OutboundSession(CallSession):
         await self.state.save()
         self.log.info("SIP answered; m.call.answer sent")
 
+    async def _send_negotiate_offer(self, sdp: str) -> None:
+        await self.matrix.send_call_event(self.portal, "m.call.negotiate", self.out.negotiate("offer", sdp))
+
     async def _renegotiate(self, offer_sdp: str) -> None:
+        if not self.phone_hold.matrix_offer_arrived():
+            return
+
         async def send_answer(sdp: str) -> None:
             await self.matrix.send_call_event(self.portal, "m.call.negotiate", self.out.negotiate("answer", sdp))
 
