@@ -61,6 +61,7 @@ class CallSettings:
     media: MediaSettings
     dialplan: DialplanConfig
     failure_notices: bool = True
+    early_media: str = "announce"  # off | announce | connect
     limits: CallLimits = field(default_factory=CallLimits)
 
 
@@ -246,6 +247,7 @@ class CallManager:
             invite=invite, sender=sender, portal=portal, number=number, ua=self._ua(), trunk=self.settings.trunk,
             media=self._new_media(clog), log=clog, matrix=self.matrix, call_log=self.call_log,
             failure_notices=self.settings.failure_notices, on_finished=self._finished, call_state=self.call_state,
+            early_media=self.settings.early_media,
         )
         self.outbound[call_id] = session
         try:

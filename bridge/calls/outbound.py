@@ -27,6 +27,7 @@ from ..sip.errors import SipTimeout, SipTransportError
 from ..sip.message import Response
 from ..sip.ua import ClientInvite, UserAgent
 from .call_state import CallStateWriter, NoCallState, outbound_record
+from .early_media import EarlyMedia
 from .in_dialog import answer_in_dialog
 from .phone_hold import PhoneHold
 from .ports import CallLogPort, CallStatePort, MatrixPort, PortalInfo
@@ -53,6 +54,7 @@ class OutboundSession(CallSession):
         self, *, invite: ev.Invite, sender: str, portal: PortalInfo, number: str, ua: UserAgent, trunk: TrunkTarget,
         media: CallMedia, matrix: MatrixPort, call_log: CallLogPort, failure_notices: bool,
         on_finished: Callable[[CallSession], None], log: CallLogger, call_state: CallStatePort | None = None,
+        early_media: str = "off",
     ) -> None:
         self.invite = invite
         self.sender = sender
@@ -77,6 +79,8 @@ class OutboundSession(CallSession):
         self.clog = log  # shared with the media plane: both sides of one call log the same IDs
         self.renegotiator = Renegotiator(media, log)
         self.phone_hold = PhoneHold(media, log, send_offer=self._send_negotiate_offer, spawn=self.spawn, polite=True)
+        self.early = EarlyMedia(early_media, media, log, self._connect_early)
+        self._answer_lock = asyncio.Lock()  # one m.call.answer: from a 183 (early_media: connect) or the 200
         super().__init__(self.clog, on_finished)
 
     @property
@@ -118,6 +122,8 @@ class OutboundSession(CallSession):
 
     def _on_provisional(self, resp: Response) -> None:
         self.post(lambda: self.machine.sip_provisional(resp.status))
+        if self.early.mode != "off" and resp.body:
+            self.spawn(self._early_progress(resp), "early-media")
         # the INVITE as it stands now (after any digest retry) is what a CANCEL must name
         self.spawn(self.state.save(), "save-call-state")
 
@@ -206,10 +212,40 @@ class OutboundSession(CallSession):
             await self.call_log.call_ended(self.call_id, action.reason)
             await self.state.delete()
 
+    async def _early_progress(self, resp: Response) -> None:
+        async with self._answer_lock:
+            if self.machine.state.value not in ("dialing", "ringing"):
+                return
+            await self.early.provisional(resp)
+
+    async def _connect_early(self, sdp: bytes) -> None:
+        """early_media: connect. Answer the Matrix call from the 183's SDP; no SIP 200 exists or is sent."""
+        if await self._answer_matrix(sdp):
+            self.media.start()
+
     async def _send_answer(self) -> None:
         assert self.answer_response is not None
+        async with self._answer_lock:
+            self.early.sip_answered()
+            if self._answered_ok:  # already answered on a 183: only the SIP media may have changed
+                try:
+                    self.media.apply_sip_answer(self.answer_response.body)
+                except Exception as exc:
+                    self.log.warning("200 after early media with unusable SDP: %s", exc)
+                    self.post(lambda: self.machine.media_failed(media_seen=self._media_seen()))
+                    return
+                await self.call_log.call_answered(self.call_id)
+                await self.state.save()
+                self.log.info("SIP answered after early media (Matrix answered on the 183)")
+                return
+            if await self._answer_matrix(self.answer_response.body):
+                await self.call_log.call_answered(self.call_id)
+                await self.state.save()
+                self.log.info("SIP answered; m.call.answer sent")
+
+    async def _answer_matrix(self, sip_sdp: bytes) -> bool:
         try:
-            self.media.apply_sip_answer(self.answer_response.body)
+            self.media.apply_sip_answer(sip_sdp)
             if self.webrtc_ready is not None:
                 await self.webrtc_ready
             sdp = await self.media.create_webrtc_answer()
@@ -217,13 +253,11 @@ class OutboundSession(CallSession):
             # A 200 whose SDP we cannot use, or a Matrix offer aiortc refuses: end both sides.
             self.log.warning("cannot connect media: %s", exc)
             self.post(lambda: self.machine.media_failed(media_seen=False))
-            return
+            return False
         self._answered_ok = True
         await self.matrix.send_call_event(self.portal, "m.call.answer", self.out.answer(sdp))
         await self.matrix.send_call_event(self.portal, "m.call.candidates", self.out.end_of_candidates())
-        await self.call_log.call_answered(self.call_id)
-        await self.state.save()
-        self.log.info("SIP answered; m.call.answer sent")
+        return True
 
     async def _send_negotiate_offer(self, sdp: str) -> None:
         await self.matrix.send_call_event(self.portal, "m.call.negotiate", self.out.negotiate("offer", sdp))
@@ -241,7 +275,9 @@ class OutboundSession(CallSession):
 
     async def _send_ending(self, action: SendMatrixEnding) -> None:
         ending = action.ending
-        if ending.kind == "reject":
+        async with self._answer_lock:  # an early (183) answer in flight decides between reject and hangup
+            answered = self._answered_ok
+        if ending.kind == "reject" and not answered:
             content = self.out.reject(ending.reason)
             await self.matrix.send_call_event(self.portal, "m.call.reject", content)
         else:
@@ -251,6 +287,15 @@ class OutboundSession(CallSession):
             status = f"{action.sip_status} {action.sip_reason}" if action.sip_status else ""
             text = ending.notice.format(number=self.matrix.format_number(self.number), status=status)
             await self.matrix.send_notice(self.portal, text)
+        if action.sip_status and action.sip_status >= 400:
+            await self.early.announcement(lambda data, ms: self._post_announcement(data, ms, action))
+
+    async def _post_announcement(self, data: bytes, duration_ms: int, action: SendMatrixEnding) -> None:
+        number = self.matrix.format_number(self.number)
+        await self.matrix.send_audio(
+            self.portal, data, filename=f"announcement-{self.number}.wav", mimetype="audio/wav",
+            duration_ms=duration_ms, body=f"Announcement from {number} ({action.sip_status} {action.sip_reason})",
+        )
 
     async def release(self) -> None:
         await self.media.close()

@@ -20,6 +20,7 @@ from bridge.sip import sdp as sip_sdp
 
 from . import webrtc_leg
 from .codecs import SIP_CODECS, choose_webrtc_codecs
+from .early_audio import EarlyAudioRecorder, recordable
 from .errors import MediaError
 from .ports import PortAllocator
 from .relay import Relay, RelayPlan
@@ -80,6 +81,7 @@ class CallMedia:
         self._closed = False
         self._ice_timer: asyncio.TimerHandle | None = None
         self._failure_reported = False
+        self._early: EarlyAudioRecorder | None = None
 
     # -- SIP leg ------------------------------------------------------------------------------
     async def open_rtp(self) -> tuple[str, int]:
@@ -212,6 +214,22 @@ class CallMedia:
         return (
             webrtc_leg.AIORTC_INTERNALS_OK and self._sip_codec is not None and webrtc_codec.upper() == self._sip_codec
         )
+
+    def record_early_audio(self, max_seconds: float = 30.0) -> bool:
+        """Keep the SIP leg's audio until the relay starts (early media of a 183, configured with
+        :meth:`apply_sip_answer`). False when the codec cannot be recorded."""
+        if not recordable(self._sip_codec):
+            return False
+        assert self._sip_codec is not None
+        self._early = EarlyAudioRecorder(self._sip_codec, max_seconds=max_seconds)
+        self._relay.early_sink = self._early.feed
+        return True
+
+    def take_early_audio(self) -> EarlyAudioRecorder | None:
+        """Stop recording early media; the recorder (None if nothing was recorded)."""
+        recorder, self._early = self._early, None
+        self._relay.early_sink = None
+        return recorder if recorder is not None and recorder.packets else None
 
     # -- WebRTC leg ---------------------------------------------------------------------------
     async def set_webrtc_offer(self, sdp: str) -> None:

@@ -44,6 +44,8 @@ class Relay:
         self.webrtc = webrtc
         self.plan: RelayPlan | None = None
         self.on_dtmf: DtmfCallback | None = None
+        self.early_sink: Callable[[RtpPacket], None] | None = None
+        """Gets the SIP leg's audio before the relay runs (early media being recorded)."""
         self.hold = False
         self.running = False
         self.webrtc_frames_in = 0
@@ -93,6 +95,9 @@ class Relay:
     # -- SIP -> Matrix ------------------------------------------------------------------------
     def _from_sip(self, packet: RtpPacket) -> None:
         if not self.running or self.hold or self.plan is None:
+            if self.early_sink is not None and not self.running:
+                self.early_sink(packet)
+                return
             self.dropped += 1
             return
         if self._ts_base is None:

@@ -652,6 +652,16 @@ class MatrixTestClient:
             result: Event = await resp.json()
             return result
 
+    async def download(self, mxc: str) -> bytes:
+        """Bytes of an mxc:// URI (authenticated media API, falling back to the legacy one)."""
+        server, media_id = mxc.removeprefix("mxc://").split("/", 1)
+        for path in (f"/_matrix/client/v1/media/download/{server}/{media_id}",
+                     f"/_matrix/media/v3/download/{server}/{media_id}"):
+            async with self.http.get(self.hs_url + path) as resp:
+                if resp.status == 200:
+                    return await resp.read()
+        raise MatrixHttpError("GET", f"download {mxc}", 404, "")
+
     async def send_event(self, room_id: str, event_type: str, content: Event) -> str:
         path = f"/rooms/{quote(room_id)}/send/{quote(event_type)}/{uuid.uuid4().hex}"
         return str((await self.request("PUT", path, content))["event_id"])
