@@ -20,6 +20,7 @@ from av import AudioFrame
 from . import webrtc_leg
 from .codecs import SipDecoder, SipEncoder, WebRtcEncoder, encoded_packet
 from .dtmf import DtmfDetector, DtmfError, DtmfEvent, decode_event, encode_event
+from .rtcp_feed import ReceiverReportFeed
 from .rtp_leg import RtpLeg
 from .rtp_packet import RtpPacket, RtpParseError, parse_rtp
 from .webrtc_leg import WebRtcLeg
@@ -57,6 +58,7 @@ class Relay:
         self._encoder: SipEncoder | None = None
         self._pump: asyncio.Task[None] | None = None
         self._ts_base: int | None = None
+        self._rr_feed: ReceiverReportFeed | None = None
         self._dtmf_in = DtmfDetector()
         rtp.on_audio = self._from_sip
         rtp.on_dtmf = self._sip_dtmf
@@ -71,6 +73,8 @@ class Relay:
         if not plan.passthrough and webrtc_leg.AIORTC_INTERNALS_OK:
             self._webrtc_encoder = WebRtcEncoder(plan.webrtc_codec, plan.webrtc_pt)
         self._encoder = None if plan.passthrough else SipEncoder(plan.sip_codec)
+        # passthrough: the tap bypasses aiortc's receiver, which would then send no RTCP RR (rtcp_feed.py)
+        self._rr_feed = self.webrtc.receiver_report_feed(8000) if plan.passthrough else None
         self.log.info(
             "media plan: SIP %s <-> WebRTC %s (%s), telephone-event %s",
             plan.sip_codec,
@@ -155,6 +159,8 @@ class Relay:
             self._webrtc_dtmf(packet, plan)
             return True
         if plan.passthrough and pt == plan.webrtc_pt:
+            if self._rr_feed is not None:
+                self._rr_feed.feed(packet.ssrc, packet.sequence, packet.timestamp)
             if self.running and not self.hold:
                 self.rtp.send_audio(packet.payload, source_ts=packet.timestamp)  # same 8 kHz clock
                 self.webrtc_frames_in += 1

@@ -40,6 +40,7 @@ from av import AudioFrame, Packet
 
 from .codecs import aiortc_capability
 from .errors import MediaError
+from .rtcp_feed import ReceiverReportFeed
 from .rtp_packet import build_rtp, is_rtcp
 from .settings import IceServer
 
@@ -274,6 +275,12 @@ class WebRtcLeg:
         if direction is not None and self._transceiver is not None:
             self._transceiver.direction = direction
         return True
+
+    def receiver_report_feed(self, clock_rate: int) -> ReceiverReportFeed | None:
+        """Statistics feed for the tapped (passthrough) stream, so aiortc still sends RTCP RRs for it."""
+        if self._transceiver is None or not AIORTC_INTERNALS_OK:
+            return None
+        return ReceiverReportFeed.for_receiver(self._transceiver.receiver, clock_rate)
 
     @property
     def current_direction(self) -> str | None:

@@ -305,6 +305,14 @@ class _Call:
         answer["lifetime"] = 30000
         await self.client.send_event(self.room_id, "m.call.negotiate", answer)
 
+    async def receiver_reports(self) -> list[Any]:
+        """What RTCP receiver reports about our outbound stream told us (aiortc keeps the latest as a
+        ``remote-inbound-rtp`` stat, from reports naming our sender's SSRC): what Chrome shows as RTT / loss."""
+        if self.pc is None or not self.pc.getTransceivers():
+            return []
+        report = await self.pc.getTransceivers()[0].sender.getStats()
+        return [stat for stat in report.values() if getattr(stat, "type", None) == "remote-inbound-rtp"]
+
     @property
     def remote_direction(self) -> str:
         """Audio direction of the other party's current description (``sendonly``/``inactive``: it holds us)."""
