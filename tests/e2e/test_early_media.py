@@ -101,3 +101,33 @@ async def test_connect_mode_answers_matrix_on_the_183_prompts_are_heard_live_and
     assert not [ev for ev in alice.events if ev.get("content", {}).get("msgtype") == "m.audio"
                 and "486" in ev["content"].get("body", "")]
     await assert_released(bridge)
+
+
+@pytest.mark.parametrize("mode", ["announce", "connect"])
+async def test_183_then_200_answers_matrix_once_with_audio_both_ways(
+    e2e: E2E, rtp_peer: RtpPeer, mode: str
+) -> None:
+    """announce: the Matrix call is answered only by the 200 (the recording is dropped); connect: answered on the
+    183, and the 200 changes nothing on the Matrix side (one m.call.answer)."""
+    bridge = await e2e.bridge(early_media(mode))
+    sipp = await trunk(e2e, "trunk_early_media_answer.xml", "-key", "rtp_port", str(rtp_peer.port))
+    alice = await e2e.client("alice")
+    room = await portal_room(alice)
+    call = await alice.place_call(room, GHOST)
+    await eventually(lambda: call.call_id in bridge.calls.outbound
+                     and bridge.calls.outbound[call.call_id].rtp_port is not None, 15, "the outbound call")
+    rtp_peer.send_to(("127.0.0.1", bridge.calls.outbound[call.call_id].rtp_port or 0))
+    rtp_peer.start_sending(seconds=30)
+    session = bridge.calls.outbound[call.call_id]
+
+    await call.wait_answer(timeout=15)
+    assert session.machine.state.value == ("answered" if mode == "announce" else "ringing")
+    await call.wait_for_tone(1000.0, timeout=10, min_frames=50)
+    await eventually(lambda: session.machine.state.value == "answered", 10, "the trunk's 200")
+    at_trunk = rtp_peer.received
+    await eventually(lambda: rtp_peer.received - at_trunk >= 50, 10, "Matrix audio at the trunk after the 200")
+    assert session.media.stats().passthrough
+    assert len(call_events(alice.events, call.call_id, "m.call.answer")) == 1
+    await call.hangup()
+    assert await sipp.wait() == 0, sipp.report()  # the BYE: the call was answered for real
+    await assert_released(bridge)
