@@ -78,7 +78,8 @@ class OutboundSession(CallSession):
         self._answered_ok = False
         self.clog = log  # shared with the media plane: both sides of one call log the same IDs
         self.renegotiator = Renegotiator(media, log)
-        self.phone_hold = PhoneHold(media, log, send_offer=self._send_negotiate_offer, spawn=self.spawn, polite=True)
+        self.phone_hold = PhoneHold(media, log, send_offer=self._send_negotiate_offer, spawn=self.spawn, polite=True,
+                                    enabled=invite.version != 0)
         self.early = EarlyMedia(early_media, media, log, self._connect_early)
         self._answer_lock = asyncio.Lock()  # one m.call.answer: from a 183 (early_media: connect) or the 200
         super().__init__(self.clog, on_finished)

@@ -35,12 +35,15 @@ class PhoneHold:
         send_offer: Callable[[str], Awaitable[None]],
         spawn: Callable[[Any, str], asyncio.Task[Any]],
         polite: bool,
+        enabled: bool = True,
     ) -> None:
         self.media = media
         self.log = log
         self._send_offer = send_offer
         self._spawn = spawn
         self.polite = polite
+        self.enabled = enabled
+        """False for a version 0 (legacy) Matrix call: m.call.negotiate does not exist there."""
         self.told = "sendrecv"
         """The direction of our last offer Matrix answered. Our answers to Matrix offers carry the phone's wish
         too: the transceiver keeps the direction we last offered."""
@@ -51,6 +54,8 @@ class PhoneHold:
     def phone_renegotiated(self) -> None:
         """in_dialog.py answered a phone re-INVITE / UPDATE: tell Matrix when the direction changed."""
         self._wanted = matrix_direction_for_phone(self.media.sip_direction)
+        if not self.enabled:
+            return
         if self._wanted != self.told and (self._running is None or self._running.done()):
             self._running = self._spawn(self._sync(), "webrtc-reoffer")
 

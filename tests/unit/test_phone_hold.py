@@ -119,3 +119,11 @@ async def test_unanswered_offer_is_withdrawn_back_to_the_last_agreed_direction(
     await asyncio.gather(*h.tasks)
     assert h.media.rollbacks == ["sendrecv"] and h.hold.told == "sendrecv" and not h.hold.offer_pending
     assert h.hold.matrix_offer_arrived() is True  # nothing pending any more: no glare
+
+
+async def test_version_0_calls_are_not_told_no_negotiate_in_the_legacy_protocol() -> None:
+    h = Harness(polite=True)
+    h.hold.enabled = False
+    h.phone("inactive")
+    await h.settle()
+    assert h.sent == [] and not h.tasks
