@@ -122,6 +122,11 @@ class MatrixAdapter:
                 raise MatrixUnavailable(f"{item.event_type} to {item.room_id}: {e}") from e
         return item.txn_id
 
+    async def send_audio(self, portal: PortalInfo, data: bytes, *, filename: str, mimetype: str, duration_ms: int,
+                         body: str) -> None:
+        await self.side.portals.send_audio(portal.room_id, portal.number, data, filename=filename,
+                                           mimetype=mimetype, duration_ms=duration_ms, body=body)
+
     async def portal_for_inbound(self, mxid: str, number: str | None, caller_name: str | None) -> PortalInfo:
         portal = await self.side.portals.get_or_create_portal(mxid, number, caller_name=caller_name)
         return self._info(portal.room_id, portal.mxid, portal.number)
@@ -224,6 +229,7 @@ class Bridge:
                 media=media_settings(config),
                 dialplan=plan,
                 failure_notices=config.bridge.failure_notices,
+                early_media=config.bridge.early_media,
                 limits=CallLimits(
                     attempts_per_minute=config.bridge.limits.attempts_per_minute,
                     concurrent_calls=config.bridge.limits.concurrent_calls,

@@ -75,6 +75,9 @@ class LimitsConfig:
     total_concurrent_calls: int = 50
 
 
+EARLY_MEDIA_MODES = ("off", "announce", "connect")
+
+
 @dataclass(frozen=True)
 class CallerId:
     """What the bridge asserts to the trunk for one Matrix user's outbound calls (bridge.caller_ids)."""
@@ -93,6 +96,7 @@ class BridgeConfig:
     invite_lifetime_ms: int = 60000
     ring_timeout_s: int = 60
     failure_notices: bool = True
+    early_media: str = "announce"  # off | announce | connect (calls/early_media.py)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     homeserver_timeout_s: float = 10.0
     caller_ids: Mapping[str, CallerId] = field(default_factory=dict)  # Matrix user ID -> caller ID
@@ -509,6 +513,7 @@ def _bridge(s: _Section, domain: str) -> BridgeConfig:
         invite_lifetime_ms=s.integer("invite_lifetime_ms", 60000, lo=5000, hi=600000),
         ring_timeout_s=s.integer("ring_timeout_s", 60, lo=5, hi=600),
         failure_notices=s.boolean("failure_notices", True),
+        early_media=_early_media(s),
         limits=_limits(s.section("limits")),
         homeserver_timeout_s=s.number("homeserver_timeout_s", 10.0, lo=0.5),
         caller_ids=_caller_ids(s),
@@ -538,6 +543,12 @@ def _caller_ids(s: _Section) -> dict[str, CallerId]:
         out[str(who)] = CallerId(number=number, withhold=entry.boolean("withhold", False))
         entry.finish()
     return out
+
+
+def _early_media(s: _Section) -> str:
+    if s.raw("early_media", "announce") is False:
+        return "off"  # YAML 1.1 reads a bare `off` as false
+    return s.choice("early_media", "announce", EARLY_MEDIA_MODES)
 
 
 def _limits(s: _Section) -> LimitsConfig:

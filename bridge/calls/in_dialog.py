@@ -5,6 +5,8 @@ BYE never gets here for handling: the SIP core answers it and reports the end th
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..logs import CallLogger
 from ..media.call_media import CallMedia
 from ..sip.sdp import SdpError
@@ -13,7 +15,11 @@ from ..sip.server import ServerInvite, ServerRequest
 SDP = [("Content-Type", "application/sdp")]
 
 
-async def answer_in_dialog(media: CallMedia, req: ServerRequest | ServerInvite, log: CallLogger) -> None:
+async def answer_in_dialog(
+    media: CallMedia, req: ServerRequest | ServerInvite, log: CallLogger,
+    on_renegotiated: Callable[[], None] | None = None,
+) -> None:
+    """``on_renegotiated`` runs once the phone's offer was answered 200 (calls/phone_hold.py tells Matrix)."""
     method = req.request.method
     if method == "BYE":
         return
@@ -40,6 +46,8 @@ async def answer_in_dialog(media: CallMedia, req: ServerRequest | ServerInvite, 
             return
         log.info("%s from the phone answered (hold/codec change applied)", method)
         await req.respond(200, body=answer, headers=SDP)
+        if on_renegotiated is not None:
+            on_renegotiated()
         return
     if method in ("INFO", "OPTIONS"):
         await req.respond(200)

@@ -33,6 +33,7 @@ from ..sip.ua import ServerInvite
 from .call_state import CallStateWriter, NoCallState, inbound_record
 from .caller_id import CallerIdAnnouncer, CallerIdContext
 from .in_dialog import answer_in_dialog
+from .phone_hold import PhoneHold
 from .ports import CallLogPort, CallStatePort, MatrixPort, MatrixUnavailable, PortalInfo
 from .renegotiation import Renegotiator
 from .session import CallSession, new_call_id, new_party_id
@@ -119,6 +120,7 @@ class InboundSession(CallSession):
         self.caller_id = None if caller_id is None else CallerIdAnnouncer(
             caller_id, call_id=self.call_id, party_id=self.party_id, format_number=matrix.format_number,
             send=self._send_matrix, log=log)
+        self.phone_hold = PhoneHold(media, log, send_offer=self._send_negotiate_offer, spawn=self.spawn, polite=False)
         super().__init__(self.clog, on_finished)
 
     @property
@@ -231,6 +233,11 @@ class InboundSession(CallSession):
             return
         self.candidates.add(self.call_id, cands.party_id, cands.candidates)
 
+    def on_negotiate_answer(self, sender: str, party_id: str | None, sdp: str) -> None:
+        """Answer to the bridge's own m.call.negotiate offer (phone hold / resume): only the selected device's."""
+        if sender == self.callee and party_id in (None, self.machine.selected_party):
+            self.phone_hold.matrix_answer(sdp)
+
     # --- actions ---
     async def execute(self, action: Action) -> None:
         if isinstance(action, SendMatrixInvite):
@@ -278,7 +285,13 @@ class InboundSession(CallSession):
             self.clog.warning("cannot apply the Matrix answer: %s", exc)
             self.post(lambda: self.machine.media_failed(media_seen=False))
 
+    async def _send_negotiate_offer(self, sdp: str) -> None:
+        await self._send_matrix("m.call.negotiate", self.out.negotiate("offer", sdp))
+
     async def _renegotiate(self, offer_sdp: str) -> None:
+        if not self.phone_hold.matrix_offer_arrived():
+            return
+
         async def send_answer(sdp: str) -> None:
             await self._send_matrix("m.call.negotiate", self.out.negotiate("answer", sdp))
 

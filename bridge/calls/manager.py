@@ -64,6 +64,7 @@ class CallSettings:
     media: MediaSettings
     dialplan: DialplanConfig
     failure_notices: bool = True
+    early_media: str = "announce"  # off | announce | connect
     limits: CallLimits = field(default_factory=CallLimits)
     caller_id: CallerIdSettings = field(default_factory=CallerIdSettings)
 
@@ -177,6 +178,8 @@ class CallManager:
             out.post(lambda: m.matrix_hangup(value.party_id, "user_hangup"))
         elif isinstance(value, ev.SelectAnswer):
             out.post(lambda: m.matrix_select_answer(value.party_id, value.selected_party_id, out.party_id))
+        elif isinstance(value, ev.Negotiate) and value.sdp_type == "answer":
+            out.on_negotiate_answer(value.party_id, value.sdp)
         elif isinstance(value, ev.Negotiate):
             out.post(lambda: m.matrix_negotiate(value.party_id, value.sdp_type, value.sdp))
 
@@ -190,6 +193,8 @@ class CallManager:
             inc.post(lambda: m.matrix_reject(sender))
         elif isinstance(value, ev.Hangup):
             inc.post(lambda: m.matrix_hangup(sender, value.party_id, value.reason))
+        elif isinstance(value, ev.Negotiate) and value.sdp_type == "answer":
+            inc.on_negotiate_answer(sender, value.party_id, value.sdp)
         elif isinstance(value, ev.Negotiate):
             inc.post(lambda: m.matrix_negotiate(sender, value.party_id, value.sdp_type, value.sdp))
 
@@ -247,6 +252,7 @@ class CallManager:
             media=self._new_media(clog), log=clog, matrix=self.matrix, call_log=self.call_log,
             failure_notices=self.settings.failure_notices, on_finished=self._finished, call_state=self.call_state,
             identity_headers=self.settings.caller_id.outbound_headers(sender), caller_id=self._caller_id_context(),
+            early_media=self.settings.early_media,
         )
         self.outbound[call_id] = session
         try:

@@ -29,7 +29,9 @@ from ..sip.server import ServerInvite, ServerRequest
 from ..sip.ua import ClientInvite, UserAgent
 from .call_state import CallStateWriter, NoCallState, outbound_record
 from .caller_id import CallerIdAnnouncer, CallerIdContext
+from .early_media import EarlyMedia
 from .in_dialog import answer_in_dialog
+from .phone_hold import PhoneHold
 from .ports import CallLogPort, CallStatePort, MatrixPort, PortalInfo
 from .renegotiation import Renegotiator
 from .session import CallSession, new_party_id
@@ -55,6 +57,7 @@ class OutboundSession(CallSession):
         media: CallMedia, matrix: MatrixPort, call_log: CallLogPort, failure_notices: bool,
         on_finished: Callable[[CallSession], None], log: CallLogger, call_state: CallStatePort | None = None,
         identity_headers: list[tuple[str, str]] | None = None, caller_id: CallerIdContext | None = None,
+        early_media: str = "off",
     ) -> None:
         self.invite = invite
         self.sender = sender
@@ -82,6 +85,10 @@ class OutboundSession(CallSession):
         self.caller_id = None if caller_id is None else CallerIdAnnouncer(
             caller_id, call_id=invite.call_id, party_id=self.party_id, format_number=matrix.format_number,
             send=lambda etype, content: matrix.send_call_event(portal, etype, content), log=log)
+        self.phone_hold = PhoneHold(media, log, send_offer=self._send_negotiate_offer, spawn=self.spawn, polite=True,
+                                    enabled=invite.version != 0)
+        self.early = EarlyMedia(early_media, media, log, self._connect_early)
+        self._answer_lock = asyncio.Lock()  # one m.call.answer: from a 183 (early_media: connect) or the 200
         super().__init__(self.clog, on_finished)
 
     @property
@@ -124,6 +131,8 @@ class OutboundSession(CallSession):
 
     def _on_provisional(self, resp: Response) -> None:
         self.post(lambda: self.machine.sip_provisional(resp.status))
+        if self.early.mode != "off" and resp.body:
+            self.spawn(self._early_progress(resp), "early-media")
         # the INVITE as it stands now (after any digest retry) is what a CANCEL must name
         self.spawn(self.state.save(), "save-call-state")
 
@@ -179,6 +188,11 @@ class OutboundSession(CallSession):
         if real:
             self.spawn(self._add_candidates(real), "webrtc-candidates")
 
+    def on_negotiate_answer(self, party_id: str | None, sdp: str) -> None:
+        """Answer to the bridge's own m.call.negotiate offer (phone hold / resume): only the caller's counts."""
+        if self.invite.party_id is None or party_id in (None, self.invite.party_id):
+            self.phone_hold.matrix_answer(sdp)
+
     async def _add_candidates(self, cands: list[dict[str, Any]]) -> None:
         if self.webrtc_ready is not None:
             await asyncio.shield(self.webrtc_ready)
@@ -206,11 +220,47 @@ class OutboundSession(CallSession):
             await self.call_log.call_ended(self.call_id, action.reason)
             await self.state.delete()
 
+    async def _early_progress(self, resp: Response) -> None:
+        async with self._answer_lock:
+            if self.machine.state.value not in ("dialing", "ringing"):
+                return
+            self._note_signalling_peer(resp)
+            await self.early.provisional(resp)
+
+    def _note_signalling_peer(self, resp: Response) -> None:
+        """The trunk's media may come from the IP its signalling came from (NAT): see media.rtp_source."""
+        if resp.source is not None:
+            self.media.set_signalling_peer(resp.source[0])
+
+    async def _connect_early(self, sdp: bytes) -> None:
+        """early_media: connect. Answer the Matrix call from the 183's SDP; no SIP 200 exists or is sent."""
+        if await self._answer_matrix(sdp):
+            self.media.start()
+
     async def _send_answer(self) -> None:
         assert self.answer_response is not None
+        self._note_signalling_peer(self.answer_response)
+        async with self._answer_lock:
+            self.early.sip_answered()
+            if self._answered_ok:  # already answered on a 183: only the SIP media may have changed
+                try:
+                    self.media.apply_sip_answer(self.answer_response.body)
+                except Exception as exc:
+                    self.log.warning("200 after early media with unusable SDP: %s", exc)
+                    self.post(lambda: self.machine.media_failed(media_seen=self._media_seen()))
+                    return
+                await self.call_log.call_answered(self.call_id)
+                await self.state.save()
+                self.log.info("SIP answered after early media (Matrix answered on the 183)")
+                return
+            if await self._answer_matrix(self.answer_response.body):
+                await self.call_log.call_answered(self.call_id)
+                await self.state.save()
+                self.log.info("SIP answered; m.call.answer sent")
+
+    async def _answer_matrix(self, sip_sdp: bytes) -> bool:
         try:
-            self.media.set_signalling_peer(self.answer_response.source[0] if self.answer_response.source else None)
-            self.media.apply_sip_answer(self.answer_response.body)
+            self.media.apply_sip_answer(sip_sdp)
             if self.webrtc_ready is not None:
                 await self.webrtc_ready
             sdp = await self.media.create_webrtc_answer()
@@ -218,22 +268,27 @@ class OutboundSession(CallSession):
             # A 200 whose SDP we cannot use, or a Matrix offer aiortc refuses: end both sides.
             self.log.warning("cannot connect media: %s", exc)
             self.post(lambda: self.machine.media_failed(media_seen=False))
-            return
+            return False
         self._answered_ok = True
         await self.matrix.send_call_event(self.portal, "m.call.answer", self.out.answer(sdp))
         await self.matrix.send_call_event(self.portal, "m.call.candidates", self.out.end_of_candidates())
-        await self.call_log.call_answered(self.call_id)
-        await self.state.save()
-        self.log.info("SIP answered; m.call.answer sent")
-        if self.caller_id is not None:  # who actually answered, if the trusted trunk says (MSC3086)
+        if self.caller_id is not None and self.answer_response is not None:
+            # who actually answered, if the trusted trunk says (MSC3086)
             self.spawn(self.caller_id.from_response(self.answer_response), "asserted-identity")
+        return True
 
     async def _in_dialog(self, req: ServerRequest | ServerInvite) -> None:
-        await answer_in_dialog(self.media, req, self.clog)
+        await answer_in_dialog(self.media, req, self.clog, self.phone_hold.phone_renegotiated)
         if self.caller_id is not None:
             await self.caller_id.from_request(req)
 
+    async def _send_negotiate_offer(self, sdp: str) -> None:
+        await self.matrix.send_call_event(self.portal, "m.call.negotiate", self.out.negotiate("offer", sdp))
+
     async def _renegotiate(self, offer_sdp: str) -> None:
+        if not self.phone_hold.matrix_offer_arrived():
+            return
+
         async def send_answer(sdp: str) -> None:
             await self.matrix.send_call_event(self.portal, "m.call.negotiate", self.out.negotiate("answer", sdp))
 
@@ -243,7 +298,9 @@ class OutboundSession(CallSession):
 
     async def _send_ending(self, action: SendMatrixEnding) -> None:
         ending = action.ending
-        if ending.kind == "reject":
+        async with self._answer_lock:  # an early (183) answer in flight decides between reject and hangup
+            answered = self._answered_ok
+        if ending.kind == "reject" and not answered:
             content = self.out.reject(ending.reason)
             await self.matrix.send_call_event(self.portal, "m.call.reject", content)
         else:
@@ -253,6 +310,15 @@ class OutboundSession(CallSession):
             status = f"{action.sip_status} {action.sip_reason}" if action.sip_status else ""
             text = ending.notice.format(number=self.matrix.format_number(self.number), status=status)
             await self.matrix.send_notice(self.portal, text)
+        if action.sip_status and action.sip_status >= 400:
+            await self.early.announcement(lambda data, ms: self._post_announcement(data, ms, action))
+
+    async def _post_announcement(self, data: bytes, duration_ms: int, action: SendMatrixEnding) -> None:
+        number = self.matrix.format_number(self.number)
+        await self.matrix.send_audio(
+            self.portal, data, filename=f"announcement-{self.number}.wav", mimetype="audio/wav",
+            duration_ms=duration_ms, body=f"Announcement from {number} ({action.sip_status} {action.sip_reason})",
+        )
 
     async def release(self) -> None:
         await self.media.close()

@@ -235,6 +235,18 @@ class Portals:
                                                    txn_id=item.txn_id)
         return str(event_id)
 
+    async def send_audio(self, room_id: str, number: str | None, data: bytes, *, filename: str, mimetype: str,
+                         duration_ms: int, body: str) -> str:
+        """Upload an audio file as the ghost and post it as m.audio (e.g. a failed call's announcement)."""
+        intent = await self.ghosts.intent_for(number)
+        url = await intent.upload_media(data, mime_type=mimetype, filename=filename)
+        content = {
+            "msgtype": "m.audio", "body": body, "filename": filename, "url": str(url),
+            "info": {"mimetype": mimetype, "size": len(data), "duration": duration_ms},
+        }
+        event_id = await intent.send_message_event(RoomID(room_id), EventType.ROOM_MESSAGE, cast(Any, content))
+        return str(event_id)
+
 
 def _notice(text: str) -> dict[str, Any]:
     return {"msgtype": "m.notice", "body": text}

@@ -20,6 +20,7 @@ from bridge.sip import sdp as sip_sdp
 
 from . import webrtc_leg
 from .codecs import SIP_CODECS, choose_webrtc_codecs
+from .early_audio import EarlyAudioRecorder, recordable
 from .errors import MediaError
 from .ports import PortAllocator
 from .relay import Relay, RelayPlan
@@ -79,11 +80,13 @@ class CallMedia:
         # o= of the last SDP we sent on the SIP leg: later ones keep the id and bump the version (RFC 3264 8)
         self._sip_origin: tuple[int, int] | None = None
         self._sip_codec: str | None = None
+        self._sip_direction = "sendrecv"  # ours on the SIP leg, as last negotiated
         self._webrtc_offer: str | None = None
         self._pending_webrtc: tuple[SdpRtpmap, SdpRtpmap | None] | None = None  # WebRTC answer before the SIP one
         self._closed = False
         self._ice_timer: asyncio.TimerHandle | None = None
         self._failure_reported = False
+        self._early: EarlyAudioRecorder | None = None
 
     # -- SIP leg ------------------------------------------------------------------------------
     async def open_rtp(self) -> tuple[str, int]:
@@ -196,6 +199,7 @@ class CallMedia:
         )
         # the direction is ours: no sending when we may only receive
         self._rtp.hold = negotiated.on_hold
+        self._sip_direction = negotiated.direction
         previous, self._sip_codec = self._sip_codec, codec.name.upper()
         self.log.info("SIP media: %s pt %s to %s", self._sip_codec, codec.payload_type, remote)
         plan = self._relay.plan
@@ -220,6 +224,22 @@ class CallMedia:
         return (
             webrtc_leg.AIORTC_INTERNALS_OK and self._sip_codec is not None and webrtc_codec.upper() == self._sip_codec
         )
+
+    def record_early_audio(self, max_seconds: float = 30.0) -> bool:
+        """Keep the SIP leg's audio until the relay starts (early media of a 183, configured with
+        :meth:`apply_sip_answer`). False when the codec cannot be recorded."""
+        if not recordable(self._sip_codec):
+            return False
+        assert self._sip_codec is not None
+        self._early = EarlyAudioRecorder(self._sip_codec, max_seconds=max_seconds)
+        self._relay.early_sink = self._early.feed
+        return True
+
+    def take_early_audio(self) -> EarlyAudioRecorder | None:
+        """Stop recording early media; the recorder (None if nothing was recorded)."""
+        recorder, self._early = self._early, None
+        self._relay.early_sink = None
+        return recorder if recorder is not None and recorder.packets else None
 
     # -- WebRTC leg ---------------------------------------------------------------------------
     async def set_webrtc_offer(self, sdp: str) -> None:
@@ -267,6 +287,32 @@ class CallMedia:
         self._webrtc.outgoing.paused = direction in ("sendonly", "inactive")
         self.log.info("WebRTC renegotiated: Matrix offer %s, codec %s", direction, chosen.name)
         return answer, direction
+
+    @property
+    def sip_direction(self) -> str:
+        """Our audio direction on the SIP leg as last negotiated (``recvonly`` while the phone holds with
+        ``sendonly``, ``inactive`` for ``a=inactive`` or ``c=0.0.0.0``)."""
+        return self._sip_direction
+
+    async def reoffer_webrtc(self, direction: str) -> str:
+        """Bridge-initiated m.call.negotiate offer with ``direction`` (hold / resume from the phone)."""
+        offer = await self._webrtc.reoffer(direction)
+        plan = self._relay.plan
+        if plan is not None and plan.telephone_event_pt is not None:
+            offer = add_telephone_event(offer, plan.telephone_event_pt, plan.telephone_event_clock)
+        return offer
+
+    async def apply_webrtc_reanswer(self, answer_sdp: str) -> str:
+        """Apply the Matrix party's m.call.negotiate answer; return the direction now agreed (ours)."""
+        await self._webrtc.accept_reanswer(answer_sdp)
+        current = self._webrtc.current_direction or "sendrecv"
+        self._webrtc.outgoing.paused = current not in ("sendrecv", "sendonly")
+        self.log.info("WebRTC renegotiated by the bridge: %s", current)
+        return current
+
+    def rollback_webrtc_offer(self, direction: str | None) -> bool:
+        """Withdraw our pending re-offer; ``direction`` (if given) is put back on the transceiver."""
+        return self._webrtc.rollback_offer(direction)
 
     async def create_webrtc_offer(self) -> str:
         # offerless INVITE: our SIP offer lists our preferred codec first; bet on it

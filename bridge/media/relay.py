@@ -20,6 +20,7 @@ from av import AudioFrame
 from . import webrtc_leg
 from .codecs import SipDecoder, SipEncoder, WebRtcEncoder, encoded_packet
 from .dtmf import DtmfDetector, DtmfError, DtmfEvent, decode_event, encode_event
+from .rtcp_feed import ReceiverReportFeed
 from .rtp_leg import RtpLeg
 from .rtp_packet import RtpPacket, RtpParseError, parse_rtp
 from .webrtc_leg import WebRtcLeg
@@ -44,6 +45,8 @@ class Relay:
         self.webrtc = webrtc
         self.plan: RelayPlan | None = None
         self.on_dtmf: DtmfCallback | None = None
+        self.early_sink: Callable[[RtpPacket], None] | None = None
+        """Gets the SIP leg's audio before the relay runs (early media being recorded)."""
         self.hold = False
         self.running = False
         self.webrtc_frames_in = 0
@@ -55,6 +58,7 @@ class Relay:
         self._encoder: SipEncoder | None = None
         self._pump: asyncio.Task[None] | None = None
         self._ts_base: int | None = None
+        self._rr_feed: ReceiverReportFeed | None = None
         self._dtmf_in = DtmfDetector()
         rtp.on_audio = self._from_sip
         rtp.on_dtmf = self._sip_dtmf
@@ -69,6 +73,8 @@ class Relay:
         if not plan.passthrough and webrtc_leg.AIORTC_INTERNALS_OK:
             self._webrtc_encoder = WebRtcEncoder(plan.webrtc_codec, plan.webrtc_pt)
         self._encoder = None if plan.passthrough else SipEncoder(plan.sip_codec)
+        # passthrough: the tap bypasses aiortc's receiver, which would then send no RTCP RR (rtcp_feed.py)
+        self._rr_feed = self.webrtc.receiver_report_feed(8000) if plan.passthrough else None
         self.log.info(
             "media plan: SIP %s <-> WebRTC %s (%s), telephone-event %s",
             plan.sip_codec,
@@ -93,6 +99,9 @@ class Relay:
     # -- SIP -> Matrix ------------------------------------------------------------------------
     def _from_sip(self, packet: RtpPacket) -> None:
         if not self.running or self.hold or self.plan is None:
+            if self.early_sink is not None and not self.running:
+                self.early_sink(packet)
+                return
             self.dropped += 1
             return
         if self._ts_base is None:
@@ -150,6 +159,8 @@ class Relay:
             self._webrtc_dtmf(packet, plan)
             return True
         if plan.passthrough and pt == plan.webrtc_pt:
+            if self._rr_feed is not None:
+                self._rr_feed.feed(packet.ssrc, packet.sequence, packet.timestamp)
             if self.running and not self.hold:
                 self.rtp.send_audio(packet.payload, source_ts=packet.timestamp)  # same 8 kHz clock
                 self.webrtc_frames_in += 1

@@ -193,13 +193,16 @@ class RtpLeg(asyncio.DatagramProtocol):
             self.log.exception("DTMF sink failed")
 
     # -- sending ------------------------------------------------------------------------------
-    def _sendto(self, data: bytes) -> None:
+    def _sendto(self, data: bytes) -> bool:
+        """Send one packet; False when it was not sent (held, no far end). The caller advances the
+        sequence number only for packets sent, so a hold leaves no gap in it (RFC 3550 5.1)."""
         remote = self.remote
         if self.transport is None or remote is None or self.hold:
             self.dropped += 1
-            return
+            return False
         self.transport.sendto(data, remote)
         self.packets_out += 1
+        return True
 
     def send_audio(self, payload: bytes, source_ts: int | None = None, samples: int | None = None) -> None:
         """Send one audio payload.
@@ -239,8 +242,8 @@ class RtpLeg(asyncio.DatagramProtocol):
         self._pending_samples = samples if samples is not None else len(payload)
         self._last_send = now
         self._marker = False
-        self._sendto(build_rtp(self.payload_type, marker, self._seq, ts, self.ssrc, payload))
-        self._seq = seq_add(self._seq, 1)
+        if self._sendto(build_rtp(self.payload_type, marker, self._seq, ts, self.ssrc, payload)):
+            self._seq = seq_add(self._seq, 1)
 
     def relay_dtmf(self, event: DtmfEvent, new: bool) -> None:
         """Forward one telephone-event packet (duration in this leg's 8 kHz clock).
@@ -261,8 +264,8 @@ class RtpLeg(asyncio.DatagramProtocol):
         else:
             marker = False
         payload = encode_event(event.event, end=event.end, volume=event.volume, duration=event.duration)
-        self._sendto(build_rtp(self.telephone_event_pt, marker, self._seq, self._dtmf_out_ts, self.ssrc, payload))
-        self._seq = seq_add(self._seq, 1)
+        if self._sendto(build_rtp(self.telephone_event_pt, marker, self._seq, self._dtmf_out_ts, self.ssrc, payload)):
+            self._seq = seq_add(self._seq, 1)
         if event.end and self._dtmf_active:
             # audio resumes after the event (the end retransmits keep the event timestamp)
             self._dtmf_active = False

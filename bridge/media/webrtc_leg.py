@@ -40,6 +40,7 @@ from av import AudioFrame, Packet
 
 from .codecs import aiortc_capability
 from .errors import MediaError
+from .rtcp_feed import ReceiverReportFeed
 from .rtp_packet import build_rtp, is_rtcp
 from .settings import IceServer
 
@@ -239,6 +240,52 @@ class WebRtcLeg:
         except (ValueError, aiortc.exceptions.InternalError, aiortc.exceptions.OperationError) as exc:
             raise MediaError(f"unusable WebRTC re-offer: {exc}") from exc
         return self.pc.localDescription.sdp
+
+    async def reoffer(self, direction: str) -> str:
+        """Offer a new ``direction`` on the live connection (hold / resume from the phone); the answer goes to
+        :meth:`accept_reanswer`. Transports, codecs and hooks stay as they are (same as :meth:`reanswer`)."""
+        if self._transceiver is None or self.pc.remoteDescription is None:
+            raise MediaError("renegotiation before the first offer/answer exchange")
+        if self.pc.signalingState != "stable":
+            raise MediaError(f"re-offer in signaling state {self.pc.signalingState}")
+        self._transceiver.direction = direction
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return self.pc.localDescription.sdp
+
+    async def accept_reanswer(self, answer_sdp: str) -> None:
+        if self.pc.signalingState != "have-local-offer":
+            raise MediaError(f"answer in signaling state {self.pc.signalingState}")
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer_sdp, type="answer"))
+        except (ValueError, aiortc.exceptions.InternalError, aiortc.exceptions.OperationError) as exc:
+            raise MediaError(f"unusable WebRTC re-answer: {exc}") from exc
+
+    def rollback_offer(self, direction: str | None = None) -> bool:
+        """Withdraw our pending re-offer (glare, we are the polite side): back to ``stable`` with the current
+        descriptions. aiortc 1.16 has no ``rollback``; a local offer on a live connection only changed the
+        pending local description and the signalling state, so those two are restored. False when not possible."""
+        if self.pc.signalingState != "have-local-offer" or not AIORTC_INTERNALS_OK:
+            return False
+        pc: Any = self.pc
+        try:
+            pc._RTCPeerConnection__pendingLocalDescription = None
+            pc._RTCPeerConnection__setSignalingState("stable")
+        except AttributeError:
+            return False
+        if direction is not None and self._transceiver is not None:
+            self._transceiver.direction = direction
+        return True
+
+    def receiver_report_feed(self, clock_rate: int) -> ReceiverReportFeed | None:
+        """Statistics feed for the tapped (passthrough) stream, so aiortc still sends RTCP RRs for it."""
+        if self._transceiver is None or not AIORTC_INTERNALS_OK:
+            return None
+        return ReceiverReportFeed.for_receiver(self._transceiver.receiver, clock_rate)
+
+    @property
+    def current_direction(self) -> str | None:
+        """The audio direction agreed by the last completed exchange (ours), None before one."""
+        return self._transceiver.currentDirection if self._transceiver is not None else None
 
     async def offer(self, codecs: list[str]) -> str:
         self._prepare(codecs)

@@ -126,6 +126,18 @@ def _filter_sdp(sdp: str, *, keep_candidates: bool) -> str:
     return "\r\n".join(lines) + "\r\n"
 
 
+def _audio_direction(sdp: str) -> str:
+    in_audio = False
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            if in_audio:
+                break
+            in_audio = line.startswith("m=audio")
+        elif in_audio and line.strip() in ("a=sendrecv", "a=sendonly", "a=recvonly", "a=inactive"):
+            return line.strip()[2:]
+    return "sendrecv"
+
+
 def _new_call_id() -> str:
     # matrix-js-sdk: Date.now() + 16 random letters/digits
     return str(int(time.time() * 1000)) + "".join(random.choices(string.ascii_letters + string.digits, k=16))
@@ -167,6 +179,9 @@ class _Call:
         self._remote_set = False
         self._telephone_events: tuple[tuple[int, int], ...] = ()  # what our first SDP added; re-offers repeat it
         self._negotiate_answers_seen: set[str] = set()
+        self.answer_negotiate = True
+        """Answer the other party's m.call.negotiate offers like matrix-js-sdk (False: an old client ignoring them)."""
+        self.negotiate_offers: list[Event] = []  # the other party's m.call.negotiate offers, as received
         self._flush_lock = asyncio.Lock()  # candidates go to aiortc in order; "" (end) must stay last
         self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=1000)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -216,6 +231,8 @@ class _Call:
                     party = content.get("party_id")
                     self._pending_candidates.setdefault(party, []).extend(c for c in cands if isinstance(c, dict))
                     await self._flush_candidates()
+                elif event["type"] == "m.call.negotiate":
+                    await self._on_negotiate(event)
             except Exception:  # one bad event must not stop the call
                 self.log.exception("call %s: failed handling %s", self.call_id, event.get("type"))
 
@@ -259,6 +276,56 @@ class _Call:
         if self.dtmf is not None:
             self.dtmf.set_remote_sdp(sdp)
         await self._flush_candidates()
+
+    async def _on_negotiate(self, event: Event) -> None:
+        """matrix-js-sdk's onNegotiateReceived for an offer: setRemoteDescription, answer, send the answer as
+        m.call.negotiate. On glare the callee (polite) would roll back; aiortc cannot, so an offer arriving while
+        ours is pending is ignored (the bridge, as the caller's peer, resolves it)."""
+        content = event.get("content", {})
+        desc = content.get("description")
+        if not isinstance(desc, dict) or desc.get("type") != "offer":
+            return  # answers are taken by hold()
+        if content.get("party_id") not in (self.remote_party_id, None):
+            return
+        self.negotiate_offers.append(event)
+        if not self.answer_negotiate or self.pc is None:
+            return
+        if self.pc.signalingState != "stable":
+            self.log.info("call %s: negotiate offer in state %s ignored (glare)", self.call_id, self.pc.signalingState)
+            return
+        await self._set_remote("offer", str(desc.get("sdp", "")))
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        sdp = self.pc.localDescription.sdp
+        if self._telephone_events:
+            sdp = add_telephone_events(sdp, self._telephone_events)
+        if self.dtmf is not None:
+            self.dtmf.set_local_sdp(sdp)
+        answer = self._base_content()
+        answer["description"] = {"type": "answer", "sdp": sdp}
+        answer["lifetime"] = 30000
+        await self.client.send_event(self.room_id, "m.call.negotiate", answer)
+
+    async def receiver_reports(self) -> list[Any]:
+        """What RTCP receiver reports about our outbound stream told us (aiortc keeps the latest as a
+        ``remote-inbound-rtp`` stat, from reports naming our sender's SSRC): what Chrome shows as RTT / loss."""
+        if self.pc is None or not self.pc.getTransceivers():
+            return []
+        report = await self.pc.getTransceivers()[0].sender.getStats()
+        return [stat for stat in report.values() if getattr(stat, "type", None) == "remote-inbound-rtp"]
+
+    @property
+    def remote_direction(self) -> str:
+        """Audio direction of the other party's current description (``sendonly``/``inactive``: it holds us)."""
+        if self.pc is None or self.pc.remoteDescription is None:
+            return "sendrecv"
+        return _audio_direction(self.pc.remoteDescription.sdp)
+
+    @property
+    def held_by_remote(self) -> bool:
+        """What matrix-js-sdk's isLocalOnHold() reports: our transceiver's current direction is inactive/recvonly."""
+        if self.pc is None or not self.pc.getTransceivers():
+            return False
+        return self.pc.getTransceivers()[0].currentDirection in ("inactive", "recvonly")
 
     def _base_content(self) -> Event:
         content: Event = {"call_id": self.call_id, "version": self.version}
@@ -592,6 +659,16 @@ class MatrixTestClient:
                 raise MatrixHttpError(method, path, resp.status, text)
             result: Event = await resp.json()
             return result
+
+    async def download(self, mxc: str) -> bytes:
+        """Bytes of an mxc:// URI (authenticated media API, falling back to the legacy one)."""
+        server, media_id = mxc.removeprefix("mxc://").split("/", 1)
+        for path in (f"/_matrix/client/v1/media/download/{server}/{media_id}",
+                     f"/_matrix/media/v3/download/{server}/{media_id}"):
+            async with self.http.get(self.hs_url + path) as resp:
+                if resp.status == 200:
+                    return await resp.read()
+        raise MatrixHttpError("GET", f"download {mxc}", 404, "")
 
     async def send_event(self, room_id: str, event_type: str, content: Event) -> str:
         path = f"/rooms/{quote(room_id)}/send/{quote(event_type)}/{uuid.uuid4().hex}"

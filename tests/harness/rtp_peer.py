@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import itertools
 import math
 import random
 import struct
@@ -78,6 +79,7 @@ class RtpPeer(asyncio.DatagramProtocol):
     received_payload_types: dict[int, int] = field(default_factory=dict)
     dtmf_events: list[int] = field(default_factory=list)
     sent: int = 0
+    received_seqs: list[int] = field(default_factory=list)  # RTP sequence numbers as they arrived
     remote: tuple[str, int] | None = None
     transport: asyncio.DatagramTransport | None = None
     decode_audio: bool = False  # decode received PCMU/PCMA for tone_ratio() (off: costs CPU in load tests)
@@ -102,6 +104,7 @@ class RtpPeer(asyncio.DatagramProtocol):
             return
         pt = data[1] & 0x7F
         self.received += 1
+        self.received_seqs.append(int.from_bytes(data[2:4], "big"))
         self.received_payload_types[pt] = self.received_payload_types.get(pt, 0) + 1
         if pt == 101 and len(data) >= 16:
             self.dtmf_events.append(data[12])
@@ -113,17 +116,22 @@ class RtpPeer(asyncio.DatagramProtocol):
             self.remote = addr
             self._first.set()
 
+    def seq_gaps(self) -> list[tuple[int, int]]:
+        """(previous, next) for every received sequence number that does not follow the one before it."""
+        seqs = self.received_seqs
+        return [(a, b) for a, b in itertools.pairwise(seqs) if b != (a + 1) & 0xFFFF]
+
+    def send_to(self, addr: tuple[str, int]) -> None:
+        """Start sending to ``addr`` without waiting for the bridge's first packet (early media, NAT)."""
+        self.remote = addr
+        self._first.set()
+
     def tone_ratio(self, hz: float) -> float:
         """How much of the last ~second of decoded G.711 audio is a tone at ``hz`` (0..1; needs decode_audio)."""
         joined = array.array("h")
         for samples in self._recent:
             joined.extend(samples)
         return tone_ratio(joined, 8000, hz)
-
-    def send_to(self, addr: tuple[str, int]) -> None:
-        """Send there at once instead of waiting for the bridge's first packet (a far end behind NAT)."""
-        self.remote = addr
-        self._first.set()
 
     def start_sending(self, *, seconds: float = 30.0) -> None:
         self._task = asyncio.create_task(self._send_loop(seconds))

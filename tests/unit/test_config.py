@@ -90,6 +90,7 @@ def test_permissions_default_follows_the_homeserver_domain() -> None:
         ("bridge.invite_lifetime_ms", 10, "bridge.invite_lifetime_ms", "too small"),
         ("bridge.ring_timeout_s", 100000, "bridge.ring_timeout_s", "too large"),
         ("bridge.failure_notices", 1, "bridge.failure_notices", "true or false"),
+        ("bridge.early_media", "ring", "bridge.early_media", "off, announce, connect"),
         ("bridge.limits.attempts_per_minute", 0, "bridge.limits.attempts_per_minute", "too small"),
         ("bridge.limits.concurrent_calls", "2", "bridge.limits.concurrent_calls", "integer"),
         ("bridge.limits.total_concurrent_calls", 0, "bridge.limits.total_concurrent_calls", "too small"),
@@ -276,3 +277,13 @@ def test_sip_uri_with_a_port_out_of_range_is_refused(proxy: str) -> None:
 def test_example_config_permits_the_admins_own_domain_once_domain_is_changed() -> None:
     cfg = parse_config(with_value("homeserver.domain", "corp.test"))
     assert cfg.bridge.permissions == {"corp.test": "user"}
+
+
+@pytest.mark.parametrize(("raw", "mode"), [(False, "off"), ("off", "off"), ("Announce", "announce"),
+                                           ("connect", "connect"), (None, "announce")])
+def test_early_media_modes_including_yaml_bare_off(raw: Any, mode: str) -> None:
+    assert parse_config(with_value("bridge.early_media", raw)).bridge.early_media == mode
+
+
+def test_early_media_defaults_to_announce_in_the_example() -> None:
+    assert load_config(EXAMPLE).bridge.early_media == "announce"
