@@ -19,6 +19,7 @@ from .actions import (
     SendSipResponse,
     StartMedia,
 )
+from .glare import GLARE_REASON
 from .reasons import (
     SIP_FOR_MATRIX_REJECT,
     SIP_FOR_NO_ANSWER,
@@ -124,6 +125,14 @@ class InboundCall:
         status, phrase = SIP_FOR_NO_ANSWER
         extra = [self._hangup("invite_timeout")] if self.invite_sent else []
         return self._finish("invite_timeout", SendSipResponse(status, phrase), *extra)
+
+    def glare_lost(self) -> list[Action]:
+        """The callee called this number at the same time and that call won glare (call/glare.py): 486 to the
+        phone, and m.call.hangup for the ghost's invite if it went out."""
+        if self.state not in (InState.WAITING_JOIN, InState.RINGING):
+            return []
+        extra = [self._hangup(GLARE_REASON)] if self.invite_sent else []
+        return self._finish("glare_lost", SendSipResponse(486, "Busy Here"), *extra)
 
     # --- SIP side ---
     def sip_cancelled(self) -> list[Action]:

@@ -17,7 +17,9 @@ from .actions import (
     SendSipCancel,
     StartMedia,
 )
+from .glare import GLARE_REASON
 from .reasons import (
+    EndKind,
     MatrixEnding,
     lifetime_expired_to_matrix,
     media_failure_reason,
@@ -133,6 +135,14 @@ class OutboundCall:
         ending = SendMatrixEnding(MatrixEnding("hangup", reason))
         sip = SendSipBye() if self.state is OutState.ANSWERED else SendSipCancel()
         return self._finish(reason, sip, ending)
+
+    def glare_lost(self) -> list[Action]:
+        """The number called this user at the same time and that call won glare (call/glare.py): CANCEL the
+        INVITE and refuse the user's invite (m.call.reject; m.call.hangup for version 0)."""
+        if self.state not in (OutState.DIALING, OutState.RINGING):
+            return []
+        kind: EndKind = "reject" if self.version != 0 else "hangup"
+        return self._finish("glare_lost", SendSipCancel(), SendMatrixEnding(MatrixEnding(kind, GLARE_REASON)))
 
     def shutdown(self) -> list[Action]:
         """The bridge is stopping: end both sides cleanly."""

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from ..call import events as ev
 from ..call.candidates import CandidateBuffer
 from ..call.dialplan import check_dial, normalize_number, route_users
+from ..call.glare import GLARE_REASON
 from ..call.invite_checks import Ignore, Refuse, check_invite, invite_age
 from ..call.limits import CallLimiter, CallLimits, RefusalThrottle
 from ..call.policy import RateLimiter, TrustedSources
@@ -31,6 +32,7 @@ from ..sip.message import NameAddr, SipParseError
 from ..sip.sdp import SdpError
 from ..sip.ua import ServerInvite, UserAgent
 from ..sip.uri import SipUri
+from . import glare
 from .inbound import InboundFork, InboundSession
 from .outbound import OutboundSession, TrunkTarget
 from .ports import CallLogPort, CallStatePort, MatrixPort, PortalInfo
@@ -227,6 +229,10 @@ class CallManager:
             self._refuse(portal, invite, sender, "unknown_error", f"dial plan: {problem}",
                          f"Cannot call {self.matrix.format_number(number)}: {problem}")
             return
+        rival = glare.ringing_inbound(self.inbound.values(), sender, number, room_id)
+        if rival is not None and not glare.new_outbound_wins(rival, call_id):
+            self._refuse(portal, invite, sender, GLARE_REASON, f"glare: inbound call {rival.call_id} wins", None)
+            return
         over = self.call_limits.admit(sender, call_id)
         if over is not None:
             self._refuse(portal, invite, sender, over.reason, f"limit: {over.problem}", over.notice)
@@ -348,9 +354,21 @@ class CallManager:
             await self._abort_fork(fork)
             await inv.respond(500, "Server Internal Error")
             return
+        # Glare check and registration in one synchronous step (see calls/glare.py).
+        losers = []
+        for session in fork.branches:
+            rival = glare.ringing_outbound(self.outbound.values(), session.callee, caller_number)
+            if rival is not None and not glare.new_inbound_wins(rival, session):
+                losers.append(session)
+        fork.branches = [s for s in fork.branches if s not in losers]
         for session in fork.branches:
             self.inbound[session.call_id] = session
             session.ring()
+        for session in losers:
+            await session.abort()
+        if not fork.branches:
+            log.info("INVITE %s from %s: lost glare with the callee's own call -> 486", inv.call_id, host)
+            await inv.respond(486, "Busy Here")
 
     @staticmethod
     async def _abort_fork(fork: InboundFork) -> None:
