@@ -1,9 +1,12 @@
-"""Requests from the phone inside an established dialog: re-INVITE / UPDATE (hold, codec change), INFO, OPTIONS.
+"""Requests from the phone inside an established dialog: re-INVITE / UPDATE (hold, codec change), INFO, OPTIONS,
+and REFER (handed to ``on_refer``, calls/transfer.py; 501 without one).
 
 BYE never gets here for handling: the SIP core answers it and reports the end through on_terminated.
 """
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
 
 from ..logs import CallLogger
 from ..media.call_media import CallMedia
@@ -13,8 +16,15 @@ from ..sip.server import ServerInvite, ServerRequest
 SDP = [("Content-Type", "application/sdp")]
 
 
-async def answer_in_dialog(media: CallMedia, req: ServerRequest | ServerInvite, log: CallLogger) -> None:
+OnRefer = Callable[[ServerRequest], Awaitable[None]]
+
+
+async def answer_in_dialog(media: CallMedia, req: ServerRequest | ServerInvite, log: CallLogger,
+                           on_refer: OnRefer | None = None) -> None:
     method = req.request.method
+    if method == "REFER" and on_refer is not None and isinstance(req, ServerRequest):
+        await on_refer(req)
+        return
     if method == "BYE":
         return
     if method in ("INVITE", "UPDATE"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import time
 from collections import OrderedDict
@@ -37,6 +38,7 @@ from .inbound import InboundFork, InboundSession
 from .outbound import OutboundSession, TrunkTarget
 from .ports import CallLogPort, CallStatePort, MatrixPort, PortalInfo
 from .session import CallSession
+from .transfer import TransferPolicy, Transfers
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +123,9 @@ class CallManager:
         self.refusals = RefusalThrottle(time.monotonic)
         self.nonces = _NonceStore()
         self._pending: set[asyncio.Task[None]] = set()
+        self.transfers = Transfers(
+            policy=TransferPolicy(self.trusted, settings.dialplan, matrix.can_dial, self.call_limits),
+            ua_ref=ua_ref, trunk=settings.trunk, matrix=matrix)
 
     def sessions(self) -> list[CallSession]:
         return [*self.outbound.values(), *self.inbound.values()]
@@ -249,6 +254,7 @@ class CallManager:
             media=self._new_media(clog), log=clog, matrix=self.matrix, call_log=self.call_log,
             failure_notices=self.settings.failure_notices, on_finished=self._finished, call_state=self.call_state,
         )
+        session.on_refer = functools.partial(self.transfers.on_refer, session)
         self.outbound[call_id] = session
         try:
             started = await session.begin(buffered)
@@ -342,6 +348,7 @@ class CallManager:
                     lifetime_ms=self.settings.inbound.lifetime_ms, ring_timeout_s=self.settings.inbound.ring_timeout_s,
                     on_finished=self._finished, log=clog, fork=fork, call_state=self.call_state,
                 )
+                session.on_refer = functools.partial(self.transfers.on_refer, session)
                 fork.branches.append(session)
                 await session.prepare()
         except SdpError as exc:

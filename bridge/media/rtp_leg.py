@@ -76,6 +76,7 @@ class RtpLeg(asyncio.DatagramProtocol):
         self.foreign = 0
         self.dropped = 0
         self._malformed_logged = False
+        self._left: Address | None = None  # a far end the call was transferred away from
 
     # -- setup ------------------------------------------------------------------------------
     def configure(
@@ -100,6 +101,10 @@ class RtpLeg(asyncio.DatagramProtocol):
     def remote(self) -> Address | None:
         """Where we send: the latched source address, else what the SDP said."""
         return self._remote or self._remote_sdp
+
+    def leave_far_end(self) -> None:
+        """The far end is being replaced by another (a transfer): its address is never latched onto again."""
+        self._left = self._remote or self._remote_sdp
 
     @property
     def latched(self) -> bool:
@@ -143,6 +148,9 @@ class RtpLeg(asyncio.DatagramProtocol):
                 self.foreign += 1
             return
         if self._remote is None:
+            if addr == self._left and addr != self._remote_sdp:
+                self.foreign += 1  # the far end this call left (a transfer) still sending: never ours again
+                return
             self._latch(addr, packet.ssrc)
         elif addr != self._remote:
             if packet.ssrc != self._remote_ssrc:

@@ -1,0 +1,115 @@
+"""Call transfer asked for by the phone (REFER inside the answered call), end to end: real Synapse, the bridge,
+an aiortc Matrix caller playing 440 Hz, and sipp as the trunk. The transferring phone and the transfer target
+are two calls of one sipp (both reach the bridge through the one trunk address), each with its own RTP peer:
+the first phone plays 1 kHz, the target 1.5 kHz."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import E2E, GHOST, SCENARIOS, assert_released, eventually
+from tests.harness.matrix_client import MatrixTestClient
+from tests.harness.rtp_peer import RtpPeer
+from tests.harness.sipp import SippProcess
+
+pytestmark = pytest.mark.e2e
+
+TARGET = "15559870001"
+BLOCKED = "19005550123"  # premium rate: blocked by the default dial plan
+
+
+@pytest.fixture
+async def phone_rtp() -> AsyncIterator[RtpPeer]:
+    peer = RtpPeer(tone_hz=1000.0)
+    await peer.open()
+    peer.start_sending(seconds=40)
+    yield peer
+    await peer.close()
+
+
+@pytest.fixture
+async def target_rtp() -> AsyncIterator[RtpPeer]:
+    peer = RtpPeer(tone_hz=1500.0, decode_audio=True)
+    await peer.open()
+    peer.start_sending(seconds=40)
+    yield peer
+    await peer.close()
+
+
+async def trunk(e2e: E2E, scenario: str, *args: str, calls: int = 1) -> SippProcess:
+    sipp = SippProcess(SCENARIOS / scenario, local_port=e2e.plan.trunk_port, extra_args=list(args), calls=calls,
+                       timeout=60, workdir=e2e.tmp / "sipp")
+    await e2e.own(sipp).start()
+    return sipp
+
+
+async def portal_room(alice: MatrixTestClient) -> str:
+    room = await alice.create_dm(GHOST)
+    await alice.wait_for_membership(room, GHOST, "join", timeout=30)
+    return room
+
+
+def is_type(event_type: str) -> Any:
+    return lambda ev: ev.get("type") == event_type and ev.get("sender") == GHOST
+
+
+@pytest.mark.parametrize("kind", ["blind", "attended"])
+async def test_phone_transfer_moves_the_matrix_call_to_the_new_number_with_audio(
+    e2e: E2E, phone_rtp: RtpPeer, target_rtp: RtpPeer, kind: str
+) -> None:
+    bridge = await e2e.bridge()
+    refer_to = f"sip:{TARGET}@trunk.test"
+    if kind == "attended":  # the phone's consultation call with the target, which our INVITE replaces
+        refer_to += "?Replaces=consult%40phone%3Bto-tag%3Dt1%3Bfrom-tag%3Df1"
+    sipp = await trunk(e2e, "trunk_refer.xml", "-key", "rtp_port", str(phone_rtp.port), "-key", "rtp_port2",
+                       str(target_rtp.port), "-key", "refer_to", refer_to, calls=2)
+    alice = await e2e.client("alice")
+    room = await portal_room(alice)
+    call = await alice.place_call(room, GHOST)
+    await call.wait_answer(timeout=30)
+    await call.wait_for_tone(1000.0, timeout=20, min_frames=25)  # talking to the first phone
+    # The phone REFERs after 5 s: the new call reaches the target, which hears the Matrix user ...
+    await eventually(lambda: target_rtp.audio_frames >= 50 and target_rtp.tone_ratio(440.0) >= 0.5, 25,
+                     "the Matrix user's 440 Hz tone at the transfer target")
+    # ... and the Matrix user, on the same call, now hears the target.
+    await call.wait_for_tone(1500.0, timeout=20)
+    identity = await alice.wait_for_event(room, is_type("org.matrix.call.asserted_identity"), timeout=10)
+    assert identity["content"]["call_id"] == call.call_id
+    assert identity["content"]["asserted_identity"]["display_name"] == "+1 555 987 0001"
+    messages = sipp.messages
+    second_invite = messages[messages.index(f"INVITE sip:{TARGET}@"):]
+    assert "Referred-By: <sip:transferor@127.0.0.1>" in second_invite.split("\n\n")[0]
+    if kind == "attended":
+        assert "Replaces: consult@phone;to-tag=t1;from-tag=f1" in second_invite
+    assert "Content-Type: message/sipfrag" in messages and "Event: refer" in messages
+    await call.hangup()
+    # sipp checked 202, NOTIFY 100 Trying (active), NOTIFY 200 OK (terminated), BYE of the old dialog, and the
+    # BYE of the new call.
+    assert await sipp.wait() == 0, sipp.report()
+    await assert_released(bridge)
+    assert bridge.calls.call_limits.active() == 0
+
+
+async def test_phone_transfer_to_a_blocked_number_is_refused_403_and_nothing_is_dialled(
+    e2e: E2E, phone_rtp: RtpPeer
+) -> None:
+    bridge = await e2e.bridge()
+    sipp = await trunk(e2e, "trunk_refer_refused.xml", "-key", "rtp_port", str(phone_rtp.port), "-key",
+                       "refer_to", f"sip:{BLOCKED}@trunk.test")
+    alice = await e2e.client("alice")
+    room = await portal_room(alice)
+    call = await alice.place_call(room, GHOST)
+    await call.wait_answer(timeout=30)
+    await eventually(lambda: "SIP/2.0 403" in sipp.messages, 20, "the 403 to the REFER")
+    # The call goes on with the first phone.
+    frames = call.frames_received
+    await call.wait_for_frames(frames + 25, timeout=10)
+    await call.wait_for_tone(1000.0, timeout=10)
+    await call.hangup()
+    assert await sipp.wait() == 0, sipp.report()
+    assert sipp.messages.count("INVITE sip:") == 1 and BLOCKED not in sipp.messages.replace(
+        f"Refer-To: <sip:{BLOCKED}", "")
+    await assert_released(bridge)
