@@ -134,6 +134,13 @@ class InboundCall:
         extra = [self._hangup(GLARE_REASON)] if self.invite_sent else []
         return self._finish("glare_lost", SendSipResponse(486, "Busy Here"), *extra)
 
+    def transfer_ended(self, *, ok: bool) -> list[Action]:
+        """The callee transferred the phone elsewhere (m.call.replaces -> REFER); see OutboundCall."""
+        if self.state is not InState.CONNECTED:
+            return []
+        return self._finish("transferred" if ok else "transfer_failed", SendSipBye(),
+                            self._hangup("user_hangup" if ok else "unknown_error"))
+
     # --- SIP side ---
     def sip_cancelled(self) -> list[Action]:
         """CANCEL from the caller (the core already answered 200 + 487)."""

@@ -144,6 +144,15 @@ class OutboundCall:
         kind: EndKind = "reject" if self.version != 0 else "hangup"
         return self._finish("glare_lost", SendSipCancel(), SendMatrixEnding(MatrixEnding(kind, GLARE_REASON)))
 
+    def transfer_ended(self, *, ok: bool) -> list[Action]:
+        """The Matrix user transferred the phone elsewhere (m.call.replaces -> REFER): whether or not it worked,
+        the call leaves the bridge (the client already ended its side); BYE the phone, hang up in Matrix."""
+        if self.state is not OutState.ANSWERED:
+            return []
+        reason = "user_hangup" if ok else "unknown_error"
+        return self._finish("transferred" if ok else "transfer_failed", SendSipBye(),
+                            SendMatrixEnding(MatrixEnding("hangup", reason)))
+
     def shutdown(self) -> list[Action]:
         """The bridge is stopping: end both sides cleanly."""
         if self.ended:

@@ -1,5 +1,5 @@
 """Requests from the phone inside an established dialog: re-INVITE / UPDATE (hold, codec change), INFO, OPTIONS,
-and REFER (handed to ``on_refer``, calls/transfer.py; 501 without one).
+and the transfer requests REFER and NOTIFY (handed to ``on_transfer_request``, calls/transfer.py; 501 without).
 
 BYE never gets here for handling: the SIP core answers it and reports the end through on_terminated.
 """
@@ -16,14 +16,14 @@ from ..sip.server import ServerInvite, ServerRequest
 SDP = [("Content-Type", "application/sdp")]
 
 
-OnRefer = Callable[[ServerRequest], Awaitable[None]]
+OnTransferRequest = Callable[[ServerRequest], Awaitable[None]]
 
 
 async def answer_in_dialog(media: CallMedia, req: ServerRequest | ServerInvite, log: CallLogger,
-                           on_refer: OnRefer | None = None) -> None:
+                           on_transfer_request: OnTransferRequest | None = None) -> None:
     method = req.request.method
-    if method == "REFER" and on_refer is not None and isinstance(req, ServerRequest):
-        await on_refer(req)
+    if method in ("REFER", "NOTIFY") and on_transfer_request is not None and isinstance(req, ServerRequest):
+        await on_transfer_request(req)
         return
     if method == "BYE":
         return

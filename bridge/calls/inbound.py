@@ -30,7 +30,7 @@ from ..media.call_media import CallMedia
 from ..sip.dialog import Dialog
 from ..sip.ua import ServerInvite
 from .call_state import CallStateWriter, NoCallState, inbound_record
-from .in_dialog import OnRefer, answer_in_dialog
+from .in_dialog import OnTransferRequest, answer_in_dialog
 from .ports import CallLogPort, CallStatePort, MatrixPort, PortalInfo
 from .renegotiation import Renegotiator
 from .session import CallSession, new_call_id, new_party_id
@@ -106,7 +106,7 @@ class InboundSession(CallSession):
         self.clog = log  # shared with the media plane: both sides of one call log the same IDs
         self.clog.set_ids(call_id=self.call_id, sip_call_id=server_invite.call_id)
         self.renegotiator = Renegotiator(media, log)
-        self.on_refer: OnRefer | None = None  # a REFER from the phone (calls/transfer.py), set by the manager
+        self.on_transfer_request: OnTransferRequest | None = None  # REFER/NOTIFY (calls/transfer.py)
         super().__init__(self.clog, on_finished)
 
     @property
@@ -251,7 +251,8 @@ class InboundSession(CallSession):
             self.dialog = await self.fork.respond(self, 200, reason)
             if self.dialog is not None:
                 self.dialog.on_terminated = self._dialog_terminated
-                self.dialog.on_request = lambda req: answer_in_dialog(self.media, req, self.clog, self.on_refer)
+                self.dialog.on_request = lambda req: answer_in_dialog(self.media, req, self.clog,
+                                                                      self.on_transfer_request)
                 await self.state.save()
             await self.call_log.call_answered(self.call_id)
             if self.offerless:

@@ -23,6 +23,7 @@ from ..call.glare import GLARE_REASON
 from ..call.invite_checks import Ignore, Refuse, check_invite, invite_age
 from ..call.limits import CallLimiter, CallLimits, RefusalThrottle
 from ..call.policy import RateLimiter, TrustedSources
+from ..call.replaces import parse_call_replaces
 from ..config import DialplanConfig, InboundRoute
 from ..logs import CallLogger, call_logger
 from ..media.call_media import CallMedia
@@ -31,10 +32,11 @@ from ..media.settings import MediaSettings
 from ..sip import digest
 from ..sip.message import NameAddr, SipParseError
 from ..sip.sdp import SdpError
-from ..sip.ua import ServerInvite, UserAgent
+from ..sip.ua import ServerInvite, ServerRequest, UserAgent
 from ..sip.uri import SipUri
 from . import glare
 from .inbound import InboundFork, InboundSession
+from .matrix_transfer import MatrixTransfers
 from .outbound import OutboundSession, TrunkTarget
 from .ports import CallLogPort, CallStatePort, MatrixPort, PortalInfo
 from .session import CallSession
@@ -123,9 +125,9 @@ class CallManager:
         self.refusals = RefusalThrottle(time.monotonic)
         self.nonces = _NonceStore()
         self._pending: set[asyncio.Task[None]] = set()
-        self.transfers = Transfers(
-            policy=TransferPolicy(self.trusted, settings.dialplan, matrix.can_dial, self.call_limits),
-            ua_ref=ua_ref, trunk=settings.trunk, matrix=matrix)
+        transfer_policy = TransferPolicy(self.trusted, settings.dialplan, matrix.can_dial, self.call_limits)
+        self.transfers = Transfers(policy=transfer_policy, ua_ref=ua_ref, trunk=settings.trunk, matrix=matrix)
+        self.matrix_transfers = MatrixTransfers(policy=transfer_policy, trunk=settings.trunk, matrix=matrix)
 
     def sessions(self) -> list[CallSession]:
         return [*self.outbound.values(), *self.inbound.values()]
@@ -146,6 +148,9 @@ class CallManager:
     async def on_call_event(self, evt: CallEventLike) -> None:
         """An m.call.* event from a real user in a portal room, in room order (matrix.handler.CallHandler)."""
         room_id, sender, event_type, content, event_id = evt.room_id, evt.sender, evt.type, evt.content, evt.event_id
+        if event_type == "m.call.replaces":
+            self._call_replaces(evt)
+            return
         try:
             value = ev.parse_call_event(event_type, content)
         except ev.InvalidCallEvent as exc:
@@ -169,6 +174,28 @@ class CallManager:
             self.candidates.add(value.call_id, value.party_id, value.candidates)
             return
         log.info("ignoring %s for unknown call %s in %s", event_type, value.call_id, room_id)
+
+    async def _transfer_request(self, session: OutboundSession | InboundSession, req: ServerRequest) -> None:
+        """REFER (the phone transfers: calls/transfer.py) or NOTIFY (progress of our REFER: matrix_transfer.py)."""
+        if req.request.method == "REFER":
+            await self.transfers.on_refer(session, req)
+        else:
+            await self.matrix_transfers.on_notify(session, req)
+
+    def _call_replaces(self, evt: CallEventLike) -> None:
+        """m.call.replaces: the Matrix user transfers the call (calls/matrix_transfer.py)."""
+        try:
+            value = parse_call_replaces(evt.content)
+        except ev.InvalidCallEvent as exc:
+            log.warning("ignoring invalid m.call.replaces %s from %s: %s", evt.event_id, evt.sender, exc)
+            return
+        session: OutboundSession | InboundSession | None = self.outbound.get(value.call_id) or self.inbound.get(
+            value.call_id)
+        if session is None:
+            log.info("ignoring m.call.replaces for unknown call %s in %s", value.call_id, evt.room_id)
+            return
+        others: list[OutboundSession | InboundSession] = [*self.outbound.values(), *self.inbound.values()]
+        self.matrix_transfers.on_replaces(session, evt.sender, value, others)
 
     def _to_outbound(self, out: OutboundSession, value: ev.CallEventValue) -> None:
         m = out.machine
@@ -254,7 +281,7 @@ class CallManager:
             media=self._new_media(clog), log=clog, matrix=self.matrix, call_log=self.call_log,
             failure_notices=self.settings.failure_notices, on_finished=self._finished, call_state=self.call_state,
         )
-        session.on_refer = functools.partial(self.transfers.on_refer, session)
+        session.on_transfer_request = functools.partial(self._transfer_request, session)
         self.outbound[call_id] = session
         try:
             started = await session.begin(buffered)
@@ -348,7 +375,7 @@ class CallManager:
                     lifetime_ms=self.settings.inbound.lifetime_ms, ring_timeout_s=self.settings.inbound.ring_timeout_s,
                     on_finished=self._finished, log=clog, fork=fork, call_state=self.call_state,
                 )
-                session.on_refer = functools.partial(self.transfers.on_refer, session)
+                session.on_transfer_request = functools.partial(self._transfer_request, session)
                 fork.branches.append(session)
                 await session.prepare()
         except SdpError as exc:

@@ -27,7 +27,7 @@ from ..sip.errors import SipTimeout, SipTransportError
 from ..sip.message import Response
 from ..sip.ua import ClientInvite, UserAgent
 from .call_state import CallStateWriter, NoCallState, outbound_record
-from .in_dialog import OnRefer, answer_in_dialog
+from .in_dialog import OnTransferRequest, answer_in_dialog
 from .ports import CallLogPort, CallStatePort, MatrixPort, PortalInfo
 from .renegotiation import Renegotiator
 from .session import CallSession, new_party_id
@@ -75,7 +75,7 @@ class OutboundSession(CallSession):
         self._answered_ok = False
         self.clog = log  # shared with the media plane: both sides of one call log the same IDs
         self.renegotiator = Renegotiator(media, log)
-        self.on_refer: OnRefer | None = None  # a REFER from the phone (calls/transfer.py), set by the manager
+        self.on_transfer_request: OnTransferRequest | None = None  # REFER/NOTIFY (calls/transfer.py)
         super().__init__(self.clog, on_finished)
 
     @property
@@ -144,7 +144,8 @@ class OutboundSession(CallSession):
             self.dialog = invite.dialog
             if self.dialog is not None:
                 self.dialog.on_terminated = self._dialog_terminated
-                self.dialog.on_request = lambda req: answer_in_dialog(self.media, req, self.clog, self.on_refer)
+                self.dialog.on_request = lambda req: answer_in_dialog(self.media, req, self.clog,
+                                                                      self.on_transfer_request)
             self.post(self.machine.sip_answered)
             await self.state.save()
         else:

@@ -79,7 +79,7 @@ def answered(session: Session) -> bool:
 
 def dialog_handler(session: Session) -> Callable[[ServerRequest | ServerInvite], Awaitable[None]]:
     """The in-dialog request handler for a session's new dialog (as the session sets for its first one)."""
-    return lambda req: answer_in_dialog(session.media, req, session.clog, session.on_refer)
+    return lambda req: answer_in_dialog(session.media, req, session.clog, session.on_transfer_request)
 
 
 class Transfers:

@@ -82,6 +82,21 @@ def parse_refer_to(value: str | None) -> ReferTarget:
     return ReferTarget(target, replaces)
 
 
+def parse_sipfrag(body: bytes) -> tuple[int, str] | None:
+    """The status line of a message/sipfrag NOTIFY body, or None when it holds none."""
+    line = body.split(b"\n", 1)[0].strip().decode("utf-8", "replace")
+    version, _, rest = line.partition(" ")
+    code, _, reason = rest.partition(" ")
+    if version.upper() != "SIP/2.0" or len(code) != 3 or not code.isdigit():
+        return None
+    return int(code), reason.strip()
+
+
+def is_refer_event(event: str | None) -> bool:
+    """Event: refer (possibly with ;id=...), the package of a REFER's implicit subscription."""
+    return bool(event) and str(event).split(";", 1)[0].strip().lower() == "refer"
+
+
 def sipfrag(status: int, reason: str) -> bytes:
     """A message/sipfrag body holding just a status line (RFC 3420)."""
     return f"SIP/2.0 {status} {reason}\r\n".encode()

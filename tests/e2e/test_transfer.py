@@ -113,3 +113,98 @@ async def test_phone_transfer_to_a_blocked_number_is_refused_403_and_nothing_is_
     assert sipp.messages.count("INVITE sip:") == 1 and BLOCKED not in sipp.messages.replace(
         f"Refer-To: <sip:{BLOCKED}", "")
     await assert_released(bridge)
+
+
+# ----------------------------------------------------------------------------- the Matrix user transfers
+async def receiving_trunk(e2e: E2E, rtp: RtpPeer, reply: str, calls: int = 1) -> SippProcess:
+    # sipp checks response codes when it loads the scenario, so the REFER's answer is written in.
+    text = (SCENARIOS / "trunk_receive_refer.xml").read_text().replace("[refer_reply]", reply)
+    if not reply.startswith("2"):
+        text = text.replace(
+            "<!-- REFUSED_JUMP: the test expects the BYE here when refer_reply is a refusal -->",
+            '<recv request="BYE" timeout="20000" next="bye"/>')  # right after the send: a nop would race it
+    path = e2e.tmp / f"trunk_receive_refer_{reply[:3]}.xml"
+    path.write_text(text)
+    return await trunk_path(e2e, path, "-key", "rtp_port", str(rtp.port), calls=calls)
+
+
+async def trunk_path(e2e: E2E, path: Any, *args: str, calls: int = 1) -> SippProcess:
+    sipp = SippProcess(path, local_port=e2e.plan.trunk_port, extra_args=list(args), calls=calls, timeout=60,
+                       workdir=e2e.tmp / "sipp")
+    await e2e.own(sipp).start()
+    return sipp
+
+
+def replaces_content(call: Any, party_id: str, target: str, **which: str) -> dict[str, Any]:
+    """What matrix-js-sdk's MatrixCall.transfer() / transferToCall() send."""
+    return {"call_id": call.call_id, "party_id": party_id, "version": "1", "replacement_id": "repl1",
+            "target_user": {"id": target, "display_name": "+1 555 987 0001"}, **which}
+
+
+def ghost_hangup(call_id: str) -> Any:
+    return lambda ev: ev.get("type") == "m.call.hangup" and ev["content"].get("call_id") == call_id
+
+
+def notice(text: str) -> Any:
+    return lambda ev: ev.get("type") == "m.room.message" and ev["content"].get("body") == text
+
+
+TARGET_GHOST = f"@sip_{TARGET}:bridge.test"
+
+
+async def test_matrix_transfer_sends_refer_to_the_phone_and_ends_the_call_after_notify_200(
+    e2e: E2E, phone_rtp: RtpPeer
+) -> None:
+    bridge = await e2e.bridge()
+    sipp = await receiving_trunk(e2e, phone_rtp, "202 Accepted")
+    alice = await e2e.client("alice")
+    room = await portal_room(alice)
+    call = await alice.place_call(room, GHOST)
+    await call.wait_answer(timeout=30)
+    await call.wait_for_frames(25, timeout=20)
+    await alice.send_event(room, "m.call.replaces", replaces_content(call, alice.party_id, TARGET_GHOST,
+                                                                    create_call="newcall1"))
+    # sipp: REFER answered 202, NOTIFY 100 and NOTIFY 200 each got 200, then the bridge's BYE.
+    assert await sipp.wait() == 0, sipp.report()
+    refer = sipp.messages[sipp.messages.index("REFER sip:"):]
+    assert f"Refer-To: <sip:{TARGET}@127.0.0.1>" in refer.split("\n\n")[0]
+    await alice.wait_for_event(room, ghost_hangup(call.call_id), timeout=10)
+    await alice.wait_for_event(room, notice("The call was transferred to +1 555 987 0001."), timeout=10)
+    await assert_released(bridge)
+    row = await bridge.matrix.call_log.get(call.call_id)
+    assert row is not None and row.end_reason == "transferred"
+    assert bridge.calls.call_limits.active() == 0
+
+
+async def test_matrix_transfer_refused_by_the_trunk_ends_the_call_with_a_notice(
+    e2e: E2E, phone_rtp: RtpPeer
+) -> None:
+    bridge = await e2e.bridge()
+    sipp = await receiving_trunk(e2e, phone_rtp, "405 Method Not Allowed")
+    alice = await e2e.client("alice")
+    room = await portal_room(alice)
+    call = await alice.place_call(room, GHOST)
+    await call.wait_answer(timeout=30)
+    await alice.send_event(room, "m.call.replaces", replaces_content(call, alice.party_id, TARGET_GHOST,
+                                                                    create_call="newcall1"))
+    assert await sipp.wait() == 0, sipp.report()  # REFER answered 405, then the BYE
+    await alice.wait_for_event(room, ghost_hangup(call.call_id), timeout=10)
+    await alice.wait_for_event(room, notice(
+        "The call could not be transferred to +1 555 987 0001: the phone system refused (405 Method Not "
+        "Allowed)."), timeout=10)
+    await assert_released(bridge)
+
+
+async def test_matrix_transfer_to_a_blocked_number_sends_no_refer(e2e: E2E, phone_rtp: RtpPeer) -> None:
+    bridge = await e2e.bridge()
+    sipp = await receiving_trunk(e2e, phone_rtp, "202 Accepted")
+    alice = await e2e.client("alice")
+    room = await portal_room(alice)
+    call = await alice.place_call(room, GHOST)
+    await call.wait_answer(timeout=30)
+    await alice.send_event(room, "m.call.replaces", replaces_content(
+        call, alice.party_id, f"@sip_{BLOCKED}:bridge.test", create_call="newcall1"))
+    assert await sipp.wait() == 0, sipp.report()  # straight to the BYE
+    assert "REFER sip:" not in sipp.messages
+    await alice.wait_for_event(room, ghost_hangup(call.call_id), timeout=10)
+    await assert_released(bridge)

@@ -1,0 +1,152 @@
+"""Call transfer asked for by the Matrix user: m.call.replaces (MSC2747, Element's "Transfer") -> SIP REFER.
+
+Element's transfer sends m.call.replaces naming ``target_user`` (for a phone number: its ghost) and
+``create_call``, then ends the call locally without a hangup. The bridge asks the phone to call the target
+itself: REFER inside the call's dialog with Refer-To the target number at the trunk domain (RFC 3515). When the
+user transfers one bridged call to another of their bridged calls (transferToCall: create_call in this call,
+await_call in the other), the Refer-To carries ?Replaces= naming the other call's dialog, so the phone's new
+call replaces ours at the target (an attended transfer, RFC 3891) and the target hangs our dialog up.
+
+The target passes the checks of a number the user dials (permission, dial plan, call limits): a REFER makes
+the phone system place a call, so it must not reach what the user could not dial. The referrer's NOTIFYs
+(message/sipfrag) report the outcome; on "SIP/2.0 2xx" the bridge ends its dialog (BYE) and the Matrix call
+(m.call.hangup). When the trunk refuses REFER (405/501/403/...) or the referred call fails, the call is ended
+the same way with a notice saying the transfer failed: Element has already left the call at that point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from ..call.replaces import CallReplaces
+from ..sip.errors import SipTimeout, SipTransportError
+from ..sip.refer import Replaces, is_refer_event, parse_sipfrag, send_refer
+from ..sip.server import ServerRequest
+from .outbound import OutboundSession, TrunkTarget
+from .ports import MatrixPort
+from .transfer import Session, TransferPolicy, answered, matrix_user
+
+NOTIFY_TIMEOUT_S = 90.0  # how long the referred call may take to report its outcome
+
+
+def matrix_party(session: Session) -> str | None:
+    """The Matrix device in this call (the caller's party, or the selected answer's)."""
+    if isinstance(session, OutboundSession):
+        return session.invite.party_id
+    return session.machine.selected_party
+
+
+def phone_number(session: Session) -> str | None:
+    return session.number if isinstance(session, OutboundSession) else session.caller_number
+
+
+class MatrixTransfers:
+    def __init__(self, *, policy: TransferPolicy, trunk: TrunkTarget, matrix: MatrixPort) -> None:
+        self.policy = policy
+        self.trunk = trunk
+        self.matrix = matrix
+        self._outcome: dict[int, asyncio.Future[tuple[int, str]]] = {}  # id(session) -> referred call's final
+
+    def on_replaces(self, session: Session, sender: str, value: CallReplaces, others: list[Session]) -> None:
+        log = session.clog
+        if sender != matrix_user(session) or not answered(session) or session.dialog is None:
+            log.info("ignoring m.call.replaces from %s: not the user of an answered call", sender)
+            return
+        party = matrix_party(session)
+        if party is not None and value.party_id not in (None, party):
+            log.info("ignoring m.call.replaces from party %s (the call's party is %s)", value.party_id, party)
+            return
+        if value.create_call is None:
+            # await_call: this call's far end is the target of a transfer made in another call, whose REFER
+            # replaces this dialog; the target ends it with a BYE.
+            log.info("m.call.replaces (await_call %s): waiting for the target to take the call over",
+                     value.await_call)
+            return
+        if id(session) in self._outcome:
+            log.info("ignoring m.call.replaces: a transfer is already under way")
+            return
+        number = self.matrix.number_for_ghost(value.target_user) if value.target_user else None
+        key = f"{session.call_id}~refer"
+        problem = self.policy.problem(sender, number, key)
+        if problem is not None or number is None:
+            log.warning("m.call.replaces to %s refused: %s; ending the call", value.target_user, problem)
+            self._end(session, ok=False, notice=f"The call could not be transferred: {problem}.")
+            return
+        replaces = None
+        for other in others:  # an attended transfer: the user's other call with the target
+            if other is not session and matrix_user(other) == sender and answered(other) \
+                    and phone_number(other) == number and other.dialog is not None:
+                d = other.dialog
+                replaces = Replaces(d.call_id, to_tag=d.remote_tag, from_tag=d.local_tag)
+                break
+        self._outcome[id(session)] = asyncio.get_running_loop().create_future()
+        session.spawn(self._refer(session, number, key, replaces), "sip-refer")
+
+    async def _refer(self, session: Session, number: str, key: str, replaces: Replaces | None) -> None:
+        log = session.clog
+        dialog = session.dialog
+        assert dialog is not None
+        target = self.trunk.request_uri(number)
+        if replaces is not None:
+            target += f"?Replaces={replaces.uri_header()}"
+        shown = self.matrix.format_number(number)
+        try:
+            try:
+                resp = await send_refer(dialog, target, referred_by=self.trunk.from_uri)
+            except (SipTimeout, SipTransportError) as exc:
+                log.info("REFER to %s got no answer: %s", number, exc)
+                self._end(session, ok=False, notice=f"The call could not be transferred to {shown}: no answer.")
+                return
+            if not 200 <= resp.status < 300:
+                log.info("the phone side refused REFER to %s: %d %s", number, resp.status, resp.reason)
+                self._end(session, ok=False, notice=f"The call could not be transferred to {shown}: the phone "
+                          f"system refused ({resp.status} {resp.reason}).")
+                return
+            log.info("REFER to %s accepted (%d); waiting for the outcome", number, resp.status)
+            try:
+                async with asyncio.timeout(NOTIFY_TIMEOUT_S):
+                    status, reason = await self._outcome[id(session)]
+            except TimeoutError:
+                status, reason = 408, "Request Timeout"
+            if 200 <= status < 300:
+                log.info("transfer to %s done (%d %s)", number, status, reason)
+                self._end(session, ok=True, notice=f"The call was transferred to {shown}.")
+            else:
+                log.info("transfer to %s failed: %d %s", number, status, reason)
+                self._end(session, ok=False, notice=f"The call could not be transferred to {shown}: {status} "
+                          f"{reason}.")
+        finally:
+            self._outcome.pop(id(session), None)
+            self.policy.limits.release(key)
+
+    def _end(self, session: Session, *, ok: bool, notice: str) -> None:
+        session.post(lambda: session.machine.transfer_ended(ok=ok))
+        portal = session.portal
+        if portal is not None:
+            session.spawn(self._notice(session, notice), "transfer-notice")
+
+    async def _notice(self, session: Session, text: str) -> None:
+        assert session.portal is not None
+        try:
+            await self.matrix.send_notice(session.portal, text)
+        except Exception as exc:
+            session.clog.warning("could not post the transfer notice: %r", exc)
+
+    async def on_notify(self, session: Session, req: ServerRequest) -> None:
+        """A NOTIFY of our REFER's implicit subscription: sipfrag progress, the final one settles the transfer."""
+        request = req.request
+        if not is_refer_event(request.headers.get("Event")):
+            await req.respond(489, "Bad Event")
+            return
+        await req.respond(200)
+        outcome = self._outcome.get(id(session))
+        frag = parse_sipfrag(request.body)
+        session.clog.info("NOTIFY for our REFER: %s", f"{frag[0]} {frag[1]}" if frag else "no status line")
+        if outcome is None or outcome.done():
+            return
+        state = (request.headers.get("Subscription-State") or "").split(";", 1)[0].strip().lower()
+        if frag is not None and frag[0] >= 200:
+            outcome.set_result(frag)
+        elif state == "terminated":
+            outcome.set_result((frag[0] if frag else 500, "subscription ended without a final status"))
+
