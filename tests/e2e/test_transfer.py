@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -93,12 +94,17 @@ async def test_phone_transfer_moves_the_matrix_call_to_the_new_number_with_audio
     assert bridge.calls.call_limits.active() == 0
 
 
-async def test_phone_transfer_to_a_blocked_number_is_refused_403_and_nothing_is_dialled(
-    e2e: E2E, phone_rtp: RtpPeer
+def untrusted_trunk(data: dict[str, Any]) -> None:
+    data["sip"]["inbound"]["trusted_sources"] = ["127.0.0.2/32"]  # the trunk answers calls, but is not trusted
+
+
+@pytest.mark.parametrize(("why", "number"), [("blocked_number", BLOCKED), ("untrusted_source", TARGET)])
+async def test_phone_transfer_refused_403_dials_nothing_and_the_call_goes_on(
+    e2e: E2E, phone_rtp: RtpPeer, why: str, number: str
 ) -> None:
-    bridge = await e2e.bridge()
+    bridge = await e2e.bridge(untrusted_trunk if why == "untrusted_source" else None)
     sipp = await trunk(e2e, "trunk_refer_refused.xml", "-key", "rtp_port", str(phone_rtp.port), "-key",
-                       "refer_to", f"sip:{BLOCKED}@trunk.test")
+                       "refer_to", f"sip:{number}@trunk.test")
     alice = await e2e.client("alice")
     room = await portal_room(alice)
     call = await alice.place_call(room, GHOST)
@@ -110,8 +116,8 @@ async def test_phone_transfer_to_a_blocked_number_is_refused_403_and_nothing_is_
     await call.wait_for_tone(1000.0, timeout=10)
     await call.hangup()
     assert await sipp.wait() == 0, sipp.report()
-    assert sipp.messages.count("INVITE sip:") == 1 and BLOCKED not in sipp.messages.replace(
-        f"Refer-To: <sip:{BLOCKED}", "")
+    assert sipp.messages.count("INVITE sip:") == 1 and number not in sipp.messages.replace(
+        f"Refer-To: <sip:{number}", "")
     await assert_released(bridge)
 
 
@@ -207,4 +213,34 @@ async def test_matrix_transfer_to_a_blocked_number_sends_no_refer(e2e: E2E, phon
     assert await sipp.wait() == 0, sipp.report()  # straight to the BYE
     assert "REFER sip:" not in sipp.messages
     await alice.wait_for_event(room, ghost_hangup(call.call_id), timeout=10)
+    await assert_released(bridge)
+
+
+async def test_matrix_attended_transfer_refers_the_phone_with_replaces_naming_the_other_call(
+    e2e: E2E, phone_rtp: RtpPeer
+) -> None:
+    bridge = await e2e.bridge()
+    sipp = await receiving_trunk(e2e, phone_rtp, "202 Accepted", calls=2)
+    alice = await e2e.client("alice")
+    room_a = await portal_room(alice)
+    room_b = await alice.create_dm(TARGET_GHOST)
+    await alice.wait_for_membership(room_b, TARGET_GHOST, "join", timeout=30)
+    call_a = await alice.place_call(room_a, GHOST)  # the call being transferred (transferee: the phone)
+    await call_a.wait_answer(timeout=30)
+    call_b = await alice.place_call(room_b, TARGET_GHOST)  # the consultation call with the target
+    await call_b.wait_answer(timeout=30)
+    b_dialog = bridge.calls.outbound[call_b.call_id].dialog
+    assert b_dialog is not None
+    # Element's transferToCall: await_call in the target's call, create_call in the transferee's.
+    await alice.send_event(room_b, "m.call.replaces", replaces_content(call_b, alice.party_id, GHOST,
+                                                                      await_call="newcall2"))
+    await alice.send_event(room_a, "m.call.replaces", replaces_content(call_a, alice.party_id, TARGET_GHOST,
+                                                                      create_call="newcall2"))
+    await alice.wait_for_event(room_a, ghost_hangup(call_a.call_id), timeout=20)
+    refer = sipp.messages[sipp.messages.index("REFER sip:"):].split("\n\n")[0]
+    replaces = quote(f"{b_dialog.call_id};to-tag={b_dialog.remote_tag};from-tag={b_dialog.local_tag}", safe="")
+    assert f"Refer-To: <sip:{TARGET}@127.0.0.1?Replaces={replaces}>" in refer
+    assert call_b.call_id in bridge.calls.outbound  # the consultation call waits for the target to take over
+    await call_b.hangup()  # (a real target would BYE it once the phone's INVITE with Replaces arrived)
+    assert await sipp.wait() == 0, sipp.report()
     await assert_released(bridge)
