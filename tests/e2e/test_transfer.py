@@ -244,3 +244,39 @@ async def test_matrix_attended_transfer_refers_the_phone_with_replaces_naming_th
     await call_b.hangup()  # (a real target would BYE it once the phone's INVITE with Replaces arrived)
     assert await sipp.wait() == 0, sipp.report()
     await assert_released(bridge)
+
+
+# ----------------------------------------------------------------------------- a phone that called transfers
+DIALLED = "18005550100"
+CALLER = "15557654321"
+
+
+async def test_caller_transfers_its_call_to_alice_to_a_number_the_trunk_answers(
+    e2e: E2E, phone_rtp: RtpPeer, target_rtp: RtpPeer
+) -> None:
+    """Two sipps: the phone calling alice (it sends the REFER) and the trunk, which gets the new INVITE."""
+
+    def route(data: dict[str, Any]) -> None:
+        data["sip"]["inbound"]["routes"] = [{"number": DIALLED, "users": ["@alice:bridge.test"]}]
+
+    bridge = await e2e.bridge(route)
+    alice = await e2e.client("alice")
+    await alice.start_sync(auto_join=True)
+    the_trunk = await trunk(e2e, "trunk_answer.xml", "-key", "rtp_port", str(target_rtp.port))
+    phone = SippProcess(SCENARIOS / "caller_refer.xml", remote=("127.0.0.1", e2e.plan.sip_port), service=DIALLED,
+                        timeout=60, workdir=e2e.tmp / "sipp-phone",
+                        extra_args=["-key", "caller", CALLER, "-key", "caller_name", "Bob Phone", "-key", "rtp_port",
+                                    str(phone_rtp.port), "-key", "refer_to", f"sip:{TARGET}@trunk.test"])
+    await e2e.own(phone).start()
+    call = await alice.wait_incoming_call(timeout=30)
+    await call.answer(tone_hz=440.0)
+    await call.wait_for_tone(1000.0, timeout=20)  # the phone
+    await eventually(lambda: target_rtp.audio_frames >= 50 and target_rtp.tone_ratio(440.0) >= 0.5, 25,
+                     "alice's 440 Hz tone at the transfer target")
+    await call.wait_for_tone(1500.0, timeout=20)  # the target, on the same Matrix call
+    assert await phone.wait() == 0, phone.report()  # 202, both NOTIFYs, then our BYE of its dialog
+    assert bridge.calls.call_limits.active("@alice:bridge.test") == 1  # alice now has a call out
+    await call.hangup()
+    assert await the_trunk.wait() == 0, the_trunk.report()  # the target got the BYE
+    await assert_released(bridge)
+    assert bridge.calls.call_limits.active() == 0
