@@ -134,12 +134,13 @@ class InboundCall:
         extra = [self._hangup(GLARE_REASON)] if self.invite_sent else []
         return self._finish("glare_lost", SendSipResponse(486, "Busy Here"), *extra)
 
-    def transfer_ended(self, *, ok: bool) -> list[Action]:
+    def transfer_ended(self, *, ok: bool, bye: bool = True) -> list[Action]:
         """The callee transferred the phone elsewhere (m.call.replaces -> REFER); see OutboundCall."""
         if self.state is not InState.CONNECTED:
             return []
-        return self._finish("transferred" if ok else "transfer_failed", SendSipBye(),
-                            self._hangup("user_hangup" if ok else "unknown_error"))
+        ending = self._hangup("user_hangup" if ok else "unknown_error")
+        reason = "transferred" if ok else "transfer_failed"
+        return self._finish(reason, SendSipBye(), ending) if bye else self._finish(reason, ending)
 
     # --- SIP side ---
     def sip_cancelled(self) -> list[Action]:

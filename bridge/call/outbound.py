@@ -144,14 +144,15 @@ class OutboundCall:
         kind: EndKind = "reject" if self.version != 0 else "hangup"
         return self._finish("glare_lost", SendSipCancel(), SendMatrixEnding(MatrixEnding(kind, GLARE_REASON)))
 
-    def transfer_ended(self, *, ok: bool) -> list[Action]:
+    def transfer_ended(self, *, ok: bool, bye: bool = True) -> list[Action]:
         """The Matrix user transferred the phone elsewhere (m.call.replaces -> REFER): whether or not it worked,
-        the call leaves the bridge (the client already ended its side); BYE the phone, hang up in Matrix."""
+        the Matrix side is over (the client already ended it): hang up in Matrix, and BYE the phone unless the
+        bridge keeps its dialog (``bye=False``: connected to the target by the bridge itself)."""
         if self.state is not OutState.ANSWERED:
             return []
-        reason = "user_hangup" if ok else "unknown_error"
-        return self._finish("transferred" if ok else "transfer_failed", SendSipBye(),
-                            SendMatrixEnding(MatrixEnding("hangup", reason)))
+        ending = SendMatrixEnding(MatrixEnding("hangup", "user_hangup" if ok else "unknown_error"))
+        reason = "transferred" if ok else "transfer_failed"
+        return self._finish(reason, SendSipBye(), ending) if bye else self._finish(reason, ending)
 
     def shutdown(self) -> list[Action]:
         """The bridge is stopping: end both sides cleanly."""

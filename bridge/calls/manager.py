@@ -127,7 +127,8 @@ class CallManager:
         self._pending: set[asyncio.Task[None]] = set()
         transfer_policy = TransferPolicy(self.trusted, settings.dialplan, matrix.can_dial, self.call_limits)
         self.transfers = Transfers(policy=transfer_policy, ua_ref=ua_ref, trunk=settings.trunk, matrix=matrix)
-        self.matrix_transfers = MatrixTransfers(policy=transfer_policy, trunk=settings.trunk, matrix=matrix)
+        self.matrix_transfers = MatrixTransfers(policy=transfer_policy, trunk=settings.trunk, matrix=matrix,
+                                                ua_ref=ua_ref, media=settings.media, ports=self.ports)
 
     def sessions(self) -> list[CallSession]:
         return [*self.outbound.values(), *self.inbound.values()]
@@ -472,6 +473,8 @@ class CallManager:
         for s in sessions:
             if not await s.wait_finished(timeout):
                 await s.abort()
+        for phones in list(self.matrix_transfers.phone_calls):  # phones the bridge connected to each other
+            await phones.stop()
         # Refusals still being sent get a moment to reach the homeserver, then are cancelled.
         pending = list(self._pending)
         if pending:

@@ -17,16 +17,34 @@ the same way with a notice saying the transfer failed: Element has already left 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from ..call.replaces import CallReplaces
+from ..media.errors import MediaError
+from ..media.ports import PortAllocator
+from ..media.rtp_bridge import RtpBridge
+from ..media.settings import MediaSettings
+from ..sip.dialog import Dialog
 from ..sip.errors import SipTimeout, SipTransportError
 from ..sip.refer import Replaces, is_refer_event, parse_sipfrag, send_refer
+from ..sip.sdp import Codec, SdpError
 from ..sip.server import ServerRequest
+from ..sip.ua import UserAgent
 from .outbound import OutboundSession, TrunkTarget
 from .ports import MatrixPort
+from .sip_bridge import SipToSipCall
 from .transfer import Session, TransferPolicy, answered, matrix_user
 
 NOTIFY_TIMEOUT_S = 90.0  # how long the referred call may take to report its outcome
+REFER_REFUSED = frozenset({403, 405, 420, 501})  # the trunk does not do transfers: the bridge connects the call
+_STATIC_CODECS = {0: ("PCMU", 8000), 8: ("PCMA", 8000), 9: ("G722", 8000)}
+
+
+def _codec_in_use(session: Session) -> Codec | None:
+    """The codec of the phone's RTP stream (static payload types only: that is what the bridge negotiates)."""
+    pt = session.media.rtp_leg.payload_type
+    known = _STATIC_CODECS.get(pt) if pt is not None else None
+    return Codec(pt, *known) if pt is not None and known else None
 
 
 def matrix_party(session: Session) -> str | None:
@@ -41,11 +59,16 @@ def phone_number(session: Session) -> str | None:
 
 
 class MatrixTransfers:
-    def __init__(self, *, policy: TransferPolicy, trunk: TrunkTarget, matrix: MatrixPort) -> None:
+    def __init__(self, *, policy: TransferPolicy, trunk: TrunkTarget, matrix: MatrixPort,
+                 ua_ref: Callable[[], UserAgent], media: MediaSettings, ports: PortAllocator) -> None:
         self.policy = policy
         self.trunk = trunk
         self.matrix = matrix
+        self._ua = ua_ref
+        self.media_settings = media
+        self.ports = ports
         self._outcome: dict[int, asyncio.Future[tuple[int, str]]] = {}  # id(session) -> referred call's final
+        self.phone_calls: set[SipToSipCall] = set()  # phones the bridge connected itself (REFER refused)
 
     def on_replaces(self, session: Session, sender: str, value: CallReplaces, others: list[Session]) -> None:
         log = session.clog
@@ -97,6 +120,17 @@ class MatrixTransfers:
                 log.info("REFER to %s got no answer: %s", number, exc)
                 self._end(session, ok=False, notice=f"The call could not be transferred to {shown}: no answer.")
                 return
+            if resp.status in REFER_REFUSED and replaces is None:
+                log.info("the phone side refused REFER (%d %s): calling %s and connecting it ourselves",
+                         resp.status, resp.reason, number)
+                problem = await self._connect_itself(session, number, key)
+                if problem is None:
+                    key = ""  # held by the phone-to-phone call until it ends
+                    self._end(session, ok=True, bye=False, notice=f"The call was transferred to {shown}.")
+                else:
+                    self._end(session, ok=False, notice=f"The call could not be transferred to {shown}: the "
+                              f"phone system refused ({resp.status} {resp.reason}) and {problem}.")
+                return
             if not 200 <= resp.status < 300:
                 log.info("the phone side refused REFER to %s: %d %s", number, resp.status, resp.reason)
                 self._end(session, ok=False, notice=f"The call could not be transferred to {shown}: the phone "
@@ -117,10 +151,65 @@ class MatrixTransfers:
                           f"{reason}.")
         finally:
             self._outcome.pop(id(session), None)
+            if key:
+                self.policy.limits.release(key)
+
+    async def _connect_itself(self, session: Session, number: str, key: str) -> str | None:
+        """Call ``number`` through the trunk, move the phone's audio onto a new RTP port by re-INVITE and relay
+        the two (sip_bridge.py). None when connected, else what went wrong."""
+        log = session.clog
+        phone = session.dialog
+        codec = _codec_in_use(session)
+        if phone is None or codec is None:
+            return "the call's codec cannot be relayed"
+        media = RtpBridge(self.media_settings, self.ports, codec, log=log)
+        target: Dialog | None = None
+        try:
+            await media.open()
+            trunk = self.trunk
+            invite = self._ua().invite(
+                trunk.request_uri(number), from_uri=trunk.from_uri, from_display=trunk.from_display,
+                to_uri=trunk.request_uri(number), sdp=media.offer(1), credentials=trunk.credentials,
+                outbound_proxy=trunk.proxy)
+            try:
+                async with asyncio.timeout(NOTIFY_TIMEOUT_S):
+                    final = await invite.wait_final()
+            except TimeoutError:
+                await invite.cancel()
+                raise SipTimeout("no final response") from None
+            target = invite.dialog
+            if not 200 <= final.status < 300 or target is None:
+                await media.close()
+                return f"{number} answered {final.status} {final.reason}"
+            media.apply_answer(1, final.body)
+            session_id, version = session.media.next_sip_origin()
+            moved = await phone.reinvite(media.offer(0, session_id=session_id, version=version))
+            if not 200 <= moved.status < 300:
+                raise SdpError(f"the phone refused the re-INVITE: {moved.status} {moved.reason}")
+            media.apply_answer(0, moved.body)
+        except (SipTimeout, SipTransportError, SdpError, MediaError) as exc:
+            log.info("connecting the phone to %s failed: %s", number, exc)
+            if target is not None:
+                await target.bye()
+            await media.close()
+            return "the bridge could not connect it either"
+        except asyncio.CancelledError:
+            if target is not None:
+                self._ua().transactions.spawn(target.bye(), "bye target")
+            self._ua().transactions.spawn(media.close(), "close phone-to-phone media")
+            raise
+
+        def finished(call: SipToSipCall) -> None:
+            self.phone_calls.discard(call)
             self.policy.limits.release(key)
 
-    def _end(self, session: Session, *, ok: bool, notice: str) -> None:
-        session.post(lambda: session.machine.transfer_ended(ok=ok))
+        call = SipToSipCall(media, log, finished)
+        self.phone_calls.add(call)
+        call.attach(phone, target)
+        return None
+
+    def _end(self, session: Session, *, ok: bool, notice: str, bye: bool = True) -> None:
+        session.post(lambda: session.machine.transfer_ended(ok=ok, bye=bye))
         portal = session.portal
         if portal is not None:
             session.spawn(self._notice(session, notice), "transfer-notice")

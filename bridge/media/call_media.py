@@ -150,6 +150,13 @@ class CallMedia:
         self._sip_origin = (self._sip_offer.origin.session_id, version)
         return self._sip_offer.serialize().encode()
 
+    def next_sip_origin(self) -> tuple[int | None, int]:
+        """The o= session id and version for the next SDP towards the phone from another media source (a
+        re-INVITE moving the phone's audio elsewhere keeps the session id, RFC 3264 8)."""
+        session_id, version = self._next_origin()
+        self._sip_origin = (session_id, version) if session_id is not None else None
+        return session_id, version
+
     def sip_offer_for_offerless(self) -> bytes:
         return self.sip_offer()
 

@@ -5,6 +5,7 @@ the first phone plays 1 kHz, the target 1.5 kHz."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
@@ -24,7 +25,7 @@ BLOCKED = "19005550123"  # premium rate: blocked by the default dial plan
 
 @pytest.fixture
 async def phone_rtp() -> AsyncIterator[RtpPeer]:
-    peer = RtpPeer(tone_hz=1000.0)
+    peer = RtpPeer(tone_hz=1000.0, decode_audio=True)
     await peer.open()
     peer.start_sending(seconds=40)
     yield peer
@@ -182,23 +183,62 @@ async def test_matrix_transfer_sends_refer_to_the_phone_and_ends_the_call_after_
     assert bridge.calls.call_limits.active() == 0
 
 
-async def test_matrix_transfer_refused_by_the_trunk_ends_the_call_with_a_notice(
+async def test_matrix_transfer_declined_by_the_phone_ends_the_call_with_a_notice(
     e2e: E2E, phone_rtp: RtpPeer
 ) -> None:
     bridge = await e2e.bridge()
-    sipp = await receiving_trunk(e2e, phone_rtp, "405 Method Not Allowed")
+    sipp = await receiving_trunk(e2e, phone_rtp, "603 Declined")
     alice = await e2e.client("alice")
     room = await portal_room(alice)
     call = await alice.place_call(room, GHOST)
     await call.wait_answer(timeout=30)
     await alice.send_event(room, "m.call.replaces", replaces_content(call, alice.party_id, TARGET_GHOST,
                                                                     create_call="newcall1"))
-    assert await sipp.wait() == 0, sipp.report()  # REFER answered 405, then the BYE
+    assert await sipp.wait() == 0, sipp.report()  # REFER answered 603, then the BYE
     await alice.wait_for_event(room, ghost_hangup(call.call_id), timeout=10)
     await alice.wait_for_event(room, notice(
-        "The call could not be transferred to +1 555 987 0001: the phone system refused (405 Method Not "
-        "Allowed)."), timeout=10)
+        "The call could not be transferred to +1 555 987 0001: the phone system refused (603 Declined)."),
+        timeout=10)
     await assert_released(bridge)
+    row = await bridge.matrix.call_log.get(call.call_id)
+    assert row is not None and row.end_reason == "transfer_failed"
+
+
+async def test_matrix_transfer_the_trunk_refuses_is_done_by_the_bridge_phone_to_phone(
+    e2e: E2E, phone_rtp: RtpPeer, target_rtp: RtpPeer
+) -> None:
+    bridge = await e2e.bridge()
+    sipp = await trunk(e2e, "trunk_refer_fallback.xml", "-key", "rtp_port", str(phone_rtp.port), "-key",
+                       "rtp_port2", str(target_rtp.port), calls=2)
+    alice = await e2e.client("alice")
+    room = await portal_room(alice)
+    call = await alice.place_call(room, GHOST)
+    await call.wait_answer(timeout=30)
+    await call.wait_for_tone(1000.0, timeout=20)
+    await alice.send_event(room, "m.call.replaces", replaces_content(call, alice.party_id, TARGET_GHOST,
+                                                                    create_call="newcall1"))
+    # REFER answered 405: the bridge calls the target itself, re-INVITEs the phone and relays the two.
+    await alice.wait_for_event(room, ghost_hangup(call.call_id), timeout=20)
+    await alice.wait_for_event(room, notice("The call was transferred to +1 555 987 0001."), timeout=10)
+    # The phone sends where the re-INVITE's SDP says (the RTP peer stands in for its media stack).
+    await eventually(lambda: "INVITE sip:trunk@" in sipp.messages, 10, "the re-INVITE at the phone")
+    reinvite = sipp.messages[sipp.messages.rindex("INVITE sip:trunk@"):]
+    moved = re.search(r"m=audio (\d+) RTP/AVP 0 101", reinvite)
+    assert moved is not None and "CSeq:" in reinvite
+    phone_rtp.remote = ("127.0.0.1", int(moved.group(1)))
+    origins = re.findall(r"o=\S+ (\d+) (\d+) IN IP4", sipp.messages)  # ours: first INVITE ... re-INVITE
+    first, last = origins[0], re.findall(r"o=\S+ (\d+) (\d+) IN IP4", reinvite)[0]
+    assert first[0] == last[0] and int(last[1]) > int(first[1])  # same SDP session, a newer version (RFC 3264)
+    await eventually(lambda: target_rtp.audio_frames >= 50 and target_rtp.tone_ratio(1000.0) >= 0.5, 20,
+                     "the phone's 1 kHz tone at the target")
+    await eventually(lambda: phone_rtp.tone_ratio(1500.0) >= 0.5, 20, "the target's 1.5 kHz tone at the phone")
+    assert bridge.calls.call_limits.active("@alice:bridge.test") == 1  # the bridge's call to the target counts
+    # The phone hangs up 8 s after the re-INVITE: the target gets a BYE.
+    assert await sipp.wait() == 0, sipp.report()
+    await assert_released(bridge)
+    assert bridge.calls.call_limits.active() == 0
+    row = await bridge.matrix.call_log.get(call.call_id)
+    assert row is not None and row.end_reason == "transferred"
 
 
 async def test_matrix_transfer_to_a_blocked_number_sends_no_refer(e2e: E2E, phone_rtp: RtpPeer) -> None:
