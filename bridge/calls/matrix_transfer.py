@@ -95,24 +95,25 @@ class MatrixTransfers:
             log.warning("m.call.replaces to %s refused: %s; ending the call", value.target_user, problem)
             self._end(session, ok=False, notice=f"The call could not be transferred: {problem}.")
             return
-        replaces = None
+        consultation = None
         for other in others:  # an attended transfer: the user's other call with the target
             if other is not session and matrix_user(other) == sender and answered(other) \
                     and phone_number(other) == number and other.dialog is not None:
-                d = other.dialog
-                replaces = Replaces(d.call_id, to_tag=d.remote_tag, from_tag=d.local_tag)
+                consultation = other
                 break
         self._outcome[id(session)] = asyncio.get_running_loop().create_future()
-        session.spawn(self._refer(session, number, key, replaces), "sip-refer")
+        session.spawn(self._refer(session, number, key, consultation), "sip-refer")
 
-    async def _refer(self, session: Session, number: str, key: str, replaces: Replaces | None) -> None:
+    async def _refer(self, session: Session, number: str, key: str, consultation: Session | None) -> None:
         log = session.clog
         dialog = session.dialog
         assert dialog is not None
         target = self.trunk.request_uri(number)
-        if replaces is not None:
-            target += f"?Replaces={replaces.uri_header()}"
+        if consultation is not None and consultation.dialog is not None:
+            d = consultation.dialog  # the target matches it as if our INVITE came to it (RFC 3891 3)
+            target += f"?Replaces={Replaces(d.call_id, to_tag=d.remote_tag, from_tag=d.local_tag).uri_header()}"
         shown = self.matrix.format_number(number)
+        ok = False
         try:
             try:
                 resp = await send_refer(dialog, target, referred_by=self.trunk.from_uri)
@@ -120,13 +121,16 @@ class MatrixTransfers:
                 log.info("REFER to %s got no answer: %s", number, exc)
                 self._end(session, ok=False, notice=f"The call could not be transferred to {shown}: no answer.")
                 return
-            if resp.status in REFER_REFUSED and replaces is None:
-                log.info("the phone side refused REFER (%d %s): calling %s and connecting it ourselves",
-                         resp.status, resp.reason, number)
-                problem = await self._connect_itself(session, number, key)
+            if resp.status in REFER_REFUSED:
+                log.info("the phone side refused REFER (%d %s): connecting %s ourselves", resp.status, resp.reason,
+                         number)
+                problem = await self._connect_itself(session, number, key, consultation)
                 if problem is None:
+                    ok = True
                     key = ""  # held by the phone-to-phone call until it ends
                     self._end(session, ok=True, bye=False, notice=f"The call was transferred to {shown}.")
+                    if consultation is not None:
+                        consultation.post(lambda: consultation.machine.transfer_ended(ok=True, bye=False))
                 else:
                     self._end(session, ok=False, notice=f"The call could not be transferred to {shown}: the "
                               f"phone system refused ({resp.status} {resp.reason}) and {problem}.")
@@ -144,6 +148,7 @@ class MatrixTransfers:
                 status, reason = 408, "Request Timeout"
             if 200 <= status < 300:
                 log.info("transfer to %s done (%d %s)", number, status, reason)
+                ok = True  # an attended transfer's consultation call is ended by the target (Replaces)
                 self._end(session, ok=True, notice=f"The call was transferred to {shown}.")
             else:
                 log.info("transfer to %s failed: %d %s", number, status, reason)
@@ -153,10 +158,14 @@ class MatrixTransfers:
             self._outcome.pop(id(session), None)
             if key:
                 self.policy.limits.release(key)
+            if not ok and consultation is not None:  # the client left that call too (transferToCall)
+                consultation.post(lambda: consultation.machine.transfer_ended(ok=False))
 
-    async def _connect_itself(self, session: Session, number: str, key: str) -> str | None:
-        """Call ``number`` through the trunk, move the phone's audio onto a new RTP port by re-INVITE and relay
-        the two (sip_bridge.py). None when connected, else what went wrong."""
+    async def _connect_itself(self, session: Session, number: str, key: str,
+                              consultation: Session | None) -> str | None:
+        """Call ``number`` through the trunk (or take the user's consultation call with it), move the phone's
+        audio onto a new RTP port by re-INVITE and relay the two (sip_bridge.py). None when connected, else
+        what went wrong."""
         log = session.clog
         phone = session.dialog
         codec = _codec_in_use(session)
@@ -166,22 +175,30 @@ class MatrixTransfers:
         target: Dialog | None = None
         try:
             await media.open()
-            trunk = self.trunk
-            invite = self._ua().invite(
-                trunk.request_uri(number), from_uri=trunk.from_uri, from_display=trunk.from_display,
-                to_uri=trunk.request_uri(number), sdp=media.offer(1), credentials=trunk.credentials,
-                outbound_proxy=trunk.proxy)
-            try:
-                async with asyncio.timeout(NOTIFY_TIMEOUT_S):
-                    final = await invite.wait_final()
-            except TimeoutError:
-                await invite.cancel()
-                raise SipTimeout("no final response") from None
-            target = invite.dialog
-            if not 200 <= final.status < 300 or target is None:
-                await media.close()
-                return f"{number} answered {final.status} {final.reason}"
-            media.apply_answer(1, final.body)
+            if consultation is not None and consultation.dialog is not None:
+                sid, version = consultation.media.next_sip_origin()
+                taken = await consultation.dialog.reinvite(media.offer(1, session_id=sid, version=version))
+                if not 200 <= taken.status < 300:
+                    raise SdpError(f"the target refused the re-INVITE: {taken.status} {taken.reason}")
+                target = consultation.dialog
+                media.apply_answer(1, taken.body)
+            else:
+                trunk = self.trunk
+                invite = self._ua().invite(
+                    trunk.request_uri(number), from_uri=trunk.from_uri, from_display=trunk.from_display,
+                    to_uri=trunk.request_uri(number), sdp=media.offer(1), credentials=trunk.credentials,
+                    outbound_proxy=trunk.proxy)
+                try:
+                    async with asyncio.timeout(NOTIFY_TIMEOUT_S):
+                        final = await invite.wait_final()
+                except TimeoutError:
+                    await invite.cancel()
+                    raise SipTimeout("no final response") from None
+                target = invite.dialog
+                if not 200 <= final.status < 300 or target is None:
+                    await media.close()
+                    return f"{number} answered {final.status} {final.reason}"
+                media.apply_answer(1, final.body)
             session_id, version = session.media.next_sip_origin()
             moved = await phone.reinvite(media.offer(0, session_id=session_id, version=version))
             if not 200 <= moved.status < 300:
