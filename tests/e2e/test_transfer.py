@@ -320,3 +320,44 @@ async def test_caller_transfers_its_call_to_alice_to_a_number_the_trunk_answers(
     assert await the_trunk.wait() == 0, the_trunk.report()  # the target got the BYE
     await assert_released(bridge)
     assert bridge.calls.call_limits.active() == 0
+
+
+def moved_port(messages: str, request_line: str) -> int:
+    """The RTP port the bridge's last re-INVITE starting with ``request_line`` offers."""
+    reinvite = messages[messages.rindex(request_line):]
+    found = re.search(r"m=audio (\d+) RTP/AVP", reinvite)
+    assert found is not None
+    return int(found.group(1))
+
+
+async def test_matrix_attended_transfer_the_trunk_refuses_connects_the_two_calls_phone_to_phone(
+    e2e: E2E, phone_rtp: RtpPeer, target_rtp: RtpPeer
+) -> None:
+    bridge = await e2e.bridge()
+    sipp = await trunk(e2e, "trunk_attended_fallback.xml", "-key", "rtp_port", str(phone_rtp.port), "-key",
+                       "rtp_port2", str(target_rtp.port), calls=2)
+    alice = await e2e.client("alice")
+    room_a = await portal_room(alice)
+    room_b = await alice.create_dm(TARGET_GHOST)
+    await alice.wait_for_membership(room_b, TARGET_GHOST, "join", timeout=30)
+    call_a = await alice.place_call(room_a, GHOST)
+    await call_a.wait_answer(timeout=30)
+    call_b = await alice.place_call(room_b, TARGET_GHOST)
+    await call_b.wait_answer(timeout=30)
+    await alice.send_event(room_b, "m.call.replaces", replaces_content(call_b, alice.party_id, GHOST,
+                                                                      await_call="newcall3"))
+    await alice.send_event(room_a, "m.call.replaces", replaces_content(call_a, alice.party_id, TARGET_GHOST,
+                                                                      create_call="newcall3"))
+    # REFER (with Replaces) answered 405: the bridge re-INVITEs both phones onto its own relay.
+    await alice.wait_for_event(room_a, ghost_hangup(call_a.call_id), timeout=20)
+    await alice.wait_for_event(room_b, lambda ev: ev.get("type") == "m.call.hangup"
+                               and ev["content"].get("call_id") == call_b.call_id, timeout=20)
+    await eventually(lambda: "INVITE sip:trunk@" in sipp.messages and "INVITE sip:target@" in sipp.messages, 10,
+                     "both re-INVITEs")
+    phone_rtp.remote = ("127.0.0.1", moved_port(sipp.messages, "INVITE sip:trunk@"))
+    target_rtp.remote = ("127.0.0.1", moved_port(sipp.messages, "INVITE sip:target@"))
+    await eventually(lambda: target_rtp.tone_ratio(1000.0) >= 0.5 and phone_rtp.tone_ratio(1500.0) >= 0.5, 20,
+                     "each phone hearing the other")
+    assert await sipp.wait() == 0, sipp.report()  # the phone hung up; the target got the bridge's BYE
+    await assert_released(bridge)
+    assert bridge.calls.call_limits.active() == 0
