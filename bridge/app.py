@@ -143,6 +143,10 @@ class MatrixAdapter:
     def format_number(self, number: str | None) -> str:
         return format_number(number) if number else self.config.bridge.unknown_caller_name
 
+    def number_for_ghost(self, mxid: str) -> str | None:
+        number = self.side.ghosts.number_from_mxid(mxid)
+        return None if number == UNKNOWN_NUMBER else number
+
 
 class CallLogAdapter:
     """calls.ports.CallLogPort on the call_log table; a DB failure is logged, never ends a call."""

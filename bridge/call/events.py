@@ -239,6 +239,11 @@ class OutgoingContent:
     def hangup(self, reason: str) -> dict[str, Any]:
         return self._base() | {"reason": reason}
 
+    def asserted_identity(self, display_name: str, user_id: str | None = None) -> dict[str, Any]:
+        """MSC3086: who the other end of this call is now (after a transfer the far end made)."""
+        identity = {"display_name": display_name} | ({"id": user_id} if user_id else {})
+        return self._base() | {"asserted_identity": identity}
+
     def negotiate(self, sdp_type: str, sdp: str, *, lifetime_ms: int = 30000) -> dict[str, Any]:
         """m.call.negotiate (MSC2746): lifetime is required by the schema, also on an answer."""
         return self._base() | {"description": {"type": sdp_type, "sdp": sdp}, "lifetime": lifetime_ms}

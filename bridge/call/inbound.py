@@ -19,6 +19,7 @@ from .actions import (
     SendSipResponse,
     StartMedia,
 )
+from .glare import GLARE_REASON
 from .reasons import (
     SIP_FOR_MATRIX_REJECT,
     SIP_FOR_NO_ANSWER,
@@ -137,6 +138,22 @@ class InboundCall:
         extra = [self._hangup("unknown_error")] if self.invite_sent else []
         return self._finish("homeserver_unreachable", SendSipResponse(
             503, "Service Unavailable", retry_after_s=HOMESERVER_RETRY_AFTER_S), *extra)
+
+    def glare_lost(self) -> list[Action]:
+        """The callee called this number at the same time and that call won glare (call/glare.py): 486 to the
+        phone, and m.call.hangup for the ghost's invite if it went out."""
+        if self.state not in (InState.WAITING_JOIN, InState.RINGING):
+            return []
+        extra = [self._hangup(GLARE_REASON)] if self.invite_sent else []
+        return self._finish("glare_lost", SendSipResponse(486, "Busy Here"), *extra)
+
+    def transfer_ended(self, *, ok: bool, bye: bool = True) -> list[Action]:
+        """The callee transferred the phone elsewhere (m.call.replaces -> REFER); see OutboundCall."""
+        if self.state is not InState.CONNECTED:
+            return []
+        ending = self._hangup("user_hangup" if ok else "unknown_error")
+        reason = "transferred" if ok else "transfer_failed"
+        return self._finish(reason, SendSipBye(), ending) if bye else self._finish(reason, ending)
 
     # --- SIP side ---
     def sip_cancelled(self) -> list[Action]:

@@ -17,7 +17,9 @@ from .actions import (
     SendSipCancel,
     StartMedia,
 )
+from .glare import GLARE_REASON
 from .reasons import (
+    EndKind,
     MatrixEnding,
     lifetime_expired_to_matrix,
     media_failure_reason,
@@ -133,6 +135,24 @@ class OutboundCall:
         ending = SendMatrixEnding(MatrixEnding("hangup", reason))
         sip = SendSipBye() if self.state is OutState.ANSWERED else SendSipCancel()
         return self._finish(reason, sip, ending)
+
+    def glare_lost(self) -> list[Action]:
+        """The number called this user at the same time and that call won glare (call/glare.py): CANCEL the
+        INVITE and refuse the user's invite (m.call.reject; m.call.hangup for version 0)."""
+        if self.state not in (OutState.DIALING, OutState.RINGING):
+            return []
+        kind: EndKind = "reject" if self.version != 0 else "hangup"
+        return self._finish("glare_lost", SendSipCancel(), SendMatrixEnding(MatrixEnding(kind, GLARE_REASON)))
+
+    def transfer_ended(self, *, ok: bool, bye: bool = True) -> list[Action]:
+        """The Matrix user transferred the phone elsewhere (m.call.replaces -> REFER): whether or not it worked,
+        the Matrix side is over (the client already ended it): hang up in Matrix, and BYE the phone unless the
+        bridge keeps its dialog (``bye=False``: connected to the target by the bridge itself)."""
+        if self.state is not OutState.ANSWERED:
+            return []
+        ending = SendMatrixEnding(MatrixEnding("hangup", "user_hangup" if ok else "unknown_error"))
+        reason = "transferred" if ok else "transfer_failed"
+        return self._finish(reason, SendSipBye(), ending) if bye else self._finish(reason, ending)
 
     def shutdown(self) -> list[Action]:
         """The bridge is stopping: end both sides cleanly."""

@@ -1,11 +1,12 @@
-"""Requests from the phone inside an established dialog: re-INVITE / UPDATE (hold, codec change), INFO, OPTIONS.
+"""Requests from the phone inside an established dialog: re-INVITE / UPDATE (hold, codec change), INFO, OPTIONS,
+and the transfer requests REFER and NOTIFY (handed to ``on_transfer_request``, calls/transfer.py; 501 without).
 
 BYE never gets here for handling: the SIP core answers it and reports the end through on_terminated.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from ..logs import CallLogger
 from ..media.call_media import CallMedia
@@ -15,12 +16,19 @@ from ..sip.server import ServerInvite, ServerRequest
 SDP = [("Content-Type", "application/sdp")]
 
 
+OnTransferRequest = Callable[[ServerRequest], Awaitable[None]]
+
+
 async def answer_in_dialog(
     media: CallMedia, req: ServerRequest | ServerInvite, log: CallLogger,
-    on_renegotiated: Callable[[], None] | None = None,
+    on_renegotiated: Callable[[], None] | None = None, *, on_transfer_request: OnTransferRequest | None = None,
 ) -> None:
-    """``on_renegotiated`` runs once the phone's offer was answered 200 (calls/phone_hold.py tells Matrix)."""
+    """``on_renegotiated`` runs once the phone's offer was answered 200 (calls/phone_hold.py tells Matrix);
+    ``on_transfer_request`` takes REFER/NOTIFY (calls/transfer.py)."""
     method = req.request.method
+    if method in ("REFER", "NOTIFY") and on_transfer_request is not None and isinstance(req, ServerRequest):
+        await on_transfer_request(req)
+        return
     if method == "BYE":
         return
     if method in ("INVITE", "UPDATE"):

@@ -32,7 +32,7 @@ from ..sip.server import ServerRequest
 from ..sip.ua import ServerInvite
 from .call_state import CallStateWriter, NoCallState, inbound_record
 from .caller_id import CallerIdAnnouncer, CallerIdContext
-from .in_dialog import answer_in_dialog
+from .in_dialog import OnTransferRequest, answer_in_dialog
 from .phone_hold import PhoneHold
 from .ports import CallLogPort, CallStatePort, MatrixPort, MatrixUnavailable, PortalInfo
 from .renegotiation import Renegotiator
@@ -121,6 +121,7 @@ class InboundSession(CallSession):
             caller_id, call_id=self.call_id, party_id=self.party_id, format_number=matrix.format_number,
             send=self._send_matrix, log=log)
         self.phone_hold = PhoneHold(media, log, send_offer=self._send_negotiate_offer, spawn=self.spawn, polite=False)
+        self.on_transfer_request: OnTransferRequest | None = None  # REFER/NOTIFY (calls/transfer.py)
         super().__init__(self.clog, on_finished)
 
     @property
@@ -313,7 +314,7 @@ class InboundSession(CallSession):
             self.dialog = await self.fork.respond(self, 200, reason)
             if self.dialog is not None:
                 self.dialog.on_terminated = self._dialog_terminated
-                self.dialog.on_request = self._in_dialog
+                self.dialog.on_request = self.in_dialog
                 await self.state.save()
             await self.call_log.call_answered(self.call_id)
             if self.offerless:
@@ -321,8 +322,10 @@ class InboundSession(CallSession):
         elif status >= 200 or not self._homeserver_down:
             await self.fork.respond(self, status, reason, retry_after_s=retry_after_s)
 
-    async def _in_dialog(self, req: ServerRequest | ServerInvite) -> None:
-        await answer_in_dialog(self.media, req, self.clog)
+    async def in_dialog(self, req: ServerRequest | ServerInvite) -> None:
+        """Requests inside the call's dialog: re-INVITE/UPDATE (hold, caller ID), REFER/NOTIFY (transfer)."""
+        await answer_in_dialog(self.media, req, self.clog, self.phone_hold.phone_renegotiated,
+                               on_transfer_request=self.on_transfer_request)
         if self.caller_id is not None:
             await self.caller_id.from_request(req)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import time
 from collections import OrderedDict
@@ -18,10 +19,12 @@ from typing import Any, Protocol
 from ..call import events as ev
 from ..call.candidates import CandidateBuffer
 from ..call.dialplan import check_dial, normalize_number, route_users
+from ..call.glare import GLARE_REASON
 from ..call.identity import Identity
 from ..call.invite_checks import Ignore, Refuse, check_invite, invite_age
 from ..call.limits import CallLimiter, CallLimits, RefusalThrottle
 from ..call.policy import RateLimiter, TrustedSources
+from ..call.replaces import parse_call_replaces
 from ..config import DialplanConfig, InboundRoute
 from ..logs import CallLogger, call_logger
 from ..media.call_media import CallMedia
@@ -30,13 +33,16 @@ from ..media.settings import MediaSettings
 from ..sip import digest
 from ..sip.message import NameAddr, SipParseError
 from ..sip.sdp import SdpError
-from ..sip.ua import ServerInvite, UserAgent
+from ..sip.ua import ServerInvite, ServerRequest, UserAgent
 from ..sip.uri import SipUri
+from . import glare
 from .caller_id import CallerIdContext, CallerIdSettings, asserted_identity
 from .inbound import InboundFork, InboundSession
+from .matrix_transfer import MatrixTransfers
 from .outbound import OutboundSession, TrunkTarget
 from .ports import CallLogPort, CallStatePort, MatrixPort, PortalInfo
 from .session import CallSession
+from .transfer import TransferPolicy, Transfers
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +130,10 @@ class CallManager:
         self.refusals = RefusalThrottle(time.monotonic)
         self.nonces = _NonceStore()
         self._pending: set[asyncio.Task[None]] = set()
+        transfer_policy = TransferPolicy(self.trusted, settings.dialplan, matrix.can_dial, self.call_limits)
+        self.transfers = Transfers(policy=transfer_policy, ua_ref=ua_ref, trunk=settings.trunk, matrix=matrix)
+        self.matrix_transfers = MatrixTransfers(policy=transfer_policy, trunk=settings.trunk, matrix=matrix,
+                                                ua_ref=ua_ref, media=settings.media, ports=self.ports)
 
     def sessions(self) -> list[CallSession]:
         return [*self.outbound.values(), *self.inbound.values()]
@@ -144,6 +154,9 @@ class CallManager:
     async def on_call_event(self, evt: CallEventLike) -> None:
         """An m.call.* event from a real user in a portal room, in room order (matrix.handler.CallHandler)."""
         room_id, sender, event_type, content, event_id = evt.room_id, evt.sender, evt.type, evt.content, evt.event_id
+        if event_type == "m.call.replaces":
+            self._call_replaces(evt)
+            return
         try:
             value = ev.parse_call_event(event_type, content)
         except ev.InvalidCallEvent as exc:
@@ -167,6 +180,28 @@ class CallManager:
             self.candidates.add(value.call_id, value.party_id, value.candidates)
             return
         log.info("ignoring %s for unknown call %s in %s", event_type, value.call_id, room_id)
+
+    async def _transfer_request(self, session: OutboundSession | InboundSession, req: ServerRequest) -> None:
+        """REFER (the phone transfers: calls/transfer.py) or NOTIFY (progress of our REFER: matrix_transfer.py)."""
+        if req.request.method == "REFER":
+            await self.transfers.on_refer(session, req)
+        else:
+            await self.matrix_transfers.on_notify(session, req)
+
+    def _call_replaces(self, evt: CallEventLike) -> None:
+        """m.call.replaces: the Matrix user transfers the call (calls/matrix_transfer.py)."""
+        try:
+            value = parse_call_replaces(evt.content)
+        except ev.InvalidCallEvent as exc:
+            log.warning("ignoring invalid m.call.replaces %s from %s: %s", evt.event_id, evt.sender, exc)
+            return
+        session: OutboundSession | InboundSession | None = self.outbound.get(value.call_id) or self.inbound.get(
+            value.call_id)
+        if session is None:
+            log.info("ignoring m.call.replaces for unknown call %s in %s", value.call_id, evt.room_id)
+            return
+        others: list[OutboundSession | InboundSession] = [*self.outbound.values(), *self.inbound.values()]
+        self.matrix_transfers.on_replaces(session, evt.sender, value, others)
 
     def _to_outbound(self, out: OutboundSession, value: ev.CallEventValue) -> None:
         m = out.machine
@@ -236,6 +271,10 @@ class CallManager:
             self._refuse(portal, invite, sender, "unknown_error", f"dial plan: {problem}",
                          f"Cannot call {self.matrix.format_number(number)}: {problem}")
             return
+        rival = glare.ringing_inbound(self.inbound.values(), sender, number, room_id)
+        if rival is not None and not glare.new_outbound_wins(rival, call_id):
+            self._refuse(portal, invite, sender, GLARE_REASON, f"glare: inbound call {rival.call_id} wins", None)
+            return
         over = self.call_limits.admit(sender, call_id)
         if over is not None:
             self._refuse(portal, invite, sender, over.reason, f"limit: {over.problem}", over.notice)
@@ -254,6 +293,7 @@ class CallManager:
             identity_headers=self.settings.caller_id.outbound_headers(sender), caller_id=self._caller_id_context(),
             early_media=self.settings.early_media,
         )
+        session.on_transfer_request = functools.partial(self._transfer_request, session)
         self.outbound[call_id] = session
         try:
             started = await session.begin(buffered)
@@ -351,6 +391,7 @@ class CallManager:
                     on_finished=self._finished, log=clog, fork=fork, call_state=self.call_state,
                     caller_id=self._caller_id_context(asserted),
                 )
+                session.on_transfer_request = functools.partial(self._transfer_request, session)
                 fork.branches.append(session)
                 await session.prepare()
         except SdpError as exc:
@@ -363,9 +404,21 @@ class CallManager:
             await self._abort_fork(fork)
             await inv.respond(500, "Server Internal Error")
             return
+        # Glare check and registration in one synchronous step (see calls/glare.py).
+        losers = []
+        for session in fork.branches:
+            rival = glare.ringing_outbound(self.outbound.values(), session.callee, caller_number)
+            if rival is not None and not glare.new_inbound_wins(rival, session):
+                losers.append(session)
+        fork.branches = [s for s in fork.branches if s not in losers]
         for session in fork.branches:
             self.inbound[session.call_id] = session
             session.ring()
+        for session in losers:
+            await session.abort()
+        if not fork.branches:
+            log.info("INVITE %s from %s: lost glare with the callee's own call -> 486", inv.call_id, host)
+            await inv.respond(486, "Busy Here")
 
     def _caller_id_context(self, initial: Identity | None = None) -> CallerIdContext:
         return CallerIdContext(self.settings.caller_id, self.settings.dialplan, self.trusted.allows, initial)
@@ -438,6 +491,8 @@ class CallManager:
         for s in sessions:
             if not await s.wait_finished(timeout):
                 await s.abort()
+        for phones in list(self.matrix_transfers.phone_calls):  # phones the bridge connected to each other
+            await phones.stop()
         # Refusals still being sent get a moment to reach the homeserver, then are cancelled.
         pending = list(self._pending)
         if pending:

@@ -30,7 +30,7 @@ from ..sip.ua import ClientInvite, UserAgent
 from .call_state import CallStateWriter, NoCallState, outbound_record
 from .caller_id import CallerIdAnnouncer, CallerIdContext
 from .early_media import EarlyMedia
-from .in_dialog import answer_in_dialog
+from .in_dialog import OnTransferRequest, answer_in_dialog
 from .phone_hold import PhoneHold
 from .ports import CallLogPort, CallStatePort, MatrixPort, PortalInfo
 from .renegotiation import Renegotiator
@@ -89,6 +89,7 @@ class OutboundSession(CallSession):
                                     enabled=invite.version != 0)
         self.early = EarlyMedia(early_media, media, log, self._connect_early)
         self._answer_lock = asyncio.Lock()  # one m.call.answer: from a 183 (early_media: connect) or the 200
+        self.on_transfer_request: OnTransferRequest | None = None  # REFER/NOTIFY (calls/transfer.py)
         super().__init__(self.clog, on_finished)
 
     @property
@@ -160,7 +161,7 @@ class OutboundSession(CallSession):
             self.dialog = invite.dialog
             if self.dialog is not None:
                 self.dialog.on_terminated = self._dialog_terminated
-                self.dialog.on_request = self._in_dialog
+                self.dialog.on_request = self.in_dialog
             self.post(self.machine.sip_answered)
             await self.state.save()
         else:
@@ -277,8 +278,10 @@ class OutboundSession(CallSession):
             self.spawn(self.caller_id.from_response(self.answer_response), "asserted-identity")
         return True
 
-    async def _in_dialog(self, req: ServerRequest | ServerInvite) -> None:
-        await answer_in_dialog(self.media, req, self.clog, self.phone_hold.phone_renegotiated)
+    async def in_dialog(self, req: ServerRequest | ServerInvite) -> None:
+        """Requests inside the call's dialog: re-INVITE/UPDATE (hold, caller ID), REFER/NOTIFY (transfer)."""
+        await answer_in_dialog(self.media, req, self.clog, self.phone_hold.phone_renegotiated,
+                               on_transfer_request=self.on_transfer_request)
         if self.caller_id is not None:
             await self.caller_id.from_request(req)
 

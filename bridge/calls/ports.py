@@ -51,6 +51,10 @@ class MatrixPort(Protocol):
 
     def format_number(self, number: str | None) -> str: ...
 
+    def number_for_ghost(self, mxid: str) -> str | None:
+        """E.164 digits of a ghost's Matrix ID (a transfer target), None for anyone else."""
+        ...
+
 
 class CallLogPort(Protocol):
     async def call_started(

@@ -163,6 +163,13 @@ class CallMedia:
         far end behind NAT may send its RTP from there, from another port than its SDP says."""
         self._rtp.set_signalling_peer(ip)
 
+    def next_sip_origin(self) -> tuple[int | None, int]:
+        """The o= session id and version for the next SDP towards the phone from another media source (a
+        re-INVITE moving the phone's audio elsewhere keeps the session id, RFC 3264 8)."""
+        session_id, version = self._next_origin()
+        self._sip_origin = (session_id, version) if session_id is not None else None
+        return session_id, version
+
     def sip_offer_for_offerless(self) -> bytes:
         return self.sip_offer()
 

@@ -109,6 +109,11 @@ class RtpLeg(asyncio.DatagramProtocol):
         """Where we send: the locked source, else what the SDP said."""
         return self.guard.target
 
+    def leave_far_end(self) -> None:
+        """The far end is being replaced by another (a transfer): its address is never latched onto again."""
+        if self.guard.target is not None:
+            self.guard.forbid(self.guard.target)
+
     @property
     def latched(self) -> bool:
         return self.guard.latched

@@ -64,6 +64,7 @@ class RtpSourceGuard:
         """Refused before the leg was configured."""
         self.refused_by_source: dict[Address, int] = {}
         self._overflow_logged = False
+        self._forbidden: set[tuple[str, int]] = set()  # far ends the call was transferred away from
 
     # -- setup ------------------------------------------------------------------------------
     def configure(self, remote: tuple[str, int] | None, payload_types: tuple[int, ...]) -> None:
@@ -78,6 +79,11 @@ class RtpSourceGuard:
             self._ssrc = None
             self._candidate = None
             self._update_latch_ips()
+
+    def forbid(self, addr: Address) -> None:
+        """A far end this call left (a transfer): its leftover stream never latches again, unless a later SDP
+        names that very address."""
+        self._forbidden.add((normalise_ip(addr[0]), addr[1]))
 
     def set_signalling_peer(self, ip: str | None) -> None:
         """The IP the SIP INVITE (inbound) or its 200 (outbound) came from: a NATed far end sends RTP from there."""
@@ -129,6 +135,9 @@ class RtpSourceGuard:
                 self._lock(addr, packet.ssrc, "first packet (media.rtp_source: any)")
                 return True
             self._refuse(addr, "another stream is locked")
+            return False
+        if (addr[0], addr[1]) in self._forbidden:
+            self._refuse(addr, "a far end this call was transferred away from")
             return False
         if self.source is not None or addr[0] not in self._latch_ips:
             self._refuse(addr, "not the SDP address" if self.source is None else "another source is locked")

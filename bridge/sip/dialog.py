@@ -144,7 +144,7 @@ class Dialog:
         hdrs.add("CSeq", f"{cseq} {method}")
         for route in self.route_set:
             hdrs.add("Route", route)
-        if method in ("INVITE", "UPDATE", "SUBSCRIBE", "REFER"):
+        if method in ("INVITE", "UPDATE", "SUBSCRIBE", "REFER", "NOTIFY"):
             hdrs.add("Contact", self._ua.contact(transport, addr[0], secure=self.remote_target.scheme == "sips"))
         hdrs.add("User-Agent", self._ua.settings.user_agent)
         for name, value in headers:

@@ -861,6 +861,7 @@ class MatrixTestClient:
         tone_hz: float = 440.0,
         codecs: list[str] | None = None,
         dtmf: bool = True,
+        call_id: str | None = None,
     ) -> OutgoingCall:
         """Send an Element-like m.call.invite (+ candidates) with a real aiortc offer playing ``tone_hz``.
 
@@ -869,10 +870,11 @@ class MatrixTestClient:
         ``version=0`` sends the old form (integer 0, no party_id/invitee/capabilities). ``codecs`` restricts the
         offer, e.g. ["opus"] (forces the bridge to transcode) or ["PCMU"]; default: aiortc's Opus, PCMU, PCMA.
         ``dtmf``: offer telephone-event/48000 (PT 110) and /8000 (PT 126) like Chrome, so send_dtmf() can work.
+        ``call_id``: a chosen call_id (glare tests pick one that sorts before or after the bridge's).
         """
         if invitee is None and version != 0:
             invitee = self.other_member(room_id)
-        call = OutgoingCall(self, room_id, _new_call_id(), self.party_id, version)
+        call = OutgoingCall(self, room_id, call_id or _new_call_id(), self.party_id, version)
         self._calls[call.call_id] = call
         try:
             await call._start(invitee, trickle, lifetime, tone_hz, codecs, dtmf)
