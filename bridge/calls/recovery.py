@@ -34,6 +34,9 @@ from .ports import CallLogPort, CallStateStore, MatrixPort, PortalInfo
 log = logging.getLogger(__name__)
 
 
+MATRIX_DELIVERY_S = 600.0  # as long as the outbox keeps an event
+
+
 class CrashRecovery:
     def __init__(self, *, ua: UserAgent, store: CallStateStore, matrix: MatrixPort, call_log: CallLogPort,
                  ports: PortAllocator, quarantine_s: float = QUARANTINE_S) -> None:
@@ -111,7 +114,10 @@ class CrashRecovery:
         out = ev.OutgoingContent(record.call_id, record.party_id)
         reason = plan.matrix_content_reason or "unknown_error"
         content = out.reject(reason) if plan.matrix_event == "m.call.reject" else out.hangup(reason)
-        return self._spawn(self.matrix.send_call_event(portal, plan.matrix_event, content), "recovery matrix")
+        # Wait for delivery (the outbox retries while the homeserver is down): the record is deleted only once
+        # Matrix has it, so a hangup still queued when this process dies is sent again by the next one.
+        send = self.matrix.send_call_event(portal, plan.matrix_event, content, deliver_within=MATRIX_DELIVERY_S)
+        return self._spawn(send, "recovery matrix")
 
     async def _finish(self, record: CallRecord, sip: asyncio.Task[Any] | None,
                       matrix: asyncio.Task[Any] | None) -> None:
