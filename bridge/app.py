@@ -26,6 +26,7 @@ from .sip.registration import Registration
 from .sip.settings import ListenAddress, SipSettings
 from .sip.ua import UserAgent
 from .sip.uri import SipUri
+from .stats import log_stats_on_signal
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +202,7 @@ async def run(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    log_stats_on_signal(loop, bridge)  # SIGUSR1: one "stats: ..." log line (bridge/stats.py)
     await bridge.start()
     try:
         await stop.wait()
