@@ -1,12 +1,15 @@
 """Opt-in introspection: on SIGUSR1 the running bridge logs ONE line of counters, for admins and soak tests.
 
     kill -USR1 <bridge pid>
-    ... INFO bridge.stats: stats: calls=2 inbound=1 outbound=1 dialogs=2 transactions=1 tasks=57 threads=3
-        rtp_ports=2 fds=41 rss_kib=98304
+    ... INFO bridge.stats: stats: calls=2 inbound=1 outbound=1 dialogs=2 transactions=1 tasks=27 threads=4
+        rtp_ports=2 fds=23 rss_kib=98304 task_kinds=RoomQueues._worker:10,RequestHandler.start:4,...
 
 - ``calls`` (``inbound``/``outbound``): call sessions the call manager holds;
 - ``dialogs`` / ``transactions``: SIP dialogs and live SIP transactions of the user agent;
-- ``tasks``: asyncio tasks of the event loop; ``threads``: Python threads;
+- ``tasks``: asyncio tasks of the event loop, and ``task_kinds`` the same by coroutine (most first), to tell a
+  leak from what comes and goes by itself: ``RequestHandler.start`` is one HTTP connection from the homeserver
+  (there until the homeserver drops it), ``RoomQueues._worker`` one room's event queue (ends after 30 s idle);
+- ``threads``: Python threads;
 - ``rtp_ports``: RTP ports the allocator has handed out and not yet released (``media.port_start..port_end``);
 - ``fds`` and ``rss_kib``: open file descriptors and resident memory, from /proc (``-`` where there is no /proc).
 
@@ -22,7 +25,8 @@ import logging
 import os
 import signal
 import threading
-from dataclasses import astuple, dataclass, fields
+from collections import Counter
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -43,10 +47,13 @@ class BridgeStats:
     rtp_ports: int
     fds: int | None
     rss_kib: int | None
+    task_kinds: dict[str, int] = field(default_factory=dict)
 
     def line(self) -> str:
-        pairs = zip((f.name for f in fields(self)), astuple(self), strict=True)
-        return "stats: " + " ".join(f"{name}={'-' if value is None else value}" for name, value in pairs)
+        pairs = [(f.name, getattr(self, f.name)) for f in fields(self) if f.name != "task_kinds"]
+        kinds = ",".join(f"{name}:{count}" for name, count in self.task_kinds.items())
+        return "stats: " + " ".join(f"{name}={'-' if value is None else value}" for name, value in pairs) + (
+            f" task_kinds={kinds}" if kinds else "")
 
 
 def _sized(obj: Any, *names: str) -> int | None:
@@ -78,20 +85,28 @@ def rss_kib() -> int | None:
     return None
 
 
+def task_kinds(tasks: set[asyncio.Task[Any]]) -> dict[str, int]:
+    """Tasks counted by coroutine (``CallSession._run``), most frequent first."""
+    kinds = Counter(str(getattr(t.get_coro(), "__qualname__", None) or t.get_name()) for t in tasks)
+    return dict(sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
 def collect(bridge: Bridge) -> BridgeStats:
     """Counters of the running bridge; call from its event loop."""
     manager = bridge.calls
+    tasks = asyncio.all_tasks()
     inbound, outbound = len(manager.inbound), len(manager.outbound)
     return BridgeStats(
         calls=inbound + outbound, inbound=inbound, outbound=outbound,
         dialogs=len(bridge.ua.dialogs),
         # the transaction layer has no public counter: read its two tables (None if they are renamed)
         transactions=_sized(bridge.ua.transactions, "_clients", "_servers"),
-        tasks=len(asyncio.all_tasks()),
+        tasks=len(tasks),
         threads=threading.active_count(),
         rtp_ports=len(manager.ports.in_use),
         fds=open_fds(),
         rss_kib=rss_kib(),
+        task_kinds=task_kinds(tasks),
     )
 
 

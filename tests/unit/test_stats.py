@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from bridge.media.ports import PortAllocator
-from bridge.stats import BridgeStats, collect, log_stats_on_signal
+from bridge.stats import BridgeStats, collect, log_stats_on_signal, task_kinds
 
 
 def fake_bridge() -> Any:
@@ -29,13 +29,28 @@ async def test_collect_counts_calls_dialogs_transactions_and_ports() -> None:
     assert (stats.calls, stats.inbound, stats.outbound, stats.dialogs, stats.transactions, stats.rtp_ports) == (
         3, 1, 2, 1, 1, 1)
     assert stats.tasks >= 1 and stats.threads >= 1
+    assert stats.task_kinds["test_collect_counts_calls_dialogs_transactions_and_ports"] == 1
+
+
+async def test_task_kinds_name_the_coroutine_most_frequent_first() -> None:
+    async def waiter(event: asyncio.Event) -> None:
+        await event.wait()
+
+    event = asyncio.Event()
+    tasks = {asyncio.create_task(waiter(event)) for _ in range(2)}
+    try:
+        assert next(iter(task_kinds(asyncio.all_tasks()).items())) == (
+            "test_task_kinds_name_the_coroutine_most_frequent_first.<locals>.waiter", 2)
+    finally:
+        event.set()
+        await asyncio.gather(*tasks)
 
 
 def test_line_is_one_line_of_key_values_with_dash_for_unknown() -> None:
     stats = BridgeStats(calls=1, inbound=1, outbound=0, dialogs=1, transactions=None, tasks=5, threads=1,
-                        rtp_ports=1, fds=None, rss_kib=100)
+                        rtp_ports=1, fds=None, rss_kib=100, task_kinds={"CallSession._run": 4, "run": 1})
     assert stats.line() == ("stats: calls=1 inbound=1 outbound=0 dialogs=1 transactions=- tasks=5 threads=1 "
-                            "rtp_ports=1 fds=- rss_kib=100")
+                            "rtp_ports=1 fds=- rss_kib=100 task_kinds=CallSession._run:4,run:1")
 
 
 async def test_sigusr1_logs_one_stats_line_even_at_warning_level(caplog: pytest.LogCaptureFixture) -> None:
@@ -57,4 +72,4 @@ async def test_sigusr1_logs_one_stats_line_even_at_warning_level(caplog: pytest.
     lines = [r.getMessage() for r in caplog.records if r.name == "bridge.stats"]
     assert len(lines) == 1
     assert re.fullmatch(r"stats: calls=3 inbound=1 outbound=2 dialogs=1 transactions=1 tasks=\d+ threads=\d+ "
-                        r"rtp_ports=1 fds=\d+ rss_kib=\d+", lines[0])
+                        r"rtp_ports=1 fds=\d+ rss_kib=\d+ task_kinds=\S+", lines[0])
