@@ -2,7 +2,7 @@
 
     kill -USR1 <bridge pid>
     ... INFO bridge.stats: stats: calls=2 inbound=1 outbound=1 dialogs=2 transactions=1 tasks=27 threads=4
-        rtp_ports=2 fds=23 rss_kib=98304 task_kinds=RoomQueues._worker:10,RequestHandler.start:4,...
+        rtp_ports=2 fds=23 rss_kib=98304 py_blocks=612345 task_kinds=RoomQueues._worker:10,RequestHandler.start:4,...
 
 - ``calls`` (``inbound``/``outbound``): call sessions the call manager holds;
 - ``dialogs`` / ``transactions``: SIP dialogs and live SIP transactions of the user agent;
@@ -11,7 +11,9 @@
   (there until the homeserver drops it), ``RoomQueues._worker`` one room's event queue (ends after 30 s idle);
 - ``threads``: Python threads;
 - ``rtp_ports``: RTP ports the allocator has handed out and not yet released (``media.port_start..port_end``);
-- ``fds`` and ``rss_kib``: open file descriptors and resident memory, from /proc (``-`` where there is no /proc).
+- ``fds`` and ``rss_kib``: open file descriptors and resident memory, from /proc (``-`` where there is no /proc);
+- ``py_blocks``: memory blocks the Python allocator has handed out (``sys.getallocatedblocks()``): when RSS grows
+  and this does not, the growth is below Python (C libraries, malloc fragmentation), not leaked Python objects.
 
 The line is logged at INFO whatever ``logging.level`` is. Collecting it is cheap (no gc walk, no I/O beyond
 /proc/self), so it is safe on a busy bridge. When every call has ended, ``calls``, ``dialogs``, ``rtp_ports``
@@ -24,6 +26,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 import threading
 from collections import Counter
 from dataclasses import dataclass, field, fields
@@ -47,6 +50,7 @@ class BridgeStats:
     rtp_ports: int
     fds: int | None
     rss_kib: int | None
+    py_blocks: int
     task_kinds: dict[str, int] = field(default_factory=dict)
 
     def line(self) -> str:
@@ -106,6 +110,7 @@ def collect(bridge: Bridge) -> BridgeStats:
         rtp_ports=len(manager.ports.in_use),
         fds=open_fds(),
         rss_kib=rss_kib(),
+        py_blocks=sys.getallocatedblocks(),
         task_kinds=task_kinds(tasks),
     )
 

@@ -48,9 +48,9 @@ async def test_task_kinds_name_the_coroutine_most_frequent_first() -> None:
 
 def test_line_is_one_line_of_key_values_with_dash_for_unknown() -> None:
     stats = BridgeStats(calls=1, inbound=1, outbound=0, dialogs=1, transactions=None, tasks=5, threads=1,
-                        rtp_ports=1, fds=None, rss_kib=100, task_kinds={"CallSession._run": 4, "run": 1})
+                        rtp_ports=1, fds=None, rss_kib=100, py_blocks=7, task_kinds={"CallSession._run": 4, "run": 1})
     assert stats.line() == ("stats: calls=1 inbound=1 outbound=0 dialogs=1 transactions=- tasks=5 threads=1 "
-                            "rtp_ports=1 fds=- rss_kib=100 task_kinds=CallSession._run:4,run:1")
+                            "rtp_ports=1 fds=- rss_kib=100 py_blocks=7 task_kinds=CallSession._run:4,run:1")
 
 
 async def test_sigusr1_logs_one_stats_line_even_at_warning_level(caplog: pytest.LogCaptureFixture) -> None:
@@ -72,4 +72,4 @@ async def test_sigusr1_logs_one_stats_line_even_at_warning_level(caplog: pytest.
     lines = [r.getMessage() for r in caplog.records if r.name == "bridge.stats"]
     assert len(lines) == 1
     assert re.fullmatch(r"stats: calls=3 inbound=1 outbound=2 dialogs=1 transactions=1 tasks=\d+ threads=\d+ "
-                        r"rtp_ports=1 fds=\d+ rss_kib=\d+ task_kinds=\S+", lines[0])
+                        r"rtp_ports=1 fds=\d+ rss_kib=\d+ py_blocks=\d+ task_kinds=\S+", lines[0])
