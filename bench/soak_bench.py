@@ -499,7 +499,7 @@ class Soak:
                     frames = await self._short_in(worker, sip_hangs_up)
             return CallResult(kind, True, time.monotonic() - started, frames)
         except Exception as exc:
-            return CallResult(kind, False, time.monotonic() - started, error=f"{type(exc).__name__}: {exc}"[:300])
+            return CallResult(kind, False, time.monotonic() - started, error=f"{type(exc).__name__}: {exc}"[:600])
 
     async def _short_out(self, worker: int, sip_hangs_up: bool) -> int:
         assert self.client is not None
@@ -526,7 +526,7 @@ class Soak:
         await sipp.start()
         call: IncomingCall | None = None
         try:
-            call = await self.client.wait_incoming_call(self.rooms[num], timeout=30)
+            call = await self._ringing(sipp, num)
             await call.answer(tone_hz=MATRIX_IN_HZ)
             await call.wait_select_answer(timeout=30)
             await call.wait_for_frames(SHORT_AUDIO_FRAMES, timeout=20)
@@ -544,6 +544,16 @@ class Soak:
             await sipp.aclose()
             self.sipps.remove(sipp)
             sipp.cleanup()
+
+    async def _ringing(self, sipp: SippProcess, num: str) -> IncomingCall:
+        """The Matrix invite of the call sipp places; if none comes, say what sipp saw."""
+        assert self.client is not None
+        try:
+            return await self.client.wait_incoming_call(self.rooms[num], timeout=30)
+        except TimeoutError as exc:
+            code = await sipp.wait(timeout=1)
+            tail = " | ".join((sipp.errors.strip() or sipp.stdout.strip()).splitlines()[-6:])
+            raise TimeoutError(f"no m.call.invite within 30 s; sipp exit {code}: {tail[-400:]}") from exc
 
     def _caller(self, scenario: Path, caller: str, extra: list[str], timeout: float = 60) -> SippProcess:
         sipp = SippProcess(scenario, remote=("127.0.0.1", self.plan.sip_port), service=DIALLED, timeout=timeout,
