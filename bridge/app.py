@@ -37,6 +37,7 @@ from .sip.registration import Registration
 from .sip.settings import ListenAddress, SipSettings
 from .sip.ua import UserAgent
 from .sip.uri import SipUri
+from .stats import log_stats_on_signal
 
 log = logging.getLogger(__name__)
 
@@ -309,6 +310,7 @@ async def run(config: Config) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
     bridge = Bridge(config)
+    log_stats_on_signal(loop, bridge)  # SIGUSR1: one "stats: ..." log line (bridge/stats.py)
     status = 0
     starting = asyncio.create_task(bridge.start(), name="bridge-start")
     stopping = asyncio.create_task(stop.wait(), name="bridge-stop-signal")
