@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections import OrderedDict
 
 from mautrix.appservice import AppServiceAPI, IntentAPI
 from mautrix.types import UserID
@@ -19,6 +20,9 @@ UNKNOWN_NUMBER = "unknown"  # the "number" of the single ghost used for withheld
 _NUMBER_RE = re.compile(r"^[1-9][0-9]{2,14}$")  # E.164 digits, no leading zero
 
 
+INTENT_CACHE_SIZE = 1024  # ghosts whose IntentAPI is kept (least recently used dropped)
+
+
 class Ghosts:
     def __init__(self, az: AppServiceAPI, config: Config, table: GhostTable) -> None:
         self.az = az
@@ -30,6 +34,9 @@ class Ghosts:
         before, _, after = self._template.partition("{number}")
         self._mxid_re = re.compile(f"^@{re.escape(before)}(.+){re.escape(after)}:{re.escape(self._domain)}$")
         self._locks: dict[str, asyncio.Lock] = {}
+        # One IntentAPI per ghost, reused: mautrix builds a new one (with reference cycles only the cyclic GC
+        # frees) on every az.intent() call, which showed as memory churn per call in bench/soak_bench.py.
+        self._intents: OrderedDict[str, IntentAPI] = OrderedDict()
 
     def mxid_for(self, number: str | None) -> str:
         """The ghost's user ID for E.164 digits, or the unknown-caller ghost for None / "unknown"."""
@@ -53,12 +60,24 @@ class Ghosts:
         rendered = self._displayname_template.format(formatted=formatted, number=number, name=name or "").strip()
         return rendered or formatted  # e.g. template "{name}" without a SIP display name
 
+    def intent(self, mxid: str) -> IntentAPI:
+        """The cached IntentAPI of a ghost (not registered or named here: see intent_for)."""
+        intent = self._intents.get(mxid)
+        if intent is None:
+            intent = self.az.intent(UserID(mxid))
+            self._intents[mxid] = intent
+            if len(self._intents) > INTENT_CACHE_SIZE:
+                self._intents.popitem(last=False)
+        else:
+            self._intents.move_to_end(mxid)
+        return intent
+
     async def intent_for(self, number: str | None, name: str | None = None) -> IntentAPI:
         """The ghost's IntentAPI, registered and with its display name set. ``name`` (the SIP display name)
         renames the ghost when the template uses {name}; without it an earlier name is kept."""
         number = number or UNKNOWN_NUMBER
         mxid = self.mxid_for(number)
-        intent = self.az.intent(UserID(mxid))
+        intent = self.intent(mxid)
         lock = self._locks.setdefault(mxid, asyncio.Lock())
         async with lock:
             stored = await self.table.get(mxid)

@@ -53,7 +53,7 @@ class Portals:
         if as_number is None:
             portal = await self.get(room_id)
             as_number = portal.number if portal else None
-        intent = self.az.intent(UserID(self.ghosts.mxid_for(as_number))) if as_number else self.az.bot_intent()
+        intent = self.ghosts.intent(self.ghosts.mxid_for(as_number)) if as_number else self.az.bot_intent()
         try:
             # ensure_joined=False: IntentAPI would otherwise try to JOIN the room just to look.
             content = await intent.get_state_event(  # type: ignore[call-arg]
@@ -113,7 +113,7 @@ class Portals:
         number = self.ghosts.number_from_mxid(ghost_mxid)
         if number is None:
             return
-        intent = self.az.intent(UserID(ghost_mxid))
+        intent = self.ghosts.intent(ghost_mxid)
         reason = await self._invite_refusal(room_id, inviter, number)
         if reason:
             log.info("ghost %s declines invite to %s from %s: %s", ghost_mxid, room_id, inviter, reason)
