@@ -326,6 +326,8 @@ class InboundSession(CallSession):
         """Requests inside the call's dialog: re-INVITE/UPDATE (hold, caller ID), REFER/NOTIFY (transfer)."""
         await answer_in_dialog(self.media, req, self.clog, self.phone_hold.phone_renegotiated,
                                on_transfer_request=self.on_transfer_request)
+        if req.request.method in ("INVITE", "UPDATE"):
+            self.spawn(self.state.save(), "save-call-state")  # a target refresh: recovery must BYE the new one
         if self.caller_id is not None:
             await self.caller_id.from_request(req)
 
