@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .call.dialplan import format_number
@@ -26,6 +27,8 @@ from .matrix.connector import MatrixSide
 from .matrix.ghosts import UNKNOWN_NUMBER
 from .media.ice import restrict_host_addresses
 from .media.settings import IceServer, MediaSettings
+from .metrics import Metrics
+from .observability import HomeserverProbe, Listen, ObservabilityServer
 from .preflight import run_preflight
 from .sip.digest import Credentials
 from .sip.registration import Registration
@@ -70,9 +73,10 @@ def trunk_target(config: Config) -> TrunkTarget:
 class MatrixAdapter:
     """The call driver's view of the Matrix side (calls.ports.MatrixPort)."""
 
-    def __init__(self, side: MatrixSide, config: Config) -> None:
+    def __init__(self, side: MatrixSide, config: Config, metrics: Metrics | None = None) -> None:
         self.side = side
         self.config = config
+        self.metrics = metrics
 
     @staticmethod
     def _info(room_id: str, mxid: str, number: str) -> PortalInfo:
@@ -83,10 +87,26 @@ class MatrixAdapter:
         return self._info(portal.room_id, portal.mxid, portal.number) if portal else None
 
     async def send_call_event(self, portal: PortalInfo, event_type: str, content: dict[str, Any]) -> str:
-        return await self.side.portals.send_call_event(portal.room_id, portal.number, event_type, content)
+        try:
+            event_id = await self.side.portals.send_call_event(portal.room_id, portal.number, event_type, content)
+        except Exception:
+            self._counted(ok=False)
+            raise
+        self._counted(ok=True)
+        return event_id
 
     async def send_notice(self, portal: PortalInfo, text: str) -> None:
-        await self.side.portals.send_notice(portal.room_id, portal.number, text)
+        try:
+            await self.side.portals.send_notice(portal.room_id, portal.number, text)
+        except Exception:
+            self._counted(ok=False)
+            raise
+        self._counted(ok=True)
+
+    def _counted(self, *, ok: bool) -> None:
+        # one attempt, never a retry: sends are not retried yet (the outbox will report its own attempts)
+        if self.metrics is not None:
+            self.metrics.homeserver_request(ok=ok, retry=False)
 
     async def portal_for_inbound(self, mxid: str, number: str | None, caller_name: str | None) -> PortalInfo:
         portal = await self.side.portals.get_or_create_portal(mxid, number, caller_name=caller_name)
@@ -170,6 +190,7 @@ class Bridge:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.metrics = Metrics()  # its own CollectorRegistry: nothing global
         self.matrix = MatrixSide(config, create_database(config.appservice.database))
         plan = config.dialplan
         inbound = config.sip.inbound
@@ -196,17 +217,69 @@ class Bridge:
                 ),
             ),
             ua_ref=lambda: self.ua,
-            matrix=MatrixAdapter(self.matrix, config),
-            call_log=CallLogAdapter(self.matrix.call_log),
+            matrix=MatrixAdapter(self.matrix, config, self.metrics),
+            call_log=self.metrics.wrap_call_log(CallLogAdapter(self.matrix.call_log)),
             call_state=call_state,
+            observer=self.metrics,
         )
         self.matrix.handler = self.calls
         self.ua = UserAgent(sip_settings(config), on_invite=self.calls.on_invite)
+        self.ua.on_message_observed = self.metrics.sip_message
         self.registration: Registration | None = None
+        self._watch_metrics()
+        self._started = False
+        mc = config.metrics
+        self.homeserver_probe = HomeserverProbe(
+            config.homeserver.address, interval=mc.homeserver_check_interval_s,
+            timeout=mc.homeserver_check_timeout_s, verify_ssl=config.homeserver.verify_ssl)
+        self.monitoring: ObservabilityServer | None = None
+        if mc.listener:
+            self.monitoring = ObservabilityServer(
+                Listen(mc.listen_address, mc.listen_port), registry=self.metrics.registry if mc.enabled else None,
+                health=mc.health, checks=self._ready_checks())
         self.recovery = CrashRecovery(ua=self.ua, store=call_state, matrix=self.calls.matrix,
                                       call_log=self.calls.call_log, ports=self.calls.ports)
 
+    def _watch_metrics(self) -> None:
+        """What the metrics read at scrape time."""
+        src = self.metrics.sources
+        calls = self.calls
+        src.live_media = lambda: [*(s.media.stats() for s in calls.outbound.values()),
+                                  *(s.media.stats() for s in calls.inbound.values())]
+        src.registration_state = lambda: self.registration.state if self.registration is not None else None
+        src.transactions_in_flight = lambda: self.matrix.server.transactions_in_flight
+        src.room_queue_depth = lambda: self.matrix.queues.queued
+        src.room_queues_active = lambda: self.matrix.queues.active_rooms
+
+    def _ready_checks(self) -> dict[str, Callable[[], Awaitable[str | None]]]:
+        async def started() -> str | None:
+            return None if self._started else "the bridge is starting or stopping"
+
+        async def database() -> str | None:
+            await self.matrix.db.fetchval("SELECT 1")
+            return None
+
+        async def homeserver() -> str | None:
+            return self.homeserver_probe.problem()
+
+        async def sip() -> str | None:
+            return None if self.ua.listening else "SIP listeners are not bound"
+
+        async def registration() -> str | None:
+            state = self.registration.state if self.registration is not None else "not started"
+            return None if state == "registered" else f"trunk registration is {state}"
+
+        checks: dict[str, Callable[[], Awaitable[str | None]]] = {
+            "started": started, "database": database, "homeserver": homeserver, "sip": sip}
+        if self.config.sip.trunk.register:
+            checks["registration"] = registration
+        return checks
+
     async def start(self) -> None:
+        if self.monitoring is not None:
+            await self.monitoring.start()  # first: /health answers while the rest starts
+            if self.config.metrics.health:
+                await self.homeserver_probe.start()
         await self.ua.start()
         await self.matrix.open()
         # calls a crash left open: the SIP side is ended now, even with the homeserver down; the Matrix
@@ -226,16 +299,21 @@ class Bridge:
             )
             await self.registration.start()
         host, port = self.ua.bound_address()
+        self._started = True
         log.info("bridge running: SIP on %s:%d, appservice on %s:%s", host, port,
                  self.config.appservice.hostname, self.matrix.port)
 
     async def stop(self) -> None:
+        self._started = False  # /ready: 503 from now on
         await self.recovery.stop()
         await self.calls.stop()
         if self.registration is not None:
             await self.registration.stop()
         await self.matrix.stop()
         await self.ua.stop()
+        await self.homeserver_probe.stop()
+        if self.monitoring is not None:
+            await self.monitoring.stop()
 
 
 async def run(config: Config) -> None:

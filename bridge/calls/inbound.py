@@ -31,7 +31,7 @@ from ..sip.dialog import Dialog
 from ..sip.ua import ServerInvite
 from .call_state import CallStateWriter, NoCallState, inbound_record
 from .in_dialog import answer_in_dialog
-from .ports import CallLogPort, CallStatePort, MatrixPort, PortalInfo
+from .ports import CallLogPort, CallObserver, CallStatePort, MatrixPort, NullObserver, PortalInfo
 from .renegotiation import Renegotiator
 from .session import CallSession, new_call_id, new_party_id
 
@@ -77,7 +77,7 @@ class InboundSession(CallSession):
         self, *, server_invite: ServerInvite, callee: str, caller_number: str | None, caller_name: str | None,
         media: CallMedia, matrix: MatrixPort, call_log: CallLogPort, lifetime_ms: int, ring_timeout_s: float,
         on_finished: Callable[[CallSession], None], log: CallLogger, fork: InboundFork,
-        call_state: CallStatePort | None = None,
+        call_state: CallStatePort | None = None, observer: CallObserver | None = None,
     ) -> None:
         self.sip = server_invite
         self.fork = fork
@@ -91,6 +91,7 @@ class InboundSession(CallSession):
         self.media = media
         self.matrix = matrix
         self.call_log = call_log
+        self.observer: CallObserver = observer or NullObserver()
         self.state = CallStateWriter(call_state or NoCallState(), lambda: self.call_id, lambda: inbound_record(self))
         self.rtp_port: int | None = None
         self.lifetime_ms = lifetime_ms
@@ -161,6 +162,7 @@ class InboundSession(CallSession):
 
     # --- Matrix events for this call ---
     def on_answer(self, sender: str, answer: ev.Answer) -> None:
+        self.observer.matrix_answered(self.call_id)
         if answer.party_id is not None and answer.party_id not in self.answers:
             self.answers[answer.party_id] = answer.answer_sdp
         self.post(lambda: self.machine.matrix_answer(sender, answer.party_id))

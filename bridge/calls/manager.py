@@ -33,7 +33,7 @@ from ..sip.ua import ServerInvite, UserAgent
 from ..sip.uri import SipUri
 from .inbound import InboundFork, InboundSession
 from .outbound import OutboundSession, TrunkTarget
-from .ports import CallLogPort, CallStatePort, MatrixPort, PortalInfo
+from .ports import CallLogPort, CallObserver, CallStatePort, MatrixPort, NullObserver, PortalInfo
 from .session import CallSession
 
 log = logging.getLogger(__name__)
@@ -103,12 +103,14 @@ class _NonceStore:
 
 class CallManager:
     def __init__(self, *, settings: CallSettings, ua_ref: Callable[[], UserAgent], matrix: MatrixPort,
-                 call_log: CallLogPort, call_state: CallStatePort | None = None) -> None:
+                 call_log: CallLogPort, call_state: CallStatePort | None = None,
+                 observer: CallObserver | None = None) -> None:
         self.settings = settings
         self._ua = ua_ref
         self.matrix = matrix
         self.call_log = call_log
         self.call_state = call_state
+        self.observer: CallObserver = observer or NullObserver()
         self.ports = PortAllocator(settings.media.rtp_host, settings.media.port_start, settings.media.port_end)
         self.outbound: dict[str, OutboundSession] = {}
         self.inbound: dict[str, InboundSession] = {}
@@ -134,6 +136,9 @@ class CallManager:
         elif isinstance(session, InboundSession):
             self.inbound.pop(session.call_id, None)
         self.candidates.drop(getattr(session, "call_id", ""))
+        media = getattr(session, "media", None)
+        if media is not None:
+            self.observer.media_closed(media.stats())
 
     # ---------------------------------------------------------------- Matrix side
     async def on_call_event(self, evt: CallEventLike) -> None:
@@ -229,6 +234,7 @@ class CallManager:
             return
         over = self.call_limits.admit(sender, call_id)
         if over is not None:
+            self.observer.call_refused(over.limit)
             self._refuse(portal, invite, sender, over.reason, f"limit: {over.problem}", over.notice)
             return
         if verdict.remaining_ms < invite.lifetime_ms:
@@ -242,6 +248,7 @@ class CallManager:
             invite=invite, sender=sender, portal=portal, number=number, ua=self._ua(), trunk=self.settings.trunk,
             media=self._new_media(clog), log=clog, matrix=self.matrix, call_log=self.call_log,
             failure_notices=self.settings.failure_notices, on_finished=self._finished, call_state=self.call_state,
+            observer=self.observer,
         )
         self.outbound[call_id] = session
         try:
@@ -308,6 +315,7 @@ class CallManager:
         host = inv.source.addr[0]
         if not self.limiter.allow(host):
             log.warning("rate limit: refusing INVITE %s from %s", inv.call_id, host)
+            self.observer.call_refused("sip_source_rate")
             await inv.respond(503, "Service Unavailable", headers=[("Retry-After", "5")])
             return
         if not await self._authorised(inv):
@@ -335,6 +343,7 @@ class CallManager:
                     media=self._new_media(clog), matrix=self.matrix, call_log=self.call_log,
                     lifetime_ms=self.settings.inbound.lifetime_ms, ring_timeout_s=self.settings.inbound.ring_timeout_s,
                     on_finished=self._finished, log=clog, fork=fork, call_state=self.call_state,
+                    observer=self.observer,
                 )
                 fork.branches.append(session)
                 await session.prepare()

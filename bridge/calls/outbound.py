@@ -28,7 +28,7 @@ from ..sip.message import Response
 from ..sip.ua import ClientInvite, UserAgent
 from .call_state import CallStateWriter, NoCallState, outbound_record
 from .in_dialog import answer_in_dialog
-from .ports import CallLogPort, CallStatePort, MatrixPort, PortalInfo
+from .ports import CallLogPort, CallObserver, CallStatePort, MatrixPort, NullObserver, PortalInfo
 from .renegotiation import Renegotiator
 from .session import CallSession, new_party_id
 
@@ -52,6 +52,7 @@ class OutboundSession(CallSession):
         self, *, invite: ev.Invite, sender: str, portal: PortalInfo, number: str, ua: UserAgent, trunk: TrunkTarget,
         media: CallMedia, matrix: MatrixPort, call_log: CallLogPort, failure_notices: bool,
         on_finished: Callable[[CallSession], None], log: CallLogger, call_state: CallStatePort | None = None,
+        observer: CallObserver | None = None,
     ) -> None:
         self.invite = invite
         self.sender = sender
@@ -65,6 +66,7 @@ class OutboundSession(CallSession):
         self.media = media
         self.matrix = matrix
         self.call_log = call_log
+        self.observer: CallObserver = observer or NullObserver()
         self.state = CallStateWriter(call_state or NoCallState(), lambda: self.call_id, lambda: outbound_record(self))
         self.rtp_port: int | None = None
         self.failure_notices = failure_notices
@@ -115,6 +117,7 @@ class OutboundSession(CallSession):
         return True
 
     def _on_provisional(self, resp: Response) -> None:
+        self.observer.sip_progress(self.call_id)
         self.post(lambda: self.machine.sip_provisional(resp.status))
         # the INVITE as it stands now (after any digest retry) is what a CANCEL must name
         self.spawn(self.state.save(), "save-call-state")
@@ -140,6 +143,7 @@ class OutboundSession(CallSession):
             return
         if 200 <= resp.status < 300:
             self.answer_response = resp
+            self.observer.sip_answered(self.call_id)
             self.dialog = invite.dialog
             if self.dialog is not None:
                 self.dialog.on_terminated = self._dialog_terminated

@@ -41,6 +41,11 @@ class AppserviceServer:
         self._in_flight: dict[str, asyncio.Future[None]] = {}
         self.app = self._build()
 
+    @property
+    def transactions_in_flight(self) -> int:
+        """Transactions being handled now (metrics)."""
+        return len(self._in_flight)
+
     def _build(self) -> web.Application:
         app = web.Application(middlewares=[self._auth_middleware], client_max_size=64 * 1024 * 1024)
         for prefix in ("/_matrix/app/v1", ""):  # "" = legacy unprefixed routes

@@ -291,6 +291,26 @@ def stop_synapse_sync(server: SynapseServer, timeout: float = 15.0) -> None:
             proc.wait()
 
 
+def restart_synapse_sync(server: SynapseServer, timeout: float = START_TIMEOUT) -> None:
+    """Start a stopped server again: same config, port, database and log file (appended). Waits until ready."""
+    if server.process.poll() is None:
+        raise RuntimeError("synapse is still running; stop it first")
+    with server.log_path.open("ab") as log_file:
+        server.process = subprocess.Popen(
+            [sys.executable, "-c", _LAUNCHER, str(server.config_path)],
+            cwd=server.base_dir,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        _wait_ready(server, timeout)
+    except BaseException:
+        stop_synapse_sync(server)
+        raise
+
+
 def _register_request(server: SynapseServer, localpart: str, password: str, admin: bool) -> tuple[str, bytes]:
     """Return (url, body) for the shared-secret admin register API (HMAC-SHA1 over nonce/user/pass/admin)."""
     url = f"{server.url}/_synapse/admin/v1/register"

@@ -83,7 +83,7 @@ def test_start_rewrites_the_file_keeping_admin_values_and_comments_and_adding_th
     assert "  # ours: the front desk needs longer\n  ring_timeout_s: 45  # seconds\n" in text
     assert "ring_timeout_old" not in text
     assert "    # admin: our carrier\n    proxy: 'sip:192.0.2.10:5060'  # primary\n" in text
-    assert ICE_COMMENT + "  ice_timeout_s: 30\n\nlogging:\n" in text
+    assert ICE_COMMENT + "  ice_timeout_s: 30\n\nmetrics:\n" in text
     # Every other line is as the admin had it: the new file is the old one plus the two lines of the new key.
     expected = old_config_text().replace("ring_timeout_old", "ring_timeout_s").replace(
         "  ice_host_addresses: []\n", "  ice_host_addresses: []\n" + ICE_COMMENT + "  ice_timeout_s: 30\n")
