@@ -295,3 +295,18 @@ def test_default_registry_is_not_used() -> None:
     metrics = Metrics()
     assert metrics.registry is not REGISTRY and isinstance(metrics.registry, CollectorRegistry)
     assert REGISTRY.get_sample_value("matrix_sip_bridge_calls_started_total", {"direction": "outbound"}) is None
+
+
+def test_grafana_dashboard_queries_only_exported_metrics() -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "docs" / "grafana-dashboard.json").read_text())
+    metrics = Metrics()
+    metrics.sources.registration_state = lambda: "registered"
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    exported = {f.name + suffix for f in metrics.registry.collect() for suffix in suffixes[f.type]}
+    used = {name for panel in dashboard["panels"] for target in panel["targets"]
+            for name in re.findall(r"matrix_sip_bridge_\w+", target["expr"])}
+    assert used and used <= exported, used - exported
