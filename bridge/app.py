@@ -280,6 +280,15 @@ class Bridge:
             await self.monitoring.start()  # first: /health answers while the rest starts
             if self.config.metrics.health:
                 await self.homeserver_probe.start()
+        try:
+            await self._start()
+        except BaseException:
+            await self.homeserver_probe.stop()
+            if self.monitoring is not None:
+                await self.monitoring.stop()
+            raise
+
+    async def _start(self) -> None:
         await self.ua.start()
         await self.matrix.open()
         # calls a crash left open: the SIP side is ended now, even with the homeserver down; the Matrix

@@ -167,7 +167,7 @@ class Metrics:
         self.calls_ended = Counter(f"{p}_calls_ended", "Calls ended, by call-log end reason", ["direction", "reason"],
                                    registry=r)
         self.post_dial_delay = Histogram(
-            f"{p}_post_dial_delay_seconds", "Outbound: Matrix invite accepted -> first SIP provisional response",
+            f"{p}_post_dial_delay_seconds", "Outbound: Matrix invite accepted -> first SIP 18x response",
             buckets=POST_DIAL_BUCKETS, registry=r)
         self.answer_latency = Histogram(
             f"{p}_answer_latency_seconds", "Outbound: SIP 200 received -> m.call.answer sent; inbound: m.call.answer "

@@ -117,7 +117,8 @@ class OutboundSession(CallSession):
         return True
 
     def _on_provisional(self, resp: Response) -> None:
-        self.observer.sip_progress(self.call_id)
+        if resp.status > 100:  # 100 Trying is hop-by-hop: post-dial delay runs to the far end's 180/183
+            self.observer.sip_progress(self.call_id)
         self.post(lambda: self.machine.sip_provisional(resp.status))
         # the INVITE as it stands now (after any digest retry) is what a CANCEL must name
         self.spawn(self.state.save(), "save-call-state")

@@ -71,7 +71,7 @@ class CallObserver(Protocol):
     """Moments the metrics time (bridge.metrics.Metrics implements this). Cheap, synchronous, never raising."""
 
     def sip_progress(self, call_id: str) -> None:
-        """Outbound: a provisional response to the INVITE arrived (the first one ends the post-dial delay)."""
+        """Outbound: a 180/183 (not 100) arrived; the first one ends the post-dial delay."""
 
     def sip_answered(self, call_id: str) -> None:
         """Outbound: the SIP 2xx arrived (answer latency runs until m.call.answer is sent)."""
