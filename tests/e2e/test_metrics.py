@@ -142,6 +142,51 @@ async def test_metrics_move_with_a_matrix_call_to_a_phone(e2e: E2E, rtp_peer: Rt
     assert (await get(base_url(bridge) + "/health"))[0] == 200
 
 
+async def test_metrics_move_with_a_phone_call_to_matrix(e2e: E2E, rtp_peer: RtpPeer) -> None:
+    alice_id = "@alice:bridge.test"
+
+    def config(d: dict[str, Any]) -> None:
+        d["metrics"].update(enabled=True)
+        d["sip"]["inbound"]["routes"] = [{"number": "18005550100", "users": [alice_id]}]
+    bridge = await e2e.bridge(config)
+    alice = await e2e.client("alice")
+    await alice.start_sync(auto_join=True)
+    rtp_peer.start_sending(seconds=60)
+    sipp = SippProcess(SCENARIOS / "caller_talk.xml", remote=("127.0.0.1", e2e.plan.sip_port), service="18005550100",
+                       timeout=60, workdir=e2e.tmp / "sipp",
+                       extra_args=["-key", "caller", "15557654321", "-key", "caller_name", "Bob",
+                                   "-key", "rtp_port", str(rtp_peer.port), "-d", "3000"])
+    await e2e.own(sipp).start()
+    call = await alice.wait_incoming_call(timeout=40)
+
+    async def ringing() -> bool:  # the 180 goes out right after the m.call.invite
+        m = await scrape(bridge)
+        return (val(m, "calls_started_total", direction="inbound") == 1
+                and val(m, "active_calls", direction="inbound") == 1
+                and val(m, "sip_responses_total", direction="out", status="180") >= 1)
+    await eventually_async(ringing, 10, "a ringing inbound call in /metrics")
+    m = await scrape(bridge)
+    assert val(m, "calls_answered_total", direction="inbound") == 0
+    assert val(m, "sip_requests_total", direction="in", method="INVITE") >= 1
+    await call.answer()
+
+    async def answered() -> bool:  # m.call.answer received -> SIP 200 sent, timed once
+        m = await scrape(bridge)
+        return (val(m, "calls_answered_total", direction="inbound") == 1
+                and val(m, "answer_latency_seconds_count", direction="inbound") == 1
+                and val(m, "sip_responses_total", direction="out", status="200") >= 1)
+    await eventually_async(answered, 15, "the inbound answer in /metrics")
+    await call.wait_hangup(timeout=30)  # the phone hangs up after 3 s
+    assert await sipp.wait() == 0, sipp.report()
+    await assert_released(bridge)
+    m = await scrape(bridge)
+    assert val(m, "calls_ended_total", direction="inbound", reason="sip_bye") == 1
+    assert val(m, "active_calls", direction="inbound") == 0
+    assert val(m, "sip_requests_total", direction="in", method="BYE") >= 1
+    assert val(m, "rtp_packets_total", leg="sip", direction="in") > 0
+    assert val(m, "calls_started_total", direction="outbound") == 0
+
+
 async def test_ready_follows_the_homeserver_going_away_and_coming_back(e2e: E2E, synapse_factory: Any) -> None:
     # a homeserver of this test's own, so that it can be stopped
     hs = await asyncio.to_thread(synapse_factory, [e2e.plan.write_registration()], server_name=SERVER_NAME)
