@@ -4,6 +4,7 @@ driver from one Config, and starts/stops them in order."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -283,9 +284,13 @@ class Bridge:
         try:
             await self._start()
         except BaseException:
-            await self.homeserver_probe.stop()
-            if self.monitoring is not None:
-                await self.monitoring.stop()
+            # release what was opened: an open database thread (aiosqlite) would keep the process from exiting
+            registration, monitoring = self.registration, self.monitoring
+            for step in (self.recovery.stop, registration.stop if registration else None, self.matrix.stop,
+                         self.ua.stop, self.homeserver_probe.stop, monitoring.stop if monitoring else None):
+                if step is not None:
+                    with contextlib.suppress(Exception):
+                        await step()
             raise
 
     async def _start(self) -> None:

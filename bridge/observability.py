@@ -131,8 +131,8 @@ class ObservabilityServer:
         server = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self.listen.port
-        log.info("monitoring listener on %s:%d (%s)", self.listen.host, self.port,
-                 ", ".join(str(r.resource.canonical) for r in self.app.router.routes() if r.resource is not None))
+        paths = dict.fromkeys(r.canonical for r in self.app.router.resources())
+        log.info("monitoring listener on %s:%d (%s)", self.listen.host, self.port, ", ".join(paths))
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -214,3 +214,34 @@ async def test_ready_follows_the_homeserver_going_away_and_coming_back(e2e: E2E,
 
     await asyncio.to_thread(restart_synapse_sync, hs)
     await eventually_async(is_ready, 10, "/ready 200 again")
+
+
+async def test_a_failed_start_releases_the_listeners_and_the_database(e2e: E2E) -> None:
+    import threading
+
+    import aiosqlite
+
+    from tests.harness.synapse import free_port
+
+    def aiosqlite_threads() -> int:  # one thread per open SQLite connection
+        return sum(1 for t in threading.enumerate() if isinstance(t, aiosqlite.Connection))
+
+    before = aiosqlite_threads()
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: registering the bot fails at once
+
+    def config(d: dict[str, Any]) -> None:
+        d["homeserver"]["address"] = dead
+        d["appservice"]["database"] = f"sqlite:{e2e.tmp / 'failed.db'}"
+        d["appservice"]["port"] = free_port()
+    bridge = Bridge(e2e.plan.config(config))
+    with pytest.raises(Exception, match=r"127\.0\.0\.1"):
+        await bridge.start()
+    assert not bridge.ua.listening
+    assert bridge.monitoring is not None and bridge.monitoring.port
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await get(base_url(bridge) + "/health")
+    for _ in range(50):  # the database thread ends once the connection is closed
+        if aiosqlite_threads() <= before:
+            break
+        await asyncio.sleep(0.05)
+    assert aiosqlite_threads() <= before, "the database was left open: the process would not exit"
