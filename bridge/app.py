@@ -4,11 +4,12 @@ driver from one Config, and starts/stops them in order."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .call.dialplan import format_number
@@ -31,6 +32,8 @@ from .matrix.ghosts import UNKNOWN_NUMBER
 from .matrix.outbox import NotDelivered, OutboxItem
 from .media.ice import restrict_host_addresses
 from .media.settings import IceServer, MediaSettings
+from .metrics import Metrics
+from .observability import HomeserverProbe, Listen, ObservabilityServer
 from .preflight import run_preflight
 from .sip.digest import Credentials
 from .sip.registration import Registration
@@ -214,6 +217,7 @@ class Bridge:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.metrics = Metrics()  # its own CollectorRegistry: nothing global
         self.matrix = MatrixSide(config, create_database(config.appservice.database))
         plan = config.dialplan
         inbound = config.sip.inbound
@@ -244,18 +248,85 @@ class Bridge:
             ),
             ua_ref=lambda: self.ua,
             matrix=MatrixAdapter(self.matrix, config),
-            call_log=CallLogAdapter(self.matrix.call_log),
+            call_log=self.metrics.wrap_call_log(CallLogAdapter(self.matrix.call_log)),
             call_state=call_state,
+            observer=self.metrics,
         )
         self.matrix.handler = self.calls
         self.ua = UserAgent(sip_settings(config), on_invite=self.calls.on_invite)
+        self.ua.on_message_observed = self.metrics.sip_message
+        self.matrix.portals.outbox.on_attempt = lambda ok, retry: self.metrics.homeserver_request(ok=ok, retry=retry)
         self.registration: Registration | None = None
+        self._watch_metrics()
+        self._started = False
+        mc = config.metrics
+        self.homeserver_probe = HomeserverProbe(
+            config.homeserver.address, interval=mc.homeserver_check_interval_s,
+            timeout=mc.homeserver_check_timeout_s, verify_ssl=config.homeserver.verify_ssl)
+        self.monitoring: ObservabilityServer | None = None
+        if mc.listener:
+            self.monitoring = ObservabilityServer(
+                Listen(mc.listen_address, mc.listen_port), registry=self.metrics.registry if mc.enabled else None,
+                health=mc.health, checks=self._ready_checks())
         self.recovery = CrashRecovery(ua=self.ua, store=call_state, matrix=self.calls.matrix,
                                       call_log=self.calls.call_log, ports=self.calls.ports)
 
+    def _watch_metrics(self) -> None:
+        """What the metrics read at scrape time."""
+        src = self.metrics.sources
+        calls = self.calls
+        src.live_media = lambda: [*(s.media.stats() for s in calls.outbound.values()),
+                                  *(s.media.stats() for s in calls.inbound.values())]
+        src.registration_state = lambda: self.registration.state if self.registration is not None else None
+        src.transactions_in_flight = lambda: self.matrix.server.transactions_in_flight
+        src.room_queue_depth = lambda: self.matrix.queues.queued
+        src.room_queues_active = lambda: self.matrix.queues.active_rooms
+
+    def _ready_checks(self) -> dict[str, Callable[[], Awaitable[str | None]]]:
+        async def started() -> str | None:
+            return None if self._started else "the bridge is starting or stopping"
+
+        async def database() -> str | None:
+            await self.matrix.db.fetchval("SELECT 1")
+            return None
+
+        async def homeserver() -> str | None:
+            return self.homeserver_probe.problem()
+
+        async def sip() -> str | None:
+            return None if self.ua.listening else "SIP listeners are not bound"
+
+        async def registration() -> str | None:
+            state = self.registration.state if self.registration is not None else "not started"
+            return None if state == "registered" else f"trunk registration is {state}"
+
+        checks: dict[str, Callable[[], Awaitable[str | None]]] = {
+            "started": started, "database": database, "homeserver": homeserver, "sip": sip}
+        if self.config.sip.trunk.register:
+            checks["registration"] = registration
+        return checks
+
     async def start(self) -> None:
-        await self.ua.start()
+        if self.monitoring is not None:
+            await self.monitoring.start()  # first: /health answers while the rest starts
+            if self.config.metrics.health:
+                await self.homeserver_probe.start()
+        try:
+            await self._start()
+        except BaseException:
+            # release what was opened: an open database thread (aiosqlite) would keep the process from exiting
+            registration, monitoring = self.registration, self.monitoring
+            for step in (self.recovery.stop, registration.stop if registration else None, self.matrix.stop,
+                         self.ua.stop, self.homeserver_probe.stop, monitoring.stop if monitoring else None):
+                if step is not None:
+                    with contextlib.suppress(Exception):
+                        await step()
+            raise
+
+    async def _start(self) -> None:
         await self.matrix.open()
+        await self.recovery.load()  # dialogs a crash left are back in the UA before it listens
+        await self.ua.start()
         # calls a crash left open: the SIP side is ended now, even with the homeserver down; the Matrix
         # events go out from tasks through the MatrixPort
         await self.recovery.reap()
@@ -273,16 +344,21 @@ class Bridge:
             )
             await self.registration.start()
         host, port = self.ua.bound_address()
+        self._started = True
         log.info("bridge running: SIP on %s:%d, appservice on %s:%s", host, port,
                  self.config.appservice.hostname, self.matrix.port)
 
     async def stop(self) -> None:
+        self._started = False  # /ready: 503 from now on
         await self.recovery.stop()
         await self.calls.stop()
         if self.registration is not None:
             await self.registration.stop()
         await self.matrix.stop()
         await self.ua.stop()
+        await self.homeserver_probe.stop()
+        if self.monitoring is not None:
+            await self.monitoring.stop()
 
 
 STOP_TIMEOUT_S = 15.0  # calls ended politely, queued hangups given a few seconds; then exit regardless

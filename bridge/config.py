@@ -223,6 +223,22 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """The observability listener: /metrics (Prometheus, off by default), /health and /ready (on by default)."""
+
+    enabled: bool = False  # serve /metrics
+    health: bool = True  # serve /health and /ready
+    listen_address: str = "127.0.0.1"
+    listen_port: int = 29351  # 0: any free port (logged)
+    homeserver_check_interval_s: float = 5.0
+    homeserver_check_timeout_s: float = 2.0
+
+    @property
+    def listener(self) -> bool:
+        return self.enabled or self.health
+
+
+@dataclass(frozen=True)
 class Config:
     homeserver: HomeserverConfig = field(default_factory=HomeserverConfig)
     appservice: AppserviceConfig = field(default_factory=AppserviceConfig)
@@ -231,6 +247,7 @@ class Config:
     dialplan: DialplanConfig = field(default_factory=DialplanConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     path: Path | None = None
 
     @property
@@ -759,6 +776,26 @@ def _logging(s: _Section) -> LoggingConfig:
     return out
 
 
+def _metrics(s: _Section) -> MetricsConfig:
+    address = s.string("listen_address", "127.0.0.1")
+    _check_ip(s.key("listen_address"), address)
+    interval = s.number("homeserver_check_interval_s", 5.0, lo=0.5)
+    timeout = s.number("homeserver_check_timeout_s", 2.0, lo=0.1)
+    if timeout > interval:
+        raise ConfigError(s.key("homeserver_check_timeout_s"), f"{timeout} must not exceed "
+                          f"homeserver_check_interval_s ({interval})")
+    out = MetricsConfig(
+        enabled=s.boolean("enabled", False),
+        health=s.boolean("health", True),
+        listen_address=address,
+        listen_port=s.integer("listen_port", 29351, lo=0, hi=65535),
+        homeserver_check_interval_s=interval,
+        homeserver_check_timeout_s=timeout,
+    )
+    s.finish()
+    return out
+
+
 def parse_config(data: Any, path: Path | None = None) -> Config:
     """Validate already-parsed YAML data. Raises :class:`ConfigError`."""
     root = _Section(data, "")
@@ -771,6 +808,7 @@ def parse_config(data: Any, path: Path | None = None) -> Config:
         dialplan=_dialplan(root.section("dialplan")),
         media=_media(root.section("media")),
         logging=_logging(root.section("logging")),
+        metrics=_metrics(root.section("metrics")),
         path=path,
     )
     root.finish()

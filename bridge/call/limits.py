@@ -27,6 +27,7 @@ class LimitRefusal:
     reason: str  # Matrix reject/hangup reason
     problem: str  # for the log
     notice: str  # for the room
+    limit: str = "other"  # which limit: total_concurrency, user_concurrency, user_attempts (a metrics label)
 
 
 class SlidingWindow:
@@ -103,17 +104,19 @@ class CallLimiter:
         if len(self._active) >= limits.total_concurrent_calls:
             return LimitRefusal(
                 "user_busy", f"bridge-wide limit of {limits.total_concurrent_calls} concurrent calls reached",
-                "The bridge is handling as many phone calls as it may right now. Please try again later.")
+                "The bridge is handling as many phone calls as it may right now. Please try again later.",
+                "total_concurrency")
         if self.active(user) >= limits.concurrent_calls:
             return LimitRefusal(
                 "user_busy", f"{limits.concurrent_calls} concurrent calls already in progress",
-                f"You already have {limits.concurrent_calls} phone call(s) in progress; end one first.")
+                f"You already have {limits.concurrent_calls} phone call(s) in progress; end one first.",
+                "user_concurrency")
         if not self._attempts.allow(user):
             wait = math.ceil(self._attempts.retry_after(user))
             return LimitRefusal(
                 "unknown_error", f"more than {limits.attempts_per_minute} call attempts per minute",
                 f"Too many call attempts (at most {limits.attempts_per_minute} per minute). "
-                f"Please try again in {wait} s.")
+                f"Please try again in {wait} s.", "user_attempts")
         self._active[call_id] = user
         return None
 

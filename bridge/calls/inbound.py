@@ -34,7 +34,7 @@ from .call_state import CallStateWriter, NoCallState, inbound_record
 from .caller_id import CallerIdAnnouncer, CallerIdContext
 from .in_dialog import OnTransferRequest, answer_in_dialog
 from .phone_hold import PhoneHold
-from .ports import CallLogPort, CallStatePort, MatrixPort, MatrixUnavailable, PortalInfo
+from .ports import CallLogPort, CallObserver, CallStatePort, MatrixPort, MatrixUnavailable, NullObserver, PortalInfo
 from .renegotiation import Renegotiator
 from .session import CallSession, new_call_id, new_party_id
 
@@ -87,6 +87,7 @@ class InboundSession(CallSession):
         on_finished: Callable[[CallSession], None], log: CallLogger, fork: InboundFork,
         call_state: CallStatePort | None = None, caller_id: CallerIdContext | None = None,
         homeserver_timeout_s: float = 10.0,
+        observer: CallObserver | None = None,
     ) -> None:
         self.sip = server_invite
         self.fork = fork
@@ -100,6 +101,7 @@ class InboundSession(CallSession):
         self.media = media
         self.matrix = matrix
         self.call_log = call_log
+        self.observer: CallObserver = observer or NullObserver()
         self.state = CallStateWriter(call_state or NoCallState(), lambda: self.call_id, lambda: inbound_record(self))
         self.rtp_port: int | None = None
         self.lifetime_ms = lifetime_ms
@@ -218,6 +220,7 @@ class InboundSession(CallSession):
 
     # --- Matrix events for this call ---
     def on_answer(self, sender: str, answer: ev.Answer) -> None:
+        self.observer.matrix_answered(self.call_id)
         if answer.party_id is not None and answer.party_id not in self.answers:
             self.answers[answer.party_id] = answer.answer_sdp
         self.post(lambda: self.machine.matrix_answer(sender, answer.party_id))

@@ -40,7 +40,7 @@ from .caller_id import CallerIdContext, CallerIdSettings, asserted_identity
 from .inbound import InboundFork, InboundSession
 from .matrix_transfer import MatrixTransfers
 from .outbound import OutboundSession, TrunkTarget
-from .ports import CallLogPort, CallStatePort, MatrixPort, PortalInfo
+from .ports import CallLogPort, CallObserver, CallStatePort, MatrixPort, NullObserver, PortalInfo
 from .session import CallSession
 from .transfer import TransferPolicy, Transfers
 
@@ -114,12 +114,14 @@ class _NonceStore:
 
 class CallManager:
     def __init__(self, *, settings: CallSettings, ua_ref: Callable[[], UserAgent], matrix: MatrixPort,
-                 call_log: CallLogPort, call_state: CallStatePort | None = None) -> None:
+                 call_log: CallLogPort, call_state: CallStatePort | None = None,
+                 observer: CallObserver | None = None) -> None:
         self.settings = settings
         self._ua = ua_ref
         self.matrix = matrix
         self.call_log = call_log
         self.call_state = call_state
+        self.observer: CallObserver = observer or NullObserver()
         self.ports = PortAllocator(settings.media.rtp_host, settings.media.port_start, settings.media.port_end)
         self.outbound: dict[str, OutboundSession] = {}
         self.inbound: dict[str, InboundSession] = {}
@@ -149,6 +151,9 @@ class CallManager:
         elif isinstance(session, InboundSession):
             self.inbound.pop(session.call_id, None)
         self.candidates.drop(getattr(session, "call_id", ""))
+        media = getattr(session, "media", None)
+        if media is not None:
+            self.observer.media_closed(media.stats())
 
     # ---------------------------------------------------------------- Matrix side
     async def on_call_event(self, evt: CallEventLike) -> None:
@@ -277,6 +282,7 @@ class CallManager:
             return
         over = self.call_limits.admit(sender, call_id)
         if over is not None:
+            self.observer.call_refused(over.limit)
             self._refuse(portal, invite, sender, over.reason, f"limit: {over.problem}", over.notice)
             return
         if verdict.remaining_ms < invite.lifetime_ms:
@@ -292,6 +298,7 @@ class CallManager:
             failure_notices=self.settings.failure_notices, on_finished=self._finished, call_state=self.call_state,
             identity_headers=self.settings.caller_id.outbound_headers(sender), caller_id=self._caller_id_context(),
             early_media=self.settings.early_media,
+            observer=self.observer,
         )
         session.on_transfer_request = functools.partial(self._transfer_request, session)
         self.outbound[call_id] = session
@@ -359,6 +366,7 @@ class CallManager:
         host = inv.source.addr[0]
         if not self.limiter.allow(host):
             log.warning("rate limit: refusing INVITE %s from %s", inv.call_id, host)
+            self.observer.call_refused("sip_source_rate")
             await inv.respond(503, "Service Unavailable", headers=[("Retry-After", "5")])
             return
         if not await self._authorised(inv):
@@ -390,6 +398,7 @@ class CallManager:
                     homeserver_timeout_s=self.settings.inbound.homeserver_timeout_s,
                     on_finished=self._finished, log=clog, fork=fork, call_state=self.call_state,
                     caller_id=self._caller_id_context(asserted),
+                    observer=self.observer,
                 )
                 session.on_transfer_request = functools.partial(self._transfer_request, session)
                 fork.branches.append(session)

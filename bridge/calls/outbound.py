@@ -32,7 +32,7 @@ from .caller_id import CallerIdAnnouncer, CallerIdContext
 from .early_media import EarlyMedia
 from .in_dialog import OnTransferRequest, answer_in_dialog
 from .phone_hold import PhoneHold
-from .ports import CallLogPort, CallStatePort, MatrixPort, PortalInfo
+from .ports import CallLogPort, CallObserver, CallStatePort, MatrixPort, NullObserver, PortalInfo
 from .renegotiation import Renegotiator
 from .session import CallSession, new_party_id
 
@@ -58,6 +58,7 @@ class OutboundSession(CallSession):
         on_finished: Callable[[CallSession], None], log: CallLogger, call_state: CallStatePort | None = None,
         identity_headers: list[tuple[str, str]] | None = None, caller_id: CallerIdContext | None = None,
         early_media: str = "off",
+        observer: CallObserver | None = None,
     ) -> None:
         self.invite = invite
         self.sender = sender
@@ -71,6 +72,7 @@ class OutboundSession(CallSession):
         self.media = media
         self.matrix = matrix
         self.call_log = call_log
+        self.observer: CallObserver = observer or NullObserver()
         self.state = CallStateWriter(call_state or NoCallState(), lambda: self.call_id, lambda: outbound_record(self))
         self.rtp_port: int | None = None
         self.failure_notices = failure_notices
@@ -131,6 +133,8 @@ class OutboundSession(CallSession):
         return True
 
     def _on_provisional(self, resp: Response) -> None:
+        if resp.status > 100:  # 100 Trying is hop-by-hop: post-dial delay runs to the far end's 180/183
+            self.observer.sip_progress(self.call_id)
         self.post(lambda: self.machine.sip_provisional(resp.status))
         if self.early.mode != "off" and resp.body:
             self.spawn(self._early_progress(resp), "early-media")
@@ -158,6 +162,7 @@ class OutboundSession(CallSession):
             return
         if 200 <= resp.status < 300:
             self.answer_response = resp
+            self.observer.sip_answered(self.call_id)
             self.dialog = invite.dialog
             if self.dialog is not None:
                 self.dialog.on_terminated = self._dialog_terminated

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..call.record import CallRecord
+from ..media.call_media import MediaStats
 
 
 @dataclass(frozen=True)
@@ -83,3 +84,39 @@ class CallStateStore(CallStatePort, Protocol):
     """What crash recovery reads at start: every record a previous process left."""
 
     async def all(self) -> list[CallRecord]: ...
+
+
+class CallObserver(Protocol):
+    """Moments the metrics time (bridge.metrics.Metrics implements this). Cheap, synchronous, never raising."""
+
+    def sip_progress(self, call_id: str) -> None:
+        """Outbound: a 180/183 (not 100) arrived; the first one ends the post-dial delay."""
+
+    def sip_answered(self, call_id: str) -> None:
+        """Outbound: the SIP 2xx arrived (answer latency runs until m.call.answer is sent)."""
+
+    def matrix_answered(self, call_id: str) -> None:
+        """Inbound: an m.call.answer arrived (answer latency runs until the SIP 200 is sent)."""
+
+    def call_refused(self, limit: str) -> None:
+        """A call was refused by a limit: sip_source_rate, user_attempts, user_concurrency, total_concurrency."""
+
+    def media_closed(self, stats: MediaStats) -> None:
+        """A call's media plane closed; ``stats`` are its final counters."""
+
+
+class NullObserver:
+    def sip_progress(self, call_id: str) -> None:
+        pass
+
+    def sip_answered(self, call_id: str) -> None:
+        pass
+
+    def matrix_answered(self, call_id: str) -> None:
+        pass
+
+    def call_refused(self, limit: str) -> None:
+        pass
+
+    def media_closed(self, stats: MediaStats) -> None:
+        pass

@@ -47,28 +47,38 @@ class CrashRecovery:
         self.ports = ports
         self.quarantine_s = quarantine_s
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._records: list[CallRecord] | None = None  # read by load(), consumed by reap()
+        self._dialogs: dict[str, Dialog] = {}
 
-    async def reap(self) -> int:
-        """Start ending every open call; returns how many. The SIP messages are on their way when this
-        returns; the rest (retransmissions, Matrix events, deleting the records) runs in owned tasks."""
+    async def load(self) -> None:
+        """Read the records a dead process left and put their dialogs back into the UA. Run this BEFORE the UA
+        listens: a BYE the trunk sent while the bridge was down (and retransmits now) must find its dialog and
+        get 200, not 481."""
         try:
-            records = await self.store.all()
+            self._records = await self.store.all()
         except Exception:
             log.exception("crash recovery: cannot read the call state; calls left open stay open")
-            return 0
+            self._records = []
+        for record in self._records:
+            if record.sip_phase == "dialog":
+                try:
+                    self._dialogs[record.call_id] = restore_dialog(self.ua, DialogState.from_dict(record.sip))
+                except Exception:
+                    log.exception("crash recovery: unusable dialog state for %s", record.call_id)
+
+    async def reap(self) -> int:
+        """Start ending every open call (``load`` first); returns how many. The SIP messages are on their way
+        when this returns; the rest (retransmissions, Matrix events, deleting the records) runs in owned tasks."""
+        if self._records is None:
+            await self.load()
+        records, dialogs = self._records or [], self._dialogs
+        self._records, self._dialogs = [], {}
         if not records:
             return 0
         log.warning("crash recovery: %d call(s) were in progress when the bridge stopped; ending them",
                      len(records))
         answered_sip = {r.sip_call_id for r in records if r.sip_phase == "dialog"}
         responded: set[str] = set()
-        dialogs: dict[str, Dialog] = {}
-        for record in records:  # first restore every dialog, so the trunk's BYE finds it whatever comes next
-            if record.sip_phase == "dialog":
-                try:
-                    dialogs[record.call_id] = restore_dialog(self.ua, DialogState.from_dict(record.sip))
-                except Exception:
-                    log.exception("crash recovery: unusable dialog state for %s", record.call_id)
         for record in records:
             sip_done = self._end_sip(record, dialogs, answered_sip, responded)
             matrix_done = self._end_matrix(record)

@@ -57,6 +57,11 @@ class AppserviceServer:
         self._handled = 0
         self.app = self._build()
 
+    @property
+    def transactions_in_flight(self) -> int:
+        """Transactions being handled now (metrics)."""
+        return len(self._in_flight)
+
     def _build(self) -> web.Application:
         app = web.Application(middlewares=[self._auth_middleware], client_max_size=MAX_TRANSACTION_BYTES)
         for prefix in ("/_matrix/app/v1", ""):  # "" = legacy unprefixed routes

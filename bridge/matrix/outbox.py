@@ -85,6 +85,8 @@ class Outbox:
                  backoff_max_s: float = BACKOFF_MAX_S, attempt_timeout_s: float = ATTEMPT_TIMEOUT_S,
                  max_queued: int = MAX_QUEUED) -> None:
         self.send = send  # one attempt; replaceable (benchmarks wrap it)
+        self.on_attempt: Callable[[bool, bool], None] | None = None
+        """Told (ok, is_retry) after every attempt (metrics); must be cheap and must not raise."""
         self.max_age_s = max_age_s
         self.backoff_start_s = backoff_start_s
         self.backoff_max_s = backoff_max_s
@@ -183,6 +185,8 @@ class Outbox:
             finally:
                 if not attempt.done():
                     attempt.cancel()
+            if self.on_attempt is not None and not (attempt.cancelled() and item.withdrawn):
+                self.on_attempt(not attempt.cancelled() and attempt.exception() is None, item.attempts > 1)
             if attempt.cancelled():
                 if item.withdrawn:
                     return

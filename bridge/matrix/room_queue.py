@@ -65,6 +65,11 @@ class RoomQueues:
     def active_rooms(self) -> int:
         return len(self._tasks)
 
+    @property
+    def queued(self) -> int:
+        """Jobs waiting in every room's queue (metrics)."""
+        return sum(q.qsize() for q in self._queues.values())
+
     async def close(self) -> None:
         """Cancel all workers; pending futures are cancelled."""
         self._closed = True

@@ -39,6 +39,12 @@ WEBRTC_TE_PT_48K = 110
 class MediaStats:
     rtp_packets_in: int = 0
     rtp_packets_out: int = 0
+    rtp_bytes_in: int = 0
+    rtp_bytes_out: int = 0
+    rtp_lost: int = 0
+    """Incoming RTP sequence numbers the jitter buffer skipped."""
+    rtp_jitter_s: float = 0.0
+    """RFC 3550 interarrival jitter of the incoming RTP stream, in seconds."""
     webrtc_frames_in: int = 0
     webrtc_frames_out: int = 0
     dropped: int = 0
@@ -415,6 +421,10 @@ class CallMedia:
         return MediaStats(
             rtp_packets_in=self._rtp.packets_in,
             rtp_packets_out=self._rtp.packets_out,
+            rtp_bytes_in=self._rtp.bytes_in,
+            rtp_bytes_out=self._rtp.bytes_out,
+            rtp_lost=self._rtp.jitter.lost,
+            rtp_jitter_s=self._rtp.interarrival_jitter,
             webrtc_frames_in=self._relay.webrtc_frames_in,
             webrtc_frames_out=self._relay.webrtc_frames_out,
             dropped=self._rtp.dropped

@@ -76,6 +76,12 @@ class RtpLeg(asyncio.DatagramProtocol):
         # counters (read by stats())
         self.packets_in = 0
         self.packets_out = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.interarrival_jitter = 0.0
+        """RFC 3550 6.4.1 estimate for the incoming audio stream, in seconds."""
+        self._arrival: float | None = None  # of the previous audio packet (monotonic s)
+        self._arrival_ts = 0  # its RTP timestamp
         self.malformed = 0
         self.foreign = 0
         self.rtcp_in = 0
@@ -167,6 +173,8 @@ class RtpLeg(asyncio.DatagramProtocol):
             self._handle_dtmf(packet)
             return
         self.packets_in += 1
+        self.bytes_in += len(data)
+        self._update_jitter(packet.timestamp)
         for ready in self._jitter.push(packet):
             if self.on_audio is not None:
                 try:
@@ -181,6 +189,16 @@ class RtpLeg(asyncio.DatagramProtocol):
         if self.guard.source == addr:
             self._jitter.reset()  # a newly locked source: its sequence numbers are not the old stream's
         return True
+
+    def _update_jitter(self, timestamp: int) -> None:
+        """RFC 3550 A.8: J += (|D| - J) / 16, D the change in transit time between consecutive packets."""
+        now = time.monotonic()
+        if self._arrival is not None:
+            d = abs((now - self._arrival) - ts_diff(timestamp, self._arrival_ts) / self.clock_rate)
+            if d < 5.0:  # larger: a new stream or a timestamp jump, not jitter
+                self.interarrival_jitter += (d - self.interarrival_jitter) / 16
+        self._arrival = now
+        self._arrival_ts = timestamp
 
     def _handle_dtmf(self, packet: RtpPacket) -> None:
         try:
@@ -207,6 +225,7 @@ class RtpLeg(asyncio.DatagramProtocol):
             return False
         self.transport.sendto(data, remote)
         self.packets_out += 1
+        self.bytes_out += len(data)
         return True
 
     def send_audio(self, payload: bytes, source_ts: int | None = None, samples: int | None = None) -> None:

@@ -99,6 +99,10 @@ class StreamServer:
         server._start_reading()
         return server
 
+    def is_serving(self) -> bool:
+        """Open (possibly pausing accepts for a moment after descriptor exhaustion)."""
+        return self.sock.fileno() != -1
+
     def close(self) -> None:
         self._stop_reading()
         if self._resume is not None:

@@ -44,6 +44,17 @@ class Source:
 
 MessageHandler = Callable[[Request | Response, Source], None]
 ErrorHandler = Callable[[SipParseError, Source], None]
+MessageObserver = Callable[[str, str | int], None]
+"""(direction "in"/"out", request method or response status; "malformed" for an unparsable message in)."""
+
+
+def _first_line_kind(data: bytes) -> str | int | None:
+    """The method or status of a serialized message, from its first line only (CRLF keepalives: None)."""
+    if data.startswith(b"SIP/2.0 "):
+        code = data[8:11]
+        return int(code) if code.isdigit() else None
+    space = data.find(b" ", 0, 32)
+    return data[:space].decode("ascii", "replace") if space > 0 else None
 
 
 def is_ipv6(host: str) -> bool:
@@ -125,6 +136,7 @@ class StreamConnection(asyncio.Protocol):
             raise SipTransportError(f"{self.transport_name} connection to {self.remote} is closed")
         self.last_activity = asyncio.get_running_loop().time()
         self._transport.write(data)
+        self._layer._observe_out(data)
 
     def close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
@@ -203,6 +215,8 @@ class TransportLayer:
         self._idle_handle: asyncio.TimerHandle | None = None
         # connections a dialog or transaction still needs: never closed for idleness (set by the UA)
         self.connections_in_use: Callable[[], set[StreamConnection]] = set
+        self.on_observed: MessageObserver | None = None
+        """Told about every message sent and received (counters; must be cheap and must not raise)."""
 
     # ----------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -381,6 +395,25 @@ class TransportLayer:
         if lst.udp is None or lst.udp.transport is None or lst.udp.transport.is_closing():
             raise SipTransportError("UDP transport is closed")
         lst.udp.transport.sendto(data, addr)
+        self._observe_out(data)
+
+    @property
+    def listening(self) -> bool:
+        """Every configured listener is bound and open."""
+        if len(self._listeners) != len(self.settings.listen):
+            return False
+        for lst in self._listeners:
+            if lst.udp is not None and (lst.udp.transport is None or lst.udp.transport.is_closing()):
+                return False
+            if lst.server is not None and not lst.server.is_serving():
+                return False
+        return True
+
+    def _observe_out(self, data: bytes) -> None:
+        if self.on_observed is not None:
+            kind = _first_line_kind(data)
+            if kind is not None:
+                self.on_observed("out", kind)
 
     def try_send_now(self, data: bytes, transport: str, addr: Address,
                      connection: StreamConnection | None = None) -> bool:
@@ -441,12 +474,16 @@ class TransportLayer:
             del self._connections[key]
 
     def _deliver(self, msg: Request | Response, source: Source) -> None:
+        if self.on_observed is not None:
+            self.on_observed("in", msg.method if isinstance(msg, Request) else msg.status)
         try:
             self._on_message(msg, source)
         except Exception:  # one bad message never stops other calls
             logger.exception("error handling SIP message from %s/%s", source.transport, source.addr)
 
     def _deliver_error(self, err: SipParseError, source: Source) -> None:
+        if self.on_observed is not None:
+            self.on_observed("in", "malformed")
         try:
             self._on_error(err, source)
         except Exception:

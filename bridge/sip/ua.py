@@ -29,7 +29,15 @@ from bridge.sip.server import ALLOW, ServerInvite, ServerRequest
 from bridge.sip.server_transaction import InviteServerTransaction, NonInviteServerTransaction, ServerTransaction
 from bridge.sip.settings import SipSettings
 from bridge.sip.transaction import TransactionLayer
-from bridge.sip.transport import Address, Source, StreamConnection, TransportLayer, format_host, strip_brackets
+from bridge.sip.transport import (
+    Address,
+    MessageObserver,
+    Source,
+    StreamConnection,
+    TransportLayer,
+    format_host,
+    strip_brackets,
+)
 from bridge.sip.uri import SipUri
 
 logger = logging.getLogger(__name__)
@@ -93,6 +101,20 @@ class UserAgent:
 
     def bound_address(self, transport: str = "udp") -> Address:
         return self.transport.bound_address(transport)
+
+    @property
+    def listening(self) -> bool:
+        """Started, and every configured SIP listener is bound."""
+        return self._running and self.transport.listening
+
+    @property
+    def on_message_observed(self) -> MessageObserver | None:
+        """Called with (direction "in"/"out", method or status) for every SIP message (retransmissions too)."""
+        return self.transport.on_observed
+
+    @on_message_observed.setter
+    def on_message_observed(self, observer: MessageObserver | None) -> None:
+        self.transport.on_observed = observer
 
     @property
     def dialogs(self) -> list[Dialog]:

@@ -80,6 +80,8 @@ class StackPlan:
             },
             "media": {"rtp_host": "127.0.0.1", "port_start": self.rtp_range[0], "port_end": self.rtp_range[1]},
             "logging": {"level": "DEBUG"},
+            # a free port: tests (and engineers) run bridges side by side; tests that scrape it read bridge.monitoring
+            "metrics": {"listen_port": 0},
         }
         if overrides:
             overrides(data)
