@@ -797,7 +797,10 @@ def _metrics(s: _Section) -> MetricsConfig:
 
 
 def parse_config(data: Any, path: Path | None = None) -> Config:
-    """Validate already-parsed YAML data. Raises :class:`ConfigError`."""
+    """Validate already-parsed YAML data. Raises :class:`ConfigError`. With ``path`` (the config file), relative
+    file paths in it are relative to that file's directory, not to wherever the bridge happens to be started."""
+    if path is not None:
+        data = _resolve_tls_paths(data, Path(path).resolve().parent)
     root = _Section(data, "")
     homeserver = _homeserver(root.section("homeserver"))
     config = Config(
@@ -822,6 +825,16 @@ def parse_config(data: Any, path: Path | None = None) -> Config:
         log_file = (Path(path).resolve().parent / config.logging.file).as_posix()
         config = dataclasses.replace(config, logging=dataclasses.replace(config.logging, file=log_file))
     return config
+
+
+def _resolve_tls_paths(data: Any, base: Path) -> Any:
+    """sip.tls_cert / sip.tls_key made absolute against ``base`` (checked for existence while parsing)."""
+    sip = data.get("sip") if isinstance(data, Mapping) else None
+    if not isinstance(sip, Mapping):
+        return data
+    fixed = {key: (base / value).as_posix() for key in ("tls_cert", "tls_key")
+             if isinstance(value := sip.get(key), str) and value and not Path(value).is_absolute()}
+    return {**data, "sip": {**sip, **fixed}} if fixed else data
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:

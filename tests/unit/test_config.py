@@ -287,3 +287,15 @@ def test_early_media_modes_including_yaml_bare_off(raw: Any, mode: str) -> None:
 
 def test_early_media_defaults_to_announce_in_the_example() -> None:
     assert load_config(EXAMPLE).bridge.early_media == "announce"
+
+
+def test_relative_tls_paths_resolve_against_the_config_files_directory(tmp_path: Path) -> None:
+    (tmp_path / "certs").mkdir()
+    for name in ("bridge.pem", "bridge.key"):
+        (tmp_path / "certs" / name).write_text("x")
+    data = with_value("sip.listen", [{"transport": "tls", "host": "127.0.0.1", "port": 5061}])
+    data["sip"]["tls_cert"] = "certs/bridge.pem"
+    data["sip"]["tls_key"] = "certs/bridge.key"
+    config = parse_config(data, tmp_path / "config.yaml")  # the test runs from another directory
+    assert config.sip.tls_cert == (tmp_path / "certs" / "bridge.pem").as_posix()
+    assert config.sip.tls_key == (tmp_path / "certs" / "bridge.key").as_posix()
