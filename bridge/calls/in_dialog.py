@@ -6,7 +6,8 @@ BYE never gets here for handling: the SIP core answers it and reports the end th
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..logs import CallLogger
 from ..media.call_media import CallMedia
@@ -16,7 +17,35 @@ from ..sip.server import ServerInvite, ServerRequest
 SDP = [("Content-Type", "application/sdp")]
 
 
+if TYPE_CHECKING:
+    from .call_state import CallStateWriter
+    from .caller_id import CallerIdAnnouncer
+    from .phone_hold import PhoneHold
+
 OnTransferRequest = Callable[[ServerRequest], Awaitable[None]]
+
+
+class DialogParty(Protocol):
+    """What a call session (inbound or outbound) brings to its dialog's requests."""
+
+    media: CallMedia
+    clog: CallLogger
+    phone_hold: PhoneHold
+    caller_id: CallerIdAnnouncer | None
+    on_transfer_request: OnTransferRequest | None
+    state: CallStateWriter
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> Any: ...
+
+
+async def serve_in_dialog(party: DialogParty, req: ServerRequest | ServerInvite) -> None:
+    """A request inside a call's dialog: re-INVITE/UPDATE (hold, codec, caller ID), REFER/NOTIFY (transfer)."""
+    await answer_in_dialog(party.media, req, party.clog, party.phone_hold.phone_renegotiated,
+                           on_transfer_request=party.on_transfer_request)
+    if req.request.method in ("INVITE", "UPDATE"):
+        party.spawn(party.state.save(), "save-call-state")  # a target refresh: recovery must BYE the new one
+    if party.caller_id is not None:
+        await party.caller_id.from_request(req)
 
 
 async def answer_in_dialog(

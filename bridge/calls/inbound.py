@@ -32,7 +32,7 @@ from ..sip.server import ServerRequest
 from ..sip.ua import ServerInvite
 from .call_state import CallStateWriter, NoCallState, inbound_record
 from .caller_id import CallerIdAnnouncer, CallerIdContext
-from .in_dialog import OnTransferRequest, answer_in_dialog
+from .in_dialog import OnTransferRequest, serve_in_dialog
 from .phone_hold import PhoneHold
 from .ports import CallLogPort, CallObserver, CallStatePort, MatrixPort, MatrixUnavailable, NullObserver, PortalInfo
 from .renegotiation import Renegotiator
@@ -326,13 +326,7 @@ class InboundSession(CallSession):
             await self.fork.respond(self, status, reason, retry_after_s=retry_after_s)
 
     async def in_dialog(self, req: ServerRequest | ServerInvite) -> None:
-        """Requests inside the call's dialog: re-INVITE/UPDATE (hold, caller ID), REFER/NOTIFY (transfer)."""
-        await answer_in_dialog(self.media, req, self.clog, self.phone_hold.phone_renegotiated,
-                               on_transfer_request=self.on_transfer_request)
-        if req.request.method in ("INVITE", "UPDATE"):
-            self.spawn(self.state.save(), "save-call-state")  # a target refresh: recovery must BYE the new one
-        if self.caller_id is not None:
-            await self.caller_id.from_request(req)
+        await serve_in_dialog(self, req)
 
     async def _take_ack_answer(self) -> None:
         ack = await self.sip.wait_ack(timeout=40)

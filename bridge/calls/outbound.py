@@ -30,7 +30,7 @@ from ..sip.ua import ClientInvite, UserAgent
 from .call_state import CallStateWriter, NoCallState, outbound_record
 from .caller_id import CallerIdAnnouncer, CallerIdContext
 from .early_media import EarlyMedia
-from .in_dialog import OnTransferRequest, answer_in_dialog
+from .in_dialog import OnTransferRequest, serve_in_dialog
 from .phone_hold import PhoneHold
 from .ports import CallLogPort, CallObserver, CallStatePort, MatrixPort, NullObserver, PortalInfo
 from .renegotiation import Renegotiator
@@ -284,13 +284,7 @@ class OutboundSession(CallSession):
         return True
 
     async def in_dialog(self, req: ServerRequest | ServerInvite) -> None:
-        """Requests inside the call's dialog: re-INVITE/UPDATE (hold, caller ID), REFER/NOTIFY (transfer)."""
-        await answer_in_dialog(self.media, req, self.clog, self.phone_hold.phone_renegotiated,
-                               on_transfer_request=self.on_transfer_request)
-        if req.request.method in ("INVITE", "UPDATE"):
-            self.spawn(self.state.save(), "save-call-state")  # a target refresh: recovery must BYE the new one
-        if self.caller_id is not None:
-            await self.caller_id.from_request(req)
+        await serve_in_dialog(self, req)
 
     async def _send_negotiate_offer(self, sdp: str) -> None:
         await self.matrix.send_call_event(self.portal, "m.call.negotiate", self.out.negotiate("offer", sdp))
