@@ -17,6 +17,7 @@ import pytest
 from bridge.app import Bridge
 from tests.harness.bridge_stack import SERVER_NAME, StackPlan, start_bridge
 from tests.harness.matrix_client import MatrixTestClient
+from tests.harness.rtp_peer import RtpPeer
 from tests.harness.sipp import SippProcess
 from tests.harness.synapse import SynapseServer, register_user_sync
 
@@ -133,6 +134,15 @@ async def e2e(e2e_env: tuple[StackPlan, SynapseServer], tmp_path: Path) -> Async
             await bridge.stop()
         if env.bridges:
             plan.sink.start()
+
+
+@pytest.fixture
+async def rtp_peer() -> AsyncIterator[RtpPeer]:
+    """The phone's RTP end: plays a 1 kHz tone (tests/harness/rtp_peer.py)."""
+    peer = RtpPeer(tone_hz=1000.0)
+    await peer.open()
+    yield peer
+    await peer.close()
 
 
 def bridge_call_tasks() -> list[asyncio.Task[Any]]:

@@ -4,7 +4,7 @@ sources honoured, and the Matrix user's admin-configured number asserted on outb
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,14 +22,6 @@ DESK_GHOST = "@sip_15553334444:bridge.test"
 SALES_GHOST = "@sip_15556667777:bridge.test"
 UNKNOWN_GHOST = "@sip_unknown:bridge.test"
 PAI_LINE = 'P-Asserted-Identity: "Front Desk" <sip:+15553334444@127.0.0.1>\n'
-
-
-@pytest.fixture
-async def rtp_peer() -> AsyncIterator[RtpPeer]:
-    peer = RtpPeer(tone_hz=1000.0)
-    await peer.open()
-    yield peer
-    await peer.close()
 
 
 def identities(client: MatrixTestClient, room_id: str, call_id: str) -> list[tuple[str, dict[str, Any]]]:

@@ -61,14 +61,6 @@ async def crashable(e2e: E2E) -> AsyncIterator[Launcher]:
             e2e.plan.sink.start()
 
 
-@pytest.fixture
-async def rtp_peer() -> AsyncIterator[RtpPeer]:
-    peer = RtpPeer(tone_hz=1000.0)
-    await peer.open()
-    yield peer
-    await peer.close()
-
-
 async def sipp_trunk(e2e: E2E, scenario: str, *args: str) -> SippProcess:
     sipp = SippProcess(SCENARIOS / scenario, local_port=e2e.plan.trunk_port, extra_args=list(args), timeout=60,
                        workdir=e2e.tmp / "sipp")

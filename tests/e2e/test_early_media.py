@@ -7,7 +7,6 @@ from __future__ import annotations
 import array
 import io
 import wave
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,14 +17,6 @@ from tests.harness.rtp_peer import RtpPeer
 from tests.harness.tone import tone_ratio
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-async def rtp_peer() -> AsyncIterator[RtpPeer]:
-    peer = RtpPeer(tone_hz=1000.0)
-    await peer.open()
-    yield peer
-    await peer.close()
 
 
 def early_media(mode: str) -> Any:

@@ -6,7 +6,7 @@ ended on both sides, and the winner has audio."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -29,14 +29,6 @@ GREATER = "zzzzglare"  # sorts after
 
 def route_to_alice(data: dict[str, Any]) -> None:
     data["sip"]["inbound"]["routes"] = [{"number": DIALLED, "users": [ALICE]}]
-
-
-@pytest.fixture
-async def rtp_peer() -> AsyncIterator[RtpPeer]:
-    peer = RtpPeer(tone_hz=1000.0)
-    await peer.open()
-    yield peer
-    await peer.close()
 
 
 async def start_sipp(e2e: E2E, sipp: SippProcess) -> SippProcess:

@@ -4,7 +4,7 @@ real Synapse, the bridge, and aiortc-based Matrix clients that join the portal a
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -30,14 +30,6 @@ def routes(**bridge: Any) -> Callable[[dict[str, Any]], None]:
         data["bridge"].update(bridge)
 
     return apply
-
-
-@pytest.fixture
-async def rtp_peer() -> AsyncIterator[RtpPeer]:
-    peer = RtpPeer(tone_hz=1000.0)
-    await peer.open()
-    yield peer
-    await peer.close()
 
 
 async def phone(e2e: E2E, scenario: str, *args: str, caller: str = CALLER, name: str = "Bob Phone",

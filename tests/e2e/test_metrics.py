@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -26,14 +25,6 @@ P = "matrix_sip_bridge_"
 RING_MS = 2000  # the trunk rings this long before its 200: time to see "started, not answered"
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-@pytest.fixture
-async def rtp_peer() -> AsyncIterator[RtpPeer]:
-    peer = RtpPeer(tone_hz=1000.0)
-    await peer.open()
-    yield peer
-    await peer.close()
 
 
 def base_url(bridge: Bridge) -> str:

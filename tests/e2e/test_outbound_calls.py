@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -17,14 +16,6 @@ from tests.harness.rtp_peer import RtpPeer
 from tests.harness.sipp import SippProcess
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-async def rtp_peer() -> AsyncIterator[RtpPeer]:
-    peer = RtpPeer(tone_hz=1000.0)
-    await peer.open()
-    yield peer
-    await peer.close()
 
 
 async def trunk(e2e: E2E, scenario: str, *args: str, timeout: float = 90.0) -> SippProcess:

@@ -5,7 +5,6 @@ the RFC 3264 directions of the bridge's answers), a real RTP peer playing 1 kHz 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -17,14 +16,6 @@ from tests.harness.matrix_client import _Call
 from tests.harness.rtp_peer import RtpPeer
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-async def rtp_peer() -> AsyncIterator[RtpPeer]:
-    peer = RtpPeer(tone_hz=1000.0)
-    await peer.open()
-    yield peer
-    await peer.close()
 
 
 def negotiate_sdp(event: dict[str, Any]) -> str:

@@ -4,7 +4,6 @@ receiver, yet the client still gets receiver reports for its stream (Chrome's RT
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -14,14 +13,6 @@ from tests.harness.matrix_client import _Call
 from tests.harness.rtp_peer import RtpPeer
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-async def rtp_peer() -> AsyncIterator[RtpPeer]:
-    peer = RtpPeer(tone_hz=1000.0)
-    await peer.open()
-    yield peer
-    await peer.close()
 
 
 async def wait_receiver_report(call: _Call, timeout: float) -> list[object]:
