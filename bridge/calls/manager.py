@@ -133,7 +133,11 @@ class CallManager:
         self.refusals = RefusalThrottle(time.monotonic)
         self.nonces = _NonceStore()
         self._pending: set[asyncio.Task[None]] = set()
-        transfer_policy = TransferPolicy(self.trusted, settings.dialplan, matrix.can_dial, self.call_limits)
+        transfer_policy = TransferPolicy(
+            self.trusted, settings.dialplan, matrix.can_dial, self.call_limits,
+            trunk_for=lambda user: self.accounts.outbound_trunk(user) if self.accounts else settings.trunk,
+            dial_problem=self._dial_problem,
+            concurrent_for=lambda user: self.dial_rules.concurrent_calls(user) if self.dial_rules else None)
         self.transfers = Transfers(policy=transfer_policy, ua_ref=ua_ref, trunk=settings.trunk, matrix=matrix)
         self.matrix_transfers = MatrixTransfers(policy=transfer_policy, trunk=settings.trunk, matrix=matrix,
                                                 ua_ref=ua_ref, media=settings.media, ports=self.ports)
@@ -305,8 +309,8 @@ class CallManager:
             media=self._new_media(clog), log=clog, matrix=self.matrix, call_log=self.call_log,
             failure_notices=self.settings.failure_notices, on_finished=self._finished, call_state=self.call_state,
             # on the user's own account its AOR is the identity; bridge.caller_ids is for the shared trunk
-            identity_headers=[] if trunk is not self.settings.trunk else self.settings.caller_id.outbound_headers(
-                sender), caller_id=self._caller_id_context(),
+            identity_headers=[] if self.accounts is not None and self.accounts.uses_account(sender)
+            else self.settings.caller_id.outbound_headers(sender), caller_id=self._caller_id_context(),
             early_media=self.settings.early_media,
             observer=self.observer,
         )
