@@ -43,11 +43,12 @@ async def kamailio(tmp_path: Path, far_end_port: int) -> AsyncIterator[KamailioP
         await kam.stop()
 
 
-def accounts_config(key: str, db: Path) -> Callable[[dict[str, Any]], None]:
+def accounts_config(key: str, db: Path, **bridge: Any) -> Callable[[dict[str, Any]], None]:
     def apply(data: dict[str, Any]) -> None:
         data["appservice"]["database"] = f"sqlite:{db}"  # the same file across the restart
         # nobody may use the shared trunk: a call without an account must be refused
         data["bridge"]["accounts"] = {"encryption_key": key, "shared_trunk": "none", "register_expires": 60}
+        data["bridge"].update(bridge)
 
     return apply
 
@@ -142,11 +143,19 @@ async def test_accounts_register_call_out_and_in_with_their_own_identity(
     await bridge.stop()
     assert set(await kamailio.location()) == {"alice"}
     key = bridge.config.bridge.accounts.encryption_key
-    bridge = await e2e.bridge(accounts_config(key, db))
+    # (and now carol's dial permissions block the number: checked before anything is dialled)
+    blocked = {f"{CAROL}": {"blocked": ["^1555"]}}
+    bridge = await e2e.bridge(accounts_config(key, db, dial_permissions=blocked))
     await eventually(lambda: (s := bridge.accounts.status(ALICE)) is not None and s.state == "registered", 15,
                      "alice registered again after the restart")
     assert kamailio.log.count("REGISTER auth OK for alice") > registers_before
     assert (await kamailio.location())["alice"][0].startswith(f"sip:{tokens['alice']}@")
+
+    call = await carol.place_call(room, GHOST)
+    end = await call.wait_hangup_or_reject(timeout=30)
+    assert end["type"] == "m.call.reject"
+    await carol.wait_for_event(room, lambda ev: ev.get("type") == "m.room.message" and "blocked by your dial "
+                               "permissions" in ev["content"].get("body", ""), timeout=15)
 
     # secrets: in no log line, and not in clear text in the database file
     text = caplog.text + "".join(str(r.args) for r in caplog.records)

@@ -103,3 +103,43 @@ async def test_registration_trouble_is_reported_once_and_recovery_once() -> None
     acc._on_state(acct, FakeRegistration(), "failed")  # type: ignore[arg-type]
     await asyncio.sleep(0.01)
     assert len(notifier.calls) == 2
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self.rows: dict[str, AccountRecord] = {}
+
+    async def get(self, mxid: str) -> AccountRecord | None:
+        return self.rows.get(mxid)
+
+    async def all(self) -> list[AccountRecord]:
+        return list(self.rows.values())
+
+    async def put(self, account: AccountRecord) -> AccountRecord:
+        self.rows[account.mxid] = account
+        return account
+
+    async def set_enabled(self, mxid: str, enabled: bool) -> None: ...
+    async def set_password_enc(self, mxid: str, password_enc: str) -> None: ...
+
+    async def delete(self, mxid: str) -> bool:
+        return self.rows.pop(mxid, None) is not None
+
+
+async def test_login_to_a_registrar_that_never_answers_fails_in_time_and_stores_nothing() -> None:
+    from tests.harness.sip_ua import fast_settings, running_ua
+    from tests.harness.sipp import free_port
+
+    dead = free_port()
+    store = MemoryStore()
+    async with running_ua(fast_settings("udp")) as ua:
+        acc = AccountManager(ua_ref=lambda: ua, store=store, cipher=CredentialCipher(generate_key()),
+                             settings=AccountSettings(login_timeout_s=1.0), shared_trunk=SHARED,
+                             dialplan=DialplanConfig(), permission_level=lambda m: "user")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(LoginError) as err:
+            await acc.login(LoginRequest("@user:x", f"sip:alice@127.0.0.1:{dead}", "pw"))
+        assert loop.time() - started < 3.0
+    assert err.value.code == "SIP_UNREACHABLE" and "timeout" in str(err.value)
+    assert store.rows == {} and acc.status("@user:x") is None and acc.callee_for_contact("anything") is None
