@@ -49,12 +49,14 @@ def accounts_config(key: str, db: Path, **bridge: Any) -> Callable[[dict[str, An
         # nobody may use the shared trunk: a call without an account must be refused
         data["bridge"]["accounts"] = {"encryption_key": key, "shared_trunk": "none", "register_expires": 60}
         data["bridge"].update(bridge)
+        data["sip"]["listen"].append({"transport": "tcp", "host": "127.0.0.1", "port": 0})  # bob's account uses TCP
 
     return apply
 
 
 def login(kam: KamailioProcess, mxid: str, user: str, password: str) -> LoginRequest:
-    return LoginRequest(mxid=mxid, uri=f"sip:{user}@acc.test", password=password, outbound_proxy=kam.uri)
+    return LoginRequest(mxid=mxid, uri=f"sip:{user}@acc.test", password=password, outbound_proxy=kam.uri,
+                        transport="tcp" if user == "bob" else None)
 
 
 async def portal_room(client: MatrixTestClient) -> str:
@@ -86,6 +88,7 @@ async def test_accounts_register_call_out_and_in_with_their_own_identity(
     assert set(location) == {"alice", "bob"}
     for user in ("alice", "bob"):
         assert [c.split("@")[0] for c in location[user]] == [f"sip:{tokens[user]}"]
+    assert location["bob"][0].endswith(";transport=tcp") and "transport" not in location["alice"][0]
 
     # wrong password: LoginError, nothing registered, nothing stored
     with pytest.raises(LoginError) as refused:
@@ -107,6 +110,7 @@ async def test_accounts_register_call_out_and_in_with_their_own_identity(
     assert "From: <sip:alice@acc.test>" in far_end.messages and "From: <sip:bob@acc.test>" in far_end.messages
     assert "INVITE auth OK for alice to 15551234567" in kamailio.log
     assert "INVITE auth OK for bob to 15551234567" in kamailio.log
+    assert "proto=tcp fu=sip:bob@acc.test" in kamailio.log and "proto=tcp fu=sip:alice" not in kamailio.log
 
     # carol has no account and the shared trunk is closed: refused with a notice, no INVITE sent
     carol = await e2e.client("carol")
@@ -131,6 +135,15 @@ async def test_accounts_register_call_out_and_in_with_their_own_identity(
         await incoming.reject()
         assert await phone.wait() == 0, phone.report()
     await assert_released(bridge)
+
+    # unregister keeps the account (and its trunk) but removes the binding; register brings it back
+    status = await service.unregister(ALICE)
+    assert status.state == "unregistered" and not status.registration_enabled
+    assert "alice" not in await kamailio.location()
+    assert bridge.accounts.outbound_trunk(ALICE) != bridge.accounts.shared_trunk
+    status = await service.register(ALICE)
+    assert status.state == "registered" and status.registration_enabled
+    assert [c.split("@")[0] for c in (await kamailio.location())["alice"]] == [f"sip:{tokens['alice']}"]
 
     # logout removes bob's binding; alice's stays
     assert await service.logout(BOB)
