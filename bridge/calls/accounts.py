@@ -154,14 +154,24 @@ class AccountManager:
                 await asyncio.wait_for(registration.start(), self.settings.login_timeout_s)
             except TimeoutError:
                 registration.last_error = "timeout"
+            except Exception:
+                log.exception("login of %s for %s: registration could not start", record.aor, request.mxid)
+                await registration.stop(unregister=False)
+                raise LoginError("The login failed because of an error in the bridge.", code="M_UNKNOWN") from None
             if registration.state != "registered":
                 await registration.stop(unregister=False)
                 raise _login_error(record.aor, registration)
             account.registration = registration
             account.binding_sources = _sources(registration)
             old = self._accounts.get(request.mxid)
-            stored = await self.store.put(replace(record, password_enc=self.cipher.encrypt(request.password,
-                                                                                             request.mxid)))
+            try:
+                stored = await self.store.put(replace(record, password_enc=self.cipher.encrypt(request.password,
+                                                                                                 request.mxid)))
+            except Exception:
+                log.exception("login of %s for %s: the account could not be stored", record.aor, request.mxid)
+                await registration.stop()  # nothing kept: not the binding either
+                raise LoginError("The login failed: the bridge could not store the account.",
+                                 code="M_UNKNOWN") from None
             account.record = stored
             self._install(account)
             if old is not None:

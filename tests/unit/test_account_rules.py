@@ -143,3 +143,8 @@ async def test_login_to_a_registrar_that_never_answers_fails_in_time_and_stores_
         assert loop.time() - started < 3.0
     assert err.value.code == "SIP_UNREACHABLE" and "timeout" in str(err.value)
     assert store.rows == {} and acc.status("@user:x") is None and acc.callee_for_contact("anything") is None
+
+
+def test_login_request_repr_hides_the_password() -> None:
+    request = LoginRequest("@user:x", "sip:alice@pbx.test", "Very-Secret-1")
+    assert "Very-Secret-1" not in repr(request) and "Very-Secret-1" not in str(request)
