@@ -37,3 +37,15 @@ def test_generate_account_key_fills_only_the_placeholder_and_refuses_to_replace_
     again = cli("-c", str(cfg), "--generate-account-key", cwd=tmp_path)
     assert again.returncode == 1 and "previous_keys" in again.stderr
     assert key_of(cfg) == key
+
+
+def test_the_key_can_come_from_the_environment_alone(tmp_path: Path) -> None:
+    from bridge.config import load_config
+    from bridge.db.credential_cipher import generate_key
+
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(EXAMPLE.read_text().replace('encryption_key: "generate"', 'encryption_key: ""'))
+    key = generate_key()
+    config = load_config(cfg, {"MATRIX_SIP_BRIDGE_BRIDGE_ACCOUNTS_ENCRYPTION_KEY": key})
+    assert config.bridge.accounts.key_configured and config.bridge.accounts.encryption_key == key
+    assert not load_config(cfg, {}).bridge.accounts.key_configured
