@@ -7,7 +7,7 @@ routes their calls; front ends only ask it questions and tell the user what it s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 REG_STATES = ("unregistered", "registering", "registered", "failed", "unregistering")
@@ -18,7 +18,7 @@ class LoginRequest:
     mxid: str
     uri: str
     """``sip:user@domain[:port]``, ``sips:...`` or plain ``user@domain``."""
-    password: str
+    password: str = field(repr=False)  # never in a log line through a repr
     auth_username: str | None = None
     """Digest username when it differs from the URI's user part."""
     outbound_proxy: str | None = None

@@ -108,7 +108,8 @@ class MatrixTransfers:
         log = session.clog
         dialog = session.dialog
         assert dialog is not None
-        target = self.trunk.request_uri(number)
+        trunk = self.policy.trunk(matrix_user(session), self.trunk)
+        target = trunk.request_uri(number)
         if consultation is not None and consultation.dialog is not None:
             d = consultation.dialog  # the target matches it as if our INVITE came to it (RFC 3891 3)
             target += f"?Replaces={Replaces(d.call_id, to_tag=d.remote_tag, from_tag=d.local_tag).uri_header()}"
@@ -116,7 +117,7 @@ class MatrixTransfers:
         ok = False
         try:
             try:
-                resp = await send_refer(dialog, target, referred_by=self.trunk.from_uri)
+                resp = await send_refer(dialog, target, referred_by=trunk.from_uri)
             except (SipTimeout, SipTransportError) as exc:
                 log.info("REFER to %s got no answer: %s", number, exc)
                 self._end(session, ok=False, notice=f"The call could not be transferred to {shown}: no answer.")
@@ -183,7 +184,7 @@ class MatrixTransfers:
                 target = consultation.dialog
                 media.apply_answer(1, taken.body)
             else:
-                trunk = self.trunk
+                trunk = self.policy.trunk(matrix_user(session), self.trunk)
                 invite = self._ua().invite(
                     trunk.request_uri(number), from_uri=trunk.from_uri, from_display=trunk.from_display,
                     to_uri=trunk.request_uri(number), sdp=media.offer(1), credentials=trunk.credentials,

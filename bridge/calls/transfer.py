@@ -52,6 +52,11 @@ class TransferPolicy:
     dialplan: DialplanConfig
     can_dial: Callable[[str], bool]
     limits: CallLimiter
+    # per-user SIP accounts and dial rules (calls/user_policy.py), looked up when a transfer happens; None: the
+    # shared trunk, dialplan.allowed/blocked and bridge.limits for everyone
+    trunk_for: Callable[[str], TrunkTarget | str] | None = None
+    dial_problem: Callable[[str, str], str | None] | None = None
+    concurrent_for: Callable[[str], int | None] | None = None
 
     def problem(self, user: str, number: str | None, key: str) -> str | None:
         """None when ``user`` may call ``number`` now (and the call then counts against the limits as ``key``)."""
@@ -59,11 +64,18 @@ class TransferPolicy:
             return f"{user} may not place calls"
         if not number:
             return "the Refer-To target is not a phone number"
-        blocked = check_dial(number, self.dialplan)
+        blocked = self.dial_problem(user, number) if self.dial_problem else check_dial(number, self.dialplan)
         if blocked:
             return f"dial plan: {blocked}"
-        over = self.limits.admit(user, key)
+        if self.trunk_for is not None and isinstance(refusal := self.trunk_for(user), str):
+            return refusal
+        over = self.limits.admit(user, key, self.concurrent_for(user) if self.concurrent_for else None)
         return f"limit: {over.problem}" if over is not None else None
+
+    def trunk(self, user: str, shared: TrunkTarget) -> TrunkTarget:
+        """The trunk ``user``'s transferred call goes through (``problem`` already refused users without one)."""
+        target = self.trunk_for(user) if self.trunk_for is not None else shared
+        return target if isinstance(target, TrunkTarget) else shared
 
 
 def matrix_user(session: Session) -> str:
@@ -143,7 +155,7 @@ class Transfers:
             headers = [("Replaces", replaces)] if replaces else []
             if referred_by:
                 headers.append(("Referred-By", referred_by))
-            trunk = self.trunk
+            trunk = self.policy.trunk(matrix_user(session), self.trunk)
             invite = self._ua().invite(
                 trunk.request_uri(number), from_uri=trunk.from_uri, from_display=trunk.from_display,
                 to_uri=trunk.request_uri(number), sdp=session.media.sip_offer(), credentials=trunk.credentials,
