@@ -9,6 +9,7 @@ from mautrix.util.async_db import Database
 from bridge.db.call_log import CallLog
 from bridge.db.call_state import CallStateTable
 from bridge.db.ghost import GhostTable
+from bridge.db.management_room import ManagementRoomTable
 from bridge.db.portal import PortalTable
 from bridge.db.txn import TxnTable
 from bridge.db.upgrade import upgrade_table
@@ -29,8 +30,9 @@ class Tables:
     txn: TxnTable
     call_log: CallLog
     call_state: CallStateTable
+    management_room: ManagementRoomTable
 
     @classmethod
     def for_db(cls, db: Database) -> Tables:
         return cls(portal=PortalTable(db), ghost=GhostTable(db), txn=TxnTable(db), call_log=CallLog(db),
-                   call_state=CallStateTable(db))
+                   call_state=CallStateTable(db), management_room=ManagementRoomTable(db))

@@ -101,3 +101,19 @@ async def upgrade_v3(conn: Connection, scheme: Scheme) -> None:
 
 
 upgrade_table.register(upgrade_v3, description="Transaction dedupe on (txn_id, body digest); handled event IDs")
+
+
+async def upgrade_v5(conn: Connection, scheme: Scheme) -> None:
+    # Each user's management room (bridge/matrix/account_commands.py): where registration notices go.
+    await conn.execute(
+        """CREATE TABLE management_room (
+            mxid       TEXT PRIMARY KEY,
+            room_id    TEXT NOT NULL,
+            bot_owned  BOOLEAN NOT NULL,
+            updated_ts BIGINT NOT NULL
+        )"""
+    )
+
+
+# index=4 is version 5 whatever order the modules register in: v4 (per-user SIP accounts) comes first.
+upgrade_table.register(upgrade_v5, index=4, description="management_room: each user's room with the bot")
