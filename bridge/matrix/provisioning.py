@@ -62,6 +62,7 @@ BRIDGE_STATES = {"registered": "CONNECTED", "registering": "CONNECTING", "unregi
                  "failed": "TRANSIENT_DISCONNECT", "unregistered": "UNCONFIGURED"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+UserHandler = Callable[[web.Request, str], Awaitable[web.StreamResponse]]
 
 
 class ApiError(Exception):
@@ -118,13 +119,27 @@ class ProvisioningAPI:
 
     def _build(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware])
-        app.router.add_get("/v3/whoami", self.whoami)
-        app.router.add_get("/v3/login/flows", self.flows)
-        app.router.add_post("/v3/login/start/{flow_id}", self.start)
-        app.router.add_post("/v3/login/step/{login_id}/{step_id}/{step_type}", self.step)
-        app.router.add_post("/v3/logout/{login_id}", self.logout)
-        app.router.add_get("/v3/logins", self.logins)
+        app.router.add_get("/v3/whoami", self._authed(self.whoami))
+        app.router.add_get("/v3/login/flows", self._authed(self.flows))
+        app.router.add_post("/v3/login/start/{flow_id}", self._authed(self.start))
+        app.router.add_post("/v3/login/step/{login_id}/{step_id}/{step_type}", self._authed(self.step))
+        app.router.add_post("/v3/logout/{login_id}", self._authed(self.logout))
+        app.router.add_get("/v3/logins", self._authed(self.logins))
         return app
+
+    def _authed(self, handler: UserHandler) -> Handler:
+        """Authorize, check the permission level, then hand the request and its user to ``handler``."""
+
+        async def run(request: web.Request) -> web.StreamResponse:
+            if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+                raise ApiError(413, "M_TOO_LARGE", f"Request body over {MAX_BODY_BYTES} bytes")
+            mxid = await self.auth.user_for(request.headers.get("Authorization"), request.query.get("user_id"))
+            if not self.permissions.can_login(mxid):
+                log.info("provisioning: %s may not log in (permission level %s)", mxid, self.permissions.level(mxid))
+                raise ApiError(403, "M_FORBIDDEN", "You are not allowed to log in on this bridge")
+            return await handler(request, mxid)
+
+        return run
 
     def add_to(self, parent: web.Application, prefix: str) -> None:
         parent.add_subapp(prefix, self.app)
@@ -136,13 +151,6 @@ class ProvisioningAPI:
         if request.method == "OPTIONS":  # CORS preflight: browsers send it without credentials
             return web.Response(status=200, headers=CORS_HEADERS)
         try:
-            if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-                raise ApiError(413, "M_TOO_LARGE", f"Request body over {MAX_BODY_BYTES} bytes")
-            mxid = await self.auth.user_for(request.headers.get("Authorization"), request.query.get("user_id"))
-            if not self.permissions.can_login(mxid):
-                log.info("provisioning: %s may not log in (permission level %s)", mxid, self.permissions.level(mxid))
-                raise ApiError(403, "M_FORBIDDEN", "You are not allowed to log in on this bridge")
-            request["mxid"] = mxid
             response = await handler(request)
         except AuthFailed as e:
             return _error(e.status, e.errcode, str(e))
@@ -178,8 +186,7 @@ class ProvisioningAPI:
 
     # ------------------------------------------------------------------ handlers
 
-    async def whoami(self, request: web.Request) -> web.Response:
-        mxid: str = request["mxid"]
+    async def whoami(self, request: web.Request, mxid: str) -> web.Response:
         status = self._service().status(mxid)
         logins = []
         if status is not None:
@@ -195,19 +202,18 @@ class ProvisioningAPI:
             body["management_room"] = room
         return web.json_response(body)
 
-    async def flows(self, request: web.Request) -> web.Response:
+    async def flows(self, request: web.Request, mxid: str) -> web.Response:
         return web.json_response({"flows": FLOWS})
 
-    async def logins(self, request: web.Request) -> web.Response:
-        status = self._service().status(request["mxid"])
+    async def logins(self, request: web.Request, mxid: str) -> web.Response:
+        status = self._service().status(mxid)
         return web.json_response({"login_ids": [status.aor] if status else []})
 
-    async def start(self, request: web.Request) -> web.Response:
+    async def start(self, request: web.Request, mxid: str) -> web.Response:
         self._service()
         if request.match_info["flow_id"] != FLOW_ID:
             raise ApiError(404, "M_NOT_FOUND", f"Unknown login flow; the only one is {FLOW_ID!r}")
         await self._body(request)  # read (and cap) whatever came along; nothing is needed from it
-        mxid: str = request["mxid"]
         now = self.clock()
         self._prune(now)
         for old in [k for k, v in self._logins.items() if v.mxid == mxid]:
@@ -223,9 +229,8 @@ class ProvisioningAPI:
             "user_input": {"fields": FIELDS},
         })
 
-    async def step(self, request: web.Request) -> web.Response:
+    async def step(self, request: web.Request, mxid: str) -> web.Response:
         service = self._service()
-        mxid: str = request["mxid"]
         self._prune(self.clock())
         login = self._logins.get(request.match_info["login_id"])
         if login is None or login.mxid != mxid:
@@ -271,9 +276,8 @@ class ProvisioningAPI:
         return LoginRequest(mxid=mxid, uri=uri, password=password, auth_username=field("auth_username"),
                             outbound_proxy=proxy, transport=transport)
 
-    async def logout(self, request: web.Request) -> web.Response:
+    async def logout(self, request: web.Request, mxid: str) -> web.Response:
         service = self._service()
-        mxid: str = request["mxid"]
         login_id = request.match_info["login_id"]
         status = service.status(mxid)
         if status is None or login_id not in ("all", status.aor):
