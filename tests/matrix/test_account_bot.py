@@ -230,7 +230,7 @@ async def test_provisioning_with_the_shared_secret(aenv: AccountEnv, fake: FakeA
     status, body = await aenv.prov("POST", f"/login/step/{started['login_id']}/{STEP_ID}/user_input", token=SECRET,
                                    user_id=user, body={"uri": "sip:alice@pbx.test",
                                                        "password": PASSWORDS["sip:alice@pbx.test"]})
-    assert status == 200 and fake.status(user) is not None
+    assert status == 200 and body["type"] == "complete" and fake.status(user) is not None
     status, who = await aenv.prov("GET", "/whoami", token=SECRET, user_id=user)
     assert who["logins"][0]["id"] == "sip:alice@pbx.test"
     assert who["management_room"] == await aenv.side.management_rooms.get(user)
