@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.metadata
+import re
 import secrets
 import sys
 from importlib import resources
@@ -37,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
                         "appservice registration (see -r), then exit")
     p.add_argument("-r", "--registration", default="registration.yaml", metavar="PATH",
                    help="where -g writes the registration (default: registration.yaml)")
+    p.add_argument("--generate-account-key", action="store_true",
+                   help="write a random bridge.accounts.encryption_key into the config file if it is still the "
+                        "\"generate\" placeholder (per-user SIP accounts), then exit (-g does this too)")
     p.add_argument("--check-config", action="store_true",
                    help="validate the config (including that tokens were generated) and exit 0 if valid, 1 if not")
     p.add_argument("-e", "--example", action="store_true",
@@ -77,6 +81,35 @@ def generate_registration(config_path: Path, registration_path: Path) -> None:
         raise ConfigError("appservice", "could not rewrite the token lines; set as_token/hs_token by hand")
     registration_path.write_text(yaml.safe_dump(registration, sort_keys=False), encoding="utf-8")
     config_path.write_text(new_text, encoding="utf-8")
+
+
+_ACCOUNT_KEY_RE = re.compile(r'^(\s+encryption_key\s*:\s*)(["\']?)(generate|changeme|CHANGE_ME|)\2([ \t]*(?:#.*)?)$',
+                             re.MULTILINE)
+
+
+def generate_account_key(config_path: Path, *, required: bool) -> bool:
+    """Replace a placeholder bridge.accounts.encryption_key in the file with a random key (text edit: comments
+    and layout kept). False if there was no placeholder to replace (``required``: then a ConfigError)."""
+    from bridge.db.credential_cipher import generate_key
+
+    config = load_config(config_path)
+    if config.bridge.accounts.key_configured:
+        if required:
+            raise ConfigError("bridge.accounts.encryption_key", "is already set; to rotate it, move it to "
+                              "previous_keys and put a new key (this option prints none) in encryption_key")
+        return False
+    text = config_path.read_text(encoding="utf-8")
+    new_text, count = _ACCOUNT_KEY_RE.subn(lambda m: f'{m.group(1)}"{generate_key()}"{m.group(4)}', text, count=1)
+    if count == 0:
+        if required:
+            raise ConfigError("bridge.accounts.encryption_key", "no placeholder line found in the file (start the "
+                              "bridge once to add the key, or set it by hand)")
+        return False
+    updated = parse_config(yaml.safe_load(upgrade_text(new_text, name=str(config_path)).text), config_path)
+    if not updated.bridge.accounts.key_configured:
+        raise ConfigError("bridge.accounts.encryption_key", "could not rewrite the key line; set it by hand")
+    config_path.write_text(new_text, encoding="utf-8")
+    return True
 
 
 def save_upgrade(config_path: Path, upgrade: Upgrade, *, write: bool) -> None:
@@ -134,8 +167,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.generate_registration:
             generate_registration(config_path, Path(args.registration))
-            print(f"wrote new tokens to {config_path} and the registration to {args.registration}; "
-                  "add it to the homeserver's app_service_config_files and restart the homeserver")
+            keyed = generate_account_key(config_path, required=False)
+            print(f"wrote new tokens{' and an account encryption key' if keyed else ''} to {config_path} and the "
+                  f"registration to {args.registration}; add it to the homeserver's app_service_config_files and "
+                  "restart the homeserver")
+            return 0
+        if args.generate_account_key:
+            generate_account_key(config_path, required=True)
+            print(f"wrote a new bridge.accounts.encryption_key to {config_path}; keep it secret and backed up")
             return 0
         config, upgrade = load_config_upgrade(config_path)
         config.check_tokens()

@@ -12,19 +12,23 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .call.dial_permissions import dial_permissions_for
 from .call.dialplan import format_number
 from .call.limits import CallLimits
 from .call.policy import TrustedSources
 from .call.record import CallRecord
 from .call.recovery import CRASH_REASON
+from .calls.accounts import AccountManager, AccountSettings
 from .calls.caller_id import CallerIdSettings
 from .calls.manager import CallManager, CallSettings, InboundSettings
 from .calls.outbound import TrunkTarget
 from .calls.ports import MatrixUnavailable, PortalInfo
 from .calls.recovery import CrashRecovery
+from .calls.user_policy import UserDialRules
 from .config import Config
 from .db.call_log import CallLog, CallLogEntry
 from .db.call_state import CallStateTable
+from .db.credential_cipher import CredentialCipher
 from .db.database import create_database
 from .logs import call_logger, configure_logging
 from .matrix.connector import MatrixSide
@@ -92,6 +96,17 @@ def caller_id_settings(config: Config, ghost_mxid: Callable[[str], str | None]) 
         identity_domain=trunk.from_domain or trunk.domain or proxy_host, trunk_trusted=trunk_trusted,
         ghost_mxid=ghost_mxid,
     )
+
+
+def account_manager(config: Config, matrix: MatrixSide, ua_ref: Callable[[], UserAgent]) -> AccountManager:
+    """Per-user SIP accounts on the sip_account table; without bridge.accounts.encryption_key logins are refused."""
+    acc = config.bridge.accounts
+    cipher = CredentialCipher(acc.encryption_key, acc.previous_keys) if acc.key_configured else None
+    return AccountManager(
+        ua_ref=ua_ref, store=matrix.tables.sip_account, cipher=cipher,
+        settings=AccountSettings(shared_trunk=acc.shared_trunk, register_expires=acc.register_expires,
+                                 login_timeout_s=acc.login_timeout_s),
+        shared_trunk=trunk_target(config), dialplan=config.dialplan, permission_level=matrix.permissions.level)
 
 
 class MatrixAdapter:
@@ -254,6 +269,15 @@ class Bridge:
         )
         self.matrix.handler = self.calls
         self.ua = UserAgent(sip_settings(config), on_invite=self.calls.on_invite)
+        # Per-user SIP accounts: the AccountService for the bot / provisioning API (set accounts.notifier for
+        # registration notices); the call manager routes each user's calls and INVITEs to their Contact with it.
+        self.accounts = account_manager(config, self.matrix, lambda: self.ua)
+        self.calls.accounts = self.accounts
+        # the bot's account commands and the provisioning API (without an encryption key they say accounts are
+        # off instead of asking for a password first); registration notices go to the users' management rooms
+        self.matrix.accounts = self.accounts if config.bridge.accounts.key_configured else None
+        self.accounts.notifier = self.matrix.account_notifier
+        self.calls.dial_rules = UserDialRules(dial_permissions_for(config), self.matrix.permissions.level)
         self.ua.on_message_observed = self.metrics.sip_message
         self.matrix.portals.outbox.on_attempt = lambda ok, retry: self.metrics.homeserver_request(ok=ok, retry=retry)
         self.registration: Registration | None = None
@@ -316,7 +340,8 @@ class Bridge:
         except BaseException:
             # release what was opened: an open database thread (aiosqlite) would keep the process from exiting
             registration, monitoring = self.registration, self.monitoring
-            for step in (self.recovery.stop, registration.stop if registration else None, self.matrix.stop,
+            for step in (self.recovery.stop, self.accounts.stop, registration.stop if registration else None,
+                         self.matrix.stop,
                          self.ua.stop, self.homeserver_probe.stop, monitoring.stop if monitoring else None):
                 if step is not None:
                     with contextlib.suppress(Exception):
@@ -330,6 +355,7 @@ class Bridge:
         # calls a crash left open: the SIP side is ended now, even with the homeserver down; the Matrix
         # events go out from tasks through the MatrixPort
         await self.recovery.reap()
+        await self.accounts.start()  # stored accounts register in the background (after the UA listens)
         stale = await self.matrix.call_log.close_unfinished(int(time.time() * 1000), CRASH_REASON)
         if stale:
             log.warning("%d call(s) without a call state record were left open; marked %s", stale, CRASH_REASON)
@@ -352,6 +378,7 @@ class Bridge:
         self._started = False  # /ready: 503 from now on
         await self.recovery.stop()
         await self.calls.stop()
+        await self.accounts.stop()  # refreshes stop; bindings are kept for the restart (see AccountManager.stop)
         if self.registration is not None:
             await self.registration.stop()
         await self.matrix.stop()

@@ -86,6 +86,36 @@ class CallerId:
     withhold: bool = False  # send Privacy: id (the trunk must not show the number to the callee)
 
 
+SHARED_TRUNK_MODES = ("user", "admin", "none")
+
+
+@dataclass(frozen=True)
+class AccountsConfig:
+    """Per-user SIP accounts (bridge.accounts; calls/accounts.py)."""
+
+    encryption_key: str = "generate"  # placeholder: no key, logins are refused
+    previous_keys: tuple[str, ...] = ()  # accepted for decryption; rows are re-encrypted with encryption_key
+    shared_trunk: str = "user"  # who may call through sip.trunk without an account: user | admin | none
+    register_expires: int = 600
+    login_timeout_s: float = 35.0
+
+    @property
+    def key_configured(self) -> bool:
+        return self.encryption_key not in PLACEHOLDER_TOKENS
+
+    def __repr__(self) -> str:  # never leak keys through a repr in a log line
+        return f"AccountsConfig(shared_trunk={self.shared_trunk!r}, key_configured={self.key_configured})"
+
+
+@dataclass(frozen=True)
+class DialPermissionRule:
+    """One entry of bridge.dial_permissions; None = inherit from the less specific entry / the global setting."""
+
+    allowed: tuple[str, ...] | None = None
+    blocked: tuple[str, ...] | None = None
+    concurrent_calls: int | None = None
+
+
 @dataclass(frozen=True)
 class BridgeConfig:
     username_template: str = "sip_{number}"
@@ -100,6 +130,9 @@ class BridgeConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     homeserver_timeout_s: float = 10.0
     caller_ids: Mapping[str, CallerId] = field(default_factory=dict)  # Matrix user ID -> caller ID
+    accounts: AccountsConfig = field(default_factory=AccountsConfig)
+    # "@user:server", a permission level (user | admin) or "*" -> rule; call/dial_permissions.py
+    dial_permissions: Mapping[str, DialPermissionRule] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -552,8 +585,64 @@ def _bridge(s: _Section, domain: str) -> BridgeConfig:
         limits=_limits(s.section("limits")),
         homeserver_timeout_s=s.number("homeserver_timeout_s", 10.0, lo=0.5),
         caller_ids=_caller_ids(s),
+        accounts=_accounts(s.section("accounts")),
+        dial_permissions=_dial_permissions(s),
     )
     s.finish()
+    return out
+
+
+def _check_account_key(key: str, value: str) -> None:
+    import base64
+    import binascii
+
+    raw = value.strip()
+    try:
+        decoded = base64.urlsafe_b64decode(raw.replace("+", "-").replace("/", "_") + "=" * (-len(raw) % 4))
+    except (binascii.Error, ValueError):
+        decoded = b""
+    if len(decoded) != 32:
+        raise ConfigError(key, "is not a base64 32-byte key; run `python -m bridge -c CONFIG --generate-account-key`")
+
+
+def _accounts(s: _Section) -> AccountsConfig:
+    key = s.string("encryption_key", "generate", allow_empty=True)
+    if key not in PLACEHOLDER_TOKENS:
+        _check_account_key(s.key("encryption_key"), key)
+    out = AccountsConfig(
+        encryption_key=key,
+        previous_keys=s.string_list("previous_keys", [], check=_check_account_key),
+        shared_trunk=s.choice("shared_trunk", "user", SHARED_TRUNK_MODES),
+        register_expires=s.integer("register_expires", 600, lo=60, hi=86400),
+        login_timeout_s=s.number("login_timeout_s", 35.0, lo=1.0),
+    )
+    s.finish()
+    return out
+
+
+def _dial_permissions(s: _Section) -> dict[str, DialPermissionRule]:
+    """``dial_permissions: {"user": {blocked: [...]}, "@bob:example.org": {allowed: [...], concurrent_calls: 1}}``"""
+    raw = s.raw("dial_permissions", {})
+    if not isinstance(raw, Mapping):
+        raise ConfigError(s.key("dial_permissions"), 'must be a mapping like {"user": {blocked: ["^44"]}}')
+    out: dict[str, DialPermissionRule] = {}
+    for who, value in raw.items():
+        key = f"{s.key('dial_permissions')}.{who}"
+        who = str(who)
+        if who not in ("*", "user", "admin") and not _USER_ID_RE.match(who):
+            raise ConfigError(key, 'must be "*", a permission level (user, admin) or a user ID (@bob:example.org)')
+        entry = _Section(value, key)
+        allowed = entry.string_list("allowed", None, check=_check_regex) if entry.data.get("allowed") is not None \
+            else None
+        entry.read.add("allowed")
+        blocked = entry.string_list("blocked", None, check=_check_regex) if entry.data.get("blocked") is not None \
+            else None
+        entry.read.add("blocked")
+        concurrent = entry.integer("concurrent_calls", None, lo=0, hi=10000) \
+            if entry.data.get("concurrent_calls") is not None else None
+        entry.read.add("concurrent_calls")
+        entry.finish()
+        out[who] = DialPermissionRule(allowed=allowed, blocked=blocked, concurrent_calls=concurrent)
     return out
 
 

@@ -97,20 +97,22 @@ class CallLimiter:
             return len(self._active)
         return sum(1 for u in self._active.values() if u == user)
 
-    def admit(self, user: str, call_id: str) -> LimitRefusal | None:
+    def admit(self, user: str, call_id: str, concurrent_calls: int | None = None) -> LimitRefusal | None:
         """None: the call may be dialled and now counts against the limits. Check and count happen in one
-        synchronous step, so invites handled concurrently (other rooms) cannot both take the last slot."""
+        synchronous step, so invites handled concurrently (other rooms) cannot both take the last slot.
+        ``concurrent_calls`` overrides the per-user concurrency limit (bridge.dial_permissions)."""
         limits = self.limits
+        per_user = limits.concurrent_calls if concurrent_calls is None else concurrent_calls
         if len(self._active) >= limits.total_concurrent_calls:
             return LimitRefusal(
                 "user_busy", f"bridge-wide limit of {limits.total_concurrent_calls} concurrent calls reached",
                 "The bridge is handling as many phone calls as it may right now. Please try again later.",
                 "total_concurrency")
-        if self.active(user) >= limits.concurrent_calls:
-            return LimitRefusal(
-                "user_busy", f"{limits.concurrent_calls} concurrent calls already in progress",
-                f"You already have {limits.concurrent_calls} phone call(s) in progress; end one first.",
-                "user_concurrency")
+        if self.active(user) >= per_user:
+            notice = (f"You already have {per_user} phone call(s) in progress; end one first." if per_user else
+                      "You may not place phone calls through this bridge (your concurrent call limit is 0).")
+            return LimitRefusal("user_busy", f"{per_user} concurrent calls already in progress", notice,
+                                "user_concurrency")
         if not self._attempts.allow(user):
             wait = math.ceil(self._attempts.retry_after(user))
             return LimitRefusal(

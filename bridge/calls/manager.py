@@ -43,6 +43,7 @@ from .outbound import OutboundSession, TrunkTarget
 from .ports import CallLogPort, CallObserver, CallStatePort, MatrixPort, NullObserver, PortalInfo
 from .session import CallSession
 from .transfer import TransferPolicy, Transfers
+from .user_policy import AccountRouting, UserDialRules
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,8 @@ class CallManager:
         self.transfers = Transfers(policy=transfer_policy, ua_ref=ua_ref, trunk=settings.trunk, matrix=matrix)
         self.matrix_transfers = MatrixTransfers(policy=transfer_policy, trunk=settings.trunk, matrix=matrix,
                                                 ua_ref=ua_ref, media=settings.media, ports=self.ports)
+        self.accounts: AccountRouting | None = None  # per-user SIP accounts (calls/accounts.py); None: shared trunk
+        self.dial_rules: UserDialRules | None = None  # bridge.dial_permissions; None: dialplan + bridge.limits
 
     def sessions(self) -> list[CallSession]:
         return [*self.outbound.values(), *self.inbound.values()]
@@ -271,7 +274,7 @@ class CallManager:
                          f"Only {portal.mxid} can place calls from this chat.")
             return
         number = portal.number
-        problem = "this chat has no phone number" if not number else check_dial(number, self.settings.dialplan)
+        problem = "this chat has no phone number" if not number else self._dial_problem(sender, number)
         if problem or not number:
             self._refuse(portal, invite, sender, "unknown_error", f"dial plan: {problem}",
                          f"Cannot call {self.matrix.format_number(number)}: {problem}")
@@ -280,7 +283,12 @@ class CallManager:
         if rival is not None and not glare.new_outbound_wins(rival, call_id):
             self._refuse(portal, invite, sender, GLARE_REASON, f"glare: inbound call {rival.call_id} wins", None)
             return
-        over = self.call_limits.admit(sender, call_id)
+        trunk = self.accounts.outbound_trunk(sender) if self.accounts is not None else self.settings.trunk
+        if isinstance(trunk, str):
+            self._refuse(portal, invite, sender, "unknown_error", "no SIP account, shared trunk not permitted", trunk)
+            return
+        per_user = self.dial_rules.concurrent_calls(sender) if self.dial_rules is not None else None
+        over = self.call_limits.admit(sender, call_id, per_user)
         if over is not None:
             self.observer.call_refused(over.limit)
             self._refuse(portal, invite, sender, over.reason, f"limit: {over.problem}", over.notice)
@@ -293,10 +301,12 @@ class CallManager:
         buffered, _ = self.candidates.take(call_id, invite.party_id)
         clog = call_logger("bridge.calls.outbound", call_id)
         session = OutboundSession(
-            invite=invite, sender=sender, portal=portal, number=number, ua=self._ua(), trunk=self.settings.trunk,
+            invite=invite, sender=sender, portal=portal, number=number, ua=self._ua(), trunk=trunk,
             media=self._new_media(clog), log=clog, matrix=self.matrix, call_log=self.call_log,
             failure_notices=self.settings.failure_notices, on_finished=self._finished, call_state=self.call_state,
-            identity_headers=self.settings.caller_id.outbound_headers(sender), caller_id=self._caller_id_context(),
+            # on the user's own account its AOR is the identity; bridge.caller_ids is for the shared trunk
+            identity_headers=[] if trunk is not self.settings.trunk else self.settings.caller_id.outbound_headers(
+                sender), caller_id=self._caller_id_context(),
             early_media=self.settings.early_media,
             observer=self.observer,
         )
@@ -317,6 +327,11 @@ class CallManager:
             await session.abort()
             # A call_id already in the log: an earlier call (ended) or a replay. Never dialled twice.
             self._refuse(portal, invite, sender, "unknown_error", "call_id already in the call log", None)
+
+    def _dial_problem(self, sender: str, number: str) -> str | None:
+        if self.dial_rules is not None:
+            return self.dial_rules.problem(sender, number)
+        return check_dial(number, self.settings.dialplan)
 
     def _drop_unstarted(self, session: OutboundSession) -> None:
         if self.outbound.get(session.call_id) is session:
@@ -369,9 +384,17 @@ class CallManager:
             self.observer.call_refused("sip_source_rate")
             await inv.respond(503, "Service Unavailable", headers=[("Retry-After", "5")])
             return
-        if not await self._authorised(inv):
-            return
         req = inv.request
+        account_callee = self._account_callee(req.uri)
+        if account_callee is not None:
+            # an INVITE to a user's account Contact: from the account's registrar (or a trusted source) only
+            assert self.accounts is not None
+            if not (self.trusted.allows(host) or self.accounts.inbound_source_ok(account_callee, host)):
+                log.warning("INVITE %s to an account Contact from %s, not its registrar -> 403", inv.call_id, host)
+                await inv.respond(403, "Forbidden")
+                return
+        elif not await self._authorised(inv):
+            return
         try:
             dialled = self._dialled_number(req.uri, req.to)
             trusted = self.trusted.allows(host)  # identity headers count only from trusted sources
@@ -383,6 +406,8 @@ class CallManager:
             return
         default = tuple(self.settings.inbound.default_route)
         users = route_users(dialled, self.settings.inbound.routes, default) if dialled else default
+        if account_callee is not None:
+            users = (account_callee,)  # the account's owner, and only them
         if not users:
             log.info("INVITE %s from %s for %s: no route -> 404", inv.call_id, host, dialled)
             await inv.respond(404, "Not Found")
@@ -459,6 +484,14 @@ class CallManager:
             log.warning("INVITE %s from untrusted source %s -> 403", inv.call_id, host)
         await inv.respond(403, "Forbidden")
         return False
+
+    def _account_callee(self, request_uri: str) -> str | None:
+        if self.accounts is None:
+            return None
+        try:
+            return self.accounts.callee_for_contact(SipUri.parse(request_uri).user)
+        except ValueError:
+            return None
 
     def _dialled_number(self, request_uri: str, to: NameAddr) -> str | None:
         for candidate in (SipUri.parse(request_uri).user, to.uri.user):

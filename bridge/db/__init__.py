@@ -5,6 +5,7 @@ from bridge.db.call_state import CallStateTable
 from bridge.db.database import Tables, create_database
 from bridge.db.ghost import Ghost, GhostTable
 from bridge.db.portal import Portal, PortalTable
+from bridge.db.sip_account import SipAccountTable
 from bridge.db.txn import TxnTable
 from bridge.db.upgrade import upgrade_table
 
@@ -16,6 +17,7 @@ __all__ = [
     "GhostTable",
     "Portal",
     "PortalTable",
+    "SipAccountTable",
     "Tables",
     "TxnTable",
     "create_database",

@@ -103,6 +103,29 @@ async def upgrade_v3(conn: Connection, scheme: Scheme) -> None:
 upgrade_table.register(upgrade_v3, description="Transaction dedupe on (txn_id, body digest); handled event IDs")
 
 
+async def upgrade_v4(conn: Connection, scheme: Scheme) -> None:
+    # Per-user SIP accounts (calls/accounts.py). The password is stored encrypted (db/credential_cipher.py, the
+    # mxid as associated data); contact_token is the random user part of the Contact the bridge registers for
+    # the account, so an INVITE to it names exactly one Matrix user.
+    await conn.execute(
+        """CREATE TABLE sip_account (
+            mxid                 TEXT PRIMARY KEY,
+            aor                  TEXT NOT NULL,
+            auth_username        TEXT,
+            password_enc         TEXT NOT NULL,
+            outbound_proxy       TEXT,
+            transport            TEXT NOT NULL,
+            registration_enabled BOOLEAN NOT NULL,
+            contact_token        TEXT NOT NULL UNIQUE,
+            created_at           BIGINT NOT NULL,
+            updated_at           BIGINT NOT NULL
+        )"""
+    )
+
+
+upgrade_table.register(upgrade_v4, description="sip_account: per-user SIP accounts (encrypted passwords)")
+
+
 async def upgrade_v5(conn: Connection, scheme: Scheme) -> None:
     # Each user's management room (bridge/matrix/account_commands.py): where registration notices go.
     await conn.execute(
@@ -115,5 +138,4 @@ async def upgrade_v5(conn: Connection, scheme: Scheme) -> None:
     )
 
 
-# index=4 is version 5 whatever order the modules register in: v4 (per-user SIP accounts) comes first.
-upgrade_table.register(upgrade_v5, index=4, description="management_room: each user's room with the bot")
+upgrade_table.register(upgrade_v5, description="management_room: each user's room with the bot")

@@ -10,7 +10,8 @@ from mautrix.appservice import AppServiceAPI
 from mautrix.errors import MatrixRequestError
 from mautrix.types import RoomID
 
-from bridge.call.dialplan import check_dial, format_number, normalize_number
+from bridge.call.dial_permissions import dial_permissions_for
+from bridge.call.dialplan import format_number, normalize_number
 from bridge.config import Config
 from bridge.matrix.account_commands import HELP as ACCOUNT_HELP
 from bridge.matrix.account_commands import AccountCommands
@@ -98,7 +99,8 @@ class Bot:
         number = normalize_number(raw, self.config.dialplan)
         if number is None:
             return f"{raw!r} is not a phone number I understand. Example: dial +1 555 123 4567"
-        reason = check_dial(number, self.config.dialplan)
+        # bridge.dial_permissions (most specific entry for the user), else the dial plan
+        reason = dial_permissions_for(self.config).check(sender, self.permissions.level(sender), number)
         if reason:
             return f"Cannot dial: {reason}."
         pretty = format_number(number)

@@ -36,6 +36,7 @@ class ClientInvite:
         self._addr = addr
         self._credentials = credentials
         self._used_nonces: set[str] = set()
+        self._answered: set[int] = set()  # 401 / 407 already answered with credentials
         self.on_provisional: Callable[[Response], None] | None = None
         # offerless INVITE: returns the SDP answer for the ACK, given the 2xx carrying the offer (synchronous)
         self.ack_body: Callable[[Response], bytes] | None = None
@@ -186,9 +187,11 @@ class ClientInvite:
         except ValueError as exc:
             self.log.info("unusable %s: %s", header, exc)
             return False
-        if challenge.nonce in self._used_nonces:
-            return False  # the same challenge again: the credentials are wrong, never loop
+        if challenge.nonce in self._used_nonces or (resp.status in self._answered and not challenge.stale) \
+                or len(self._used_nonces) >= 4:
+            return False  # challenged again (maybe with a fresh nonce): the credentials are wrong, never loop
         self._used_nonces.add(challenge.nonce)
+        self._answered.add(resp.status)
         old = self.request
         headers = old.headers.copy()
         cseq = old.cseq[0] + 1

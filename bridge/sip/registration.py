@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Callable
 
 from bridge.sip.digest import Credentials
@@ -20,6 +21,10 @@ logger = logging.getLogger(__name__)
 
 class RegistrationError(Exception):
     """The registrar refused (final non-2xx) or could not be reached."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class Registration:
@@ -44,6 +49,9 @@ class Registration:
         self.granted_expires: int | None = None
         self.successes = 0  # successful REGISTER transactions (initial + refreshes)
         self.last_response: Response | None = None
+        self.last_error: str | None = None  # "403 Forbidden", "timeout", ...; None after a success
+        self.last_status: int | None = None  # SIP status of the last failure, None for a timeout/transport error
+        self.expires_at: float | None = None  # unix time the current binding expires
         self._call_id = ua.new_call_id()
         self._from_tag = new_tag()
         self._cseq = 0
@@ -68,19 +76,23 @@ class Registration:
         delay = await self._attempt()
         self._task = asyncio.get_running_loop().create_task(self._refresh_loop(delay), name="sip registration")
 
-    async def stop(self) -> None:
-        """Cancel the refresh task and remove the binding (Expires: 0)."""
+    async def stop(self, *, unregister: bool = True) -> None:
+        """Cancel the refresh task and remove the binding (Expires: 0); ``unregister=False`` keeps the binding
+        (it then lapses at its expiry unless a new Registration with the same Contact refreshes it)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        if self.state == "registered":
+        if not unregister:
+            return
+        if self.state == "registered" or (self.expires_at is not None and self.expires_at > time.time()):
             self._set_state("unregistering")
             try:
                 await self._register(0)
             except (RegistrationError, SipTimeout, SipTransportError) as exc:
                 self.log.info("unregister failed: %s", exc)
+        self.expires_at = None
         self._set_state("unregistered")
 
     async def _refresh_loop(self, delay: float) -> None:
@@ -95,6 +107,10 @@ class Registration:
         try:
             granted = await self._register(self._requested)
         except (RegistrationError, SipTimeout, SipTransportError) as exc:
+            self.last_error = "timeout" if isinstance(exc, SipTimeout) else str(exc) or type(exc).__name__
+            self.last_status = exc.status if isinstance(exc, RegistrationError) else None
+            if self.expires_at is not None and self.expires_at <= time.time():
+                self.expires_at = None
             self._failures += 1
             backoff = min(self.retry_cap, self.retry_base * 2 ** (self._failures - 1))
             backoff *= random.uniform(0.8, 1.0)  # spread many bridges restarting at once
@@ -104,6 +120,8 @@ class Registration:
         self._failures = 0
         self.successes += 1
         self.granted_expires = granted
+        self.expires_at = time.time() + granted
+        self.last_error = self.last_status = None
         self._set_state("registered")
         return max(1.0, granted * self.refresh_fraction)
 
@@ -127,9 +145,9 @@ class Registration:
                     self.log.info("registrar wants Min-Expires %d", expires)
                     continue
             if not 200 <= response.status < 300:
-                raise RegistrationError(f"{response.status} {response.reason}")
+                raise RegistrationError(f"{response.status} {response.reason}", response.status)
             return self._granted(response, expires)
-        raise RegistrationError("registrar kept answering 423")
+        raise RegistrationError("registrar kept answering 423", 423)
 
     def _transport(self) -> str:
         from bridge.sip.uri import SipUri

@@ -204,6 +204,7 @@ class UserAgent:
         Returns the final response and the request as last sent (its CSeq is the one to continue from).
         """
         used_nonces: set[str] = set()
+        answered: set[int] = set()  # 401 / 407 already answered with credentials
         while True:
             response = await self.transactions.request(request, transport, addr)
             if response.status not in (401, 407) or credentials is None:
@@ -217,9 +218,12 @@ class UserAgent:
             except ValueError as exc:
                 logger.info("unusable %s in %d to %s: %s", header, response.status, request.method, exc)
                 return response, request
-            if challenge.nonce in used_nonces:
-                return response, request  # rejected again with the same challenge: never loop
+            if challenge.nonce in used_nonces or (response.status in answered and not challenge.stale) \
+                    or len(used_nonces) >= 4:
+                # rejected again (a registrar may send a fresh nonce each time): wrong credentials, never loop
+                return response, request
             used_nonces.add(challenge.nonce)
+            answered.add(response.status)
             headers = request.headers.copy()
             headers.set("Via", self.via(transport, addr[0], new_branch()))
             headers.set("CSeq", f"{request.cseq[0] + 1} {request.method}")

@@ -15,15 +15,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 
 from tests.harness.sipp import free_port
 
 KAMAILIO = shutil.which("kamailio") or "/usr/sbin/kamailio"
 REFERENCE_CFG = Path(__file__).parent / "kamailio.cfg"
+# PBX for per-user SIP accounts: one digest password per user, location lookup, 407 on calls from users
+ACCOUNTS_CFG = Path(__file__).parent / "kamailio_accounts.cfg"
+KAMCMD = shutil.which("kamcmd") or "/usr/sbin/kamcmd"
 
 
 def render_config(reference: str, *, port: int, relay_to: tuple[str, int]) -> str:
@@ -38,15 +43,35 @@ def render_config(reference: str, *, port: int, relay_to: tuple[str, int]) -> st
     return cfg
 
 
+def render_accounts(cfg: str, accounts: Mapping[str, str]) -> str:
+    """One ``if ($au == user) $var(pw) = password;`` per account in route[PASSWORD]."""
+    for text in (*accounts, *accounts.values()):
+        if not re.fullmatch(r"[A-Za-z0-9_.+-]+", text):
+            raise ValueError(f"keep test user names and passwords simple: {text!r}")
+    rules = "\n    ".join(f'if ($au == "{user}") {{ $var(pw) = "{pw}"; }}' for user, pw in accounts.items())
+    if "# ACCOUNTS_RULES" not in cfg:
+        raise RuntimeError("accounts kamailio.cfg has no ACCOUNTS_RULES line")
+    return cfg.replace("# ACCOUNTS_RULES", rules)
+
+
 class KamailioProcess:
     def __init__(self, workdir: str | os.PathLike[str], *, relay_to: tuple[str, int] = ("127.0.0.1", 9),
-                 port: int | None = None, reference: Path = REFERENCE_CFG) -> None:
+                 port: int | None = None, reference: Path = REFERENCE_CFG,
+                 accounts: Mapping[str, str] | None = None) -> None:
+        """``accounts`` (user -> password) selects the accounts PBX (kamailio_accounts.cfg) unless ``reference``
+        names another file that has the ACCOUNTS_RULES line."""
         self.workdir = Path(workdir) / "kamailio"
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port(socket.SOCK_DGRAM)
         self.relay_to = relay_to
         self.config_path = self.workdir / "kamailio.cfg"
-        self.config_path.write_text(render_config(reference.read_text(), port=self.port, relay_to=relay_to))
+        if accounts is not None and reference == REFERENCE_CFG:
+            reference = ACCOUNTS_CFG
+        self.ctl_socket = self.workdir / "ctl.sock"
+        cfg = render_config(reference.read_text(), port=self.port, relay_to=relay_to)
+        if accounts is not None:
+            cfg = render_accounts(cfg, accounts).replace("CTL_SOCKET", str(self.ctl_socket))
+        self.config_path.write_text(cfg)
         self.pid_file = self.workdir / "kamailio.pid"
         self.log_path = self.workdir / "kamailio.log"
         self._proc: asyncio.subprocess.Process | None = None
@@ -106,6 +131,24 @@ class KamailioProcess:
             return False
         finally:
             sock.close()
+
+    async def location(self) -> dict[str, list[str]]:
+        """Kamailio's location table (``ul.dump`` over the ctl socket, accounts config only): AOR -> contacts."""
+        proc = await asyncio.create_subprocess_exec(
+            KAMCMD, "-s", f"unix:{self.ctl_socket}", "ul.dump", stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(proc.communicate(), 10)
+        if proc.returncode != 0:
+            raise RuntimeError(f"kamcmd ul.dump failed: {out.decode(errors='replace')}")
+        table: dict[str, list[str]] = {}
+        aor = None
+        for line in out.decode(errors="replace").splitlines():
+            if m := re.match(r"\s*AoR:\s*(\S+)", line):
+                aor = m.group(1)
+                table.setdefault(aor, [])
+            elif (m := re.match(r"\s*Address:\s*(\S+)", line)) and aor is not None:
+                table[aor].append(m.group(1))
+        return {k: v for k, v in table.items() if v}
 
     async def stop(self) -> None:
         proc = self._proc
