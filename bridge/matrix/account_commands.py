@@ -68,6 +68,9 @@ class AccountCommands:
         self.accounts = accounts
         self.clock = clock
         self.conversations = login_steps.Conversations()
+        self.refusal: Callable[[str], str | None] = lambda mxid: None
+        """Why a call of the user would be refused before dialling (no account and the shared line closed to
+        them), None if it would go out; app.py sets it from the account service's routing."""
         self._busy: set[str] = set()  # users with a login/logout/register running
         self._tasks: set[asyncio.Task[None]] = set()
 

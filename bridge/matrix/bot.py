@@ -103,6 +103,8 @@ class Bot:
         reason = dial_permissions_for(self.config).check(sender, self.permissions.level(sender), number)
         if reason:
             return f"Cannot dial: {reason}."
+        if refusal := self.accounts.refusal(sender):
+            return f"Cannot dial: {refusal}"
         pretty = format_number(number)
         try:
             portal, created = await self.portals.ensure_portal(sender, number)

@@ -37,7 +37,8 @@ async def kamailio(tmp_path: Path) -> AsyncIterator[KamailioProcess]:
 
 
 def accounts_on(data: dict[str, Any]) -> None:
-    data["bridge"]["accounts"] = {"encryption_key": generate_key(), "register_expires": 60}
+    # the shared trunk is for admins only: a user's calls need their own account
+    data["bridge"]["accounts"] = {"encryption_key": generate_key(), "register_expires": 60, "shared_trunk": "admin"}
     data["provisioning"] = {"shared_secret": SECRET}
 
 
@@ -101,8 +102,11 @@ async def test_users_log_in_through_the_bot_and_kamailio_registers_them(
     _, reply = await users["bob"].say(users["bob"].room, "logout")
     assert "Logged out" in reply
     assert set(await kamailio.location()) == {"alice"}
+    # dial says which line a call uses, and refuses up front when there is none
+    _, dial = await users["alice"].say(users["alice"].dm, "dial +1 555 123 4567")
+    assert "invited you" in dial and "your SIP account sip:alice@acc.test" in dial
     _, dial = await users["bob"].say(users["bob"].dm, "dial +1 555 123 4567")
-    assert "shared line" in dial
+    assert dial.startswith("Cannot dial: You have no SIP account") and "for admins only" in dial
     assert secrets_logged(caplog) == []
 
 
