@@ -236,3 +236,35 @@ async def test_provisioning_with_the_shared_secret(aenv: AccountEnv, fake: FakeA
     assert who["management_room"] == await aenv.side.management_rooms.get(user)
     status, _ = await aenv.prov("POST", "/logout/sip:alice@pbx.test", token=SECRET, user_id=user)
     assert status == 200 and fake.status(user) is None
+
+
+async def test_register_and_unregister_keep_the_account(aenv: AccountEnv, fake: FakeAccounts) -> None:
+    bob = aenv.clients["bob"]
+    created = await bob.request("POST", "/createRoom", {
+        "invite": [BOT], "preset": "private_chat", "power_level_content_override": {"users": {BOT: 100}}})
+    room = str(created["room_id"])
+    await wait_notice(bob, room, "help")
+    _, reply = await say(aenv, "bob", room, "unregister")
+    assert "no SIP account" in reply
+    await fake.login(replace(fake.logins[0], mxid=aenv.mxid("bob"), uri="sip:bob@pbx.test",
+                             password=PASSWORDS["sip:bob@pbx.test"]))
+    _, reply = await say(aenv, "bob", room, "unregister")
+    assert "Registration is off" in reply and "Registration: off" in reply
+    assert fake.calls[-1] == ("unregister", aenv.mxid("bob")) and fake.status(aenv.mxid("bob")) is not None
+    _, reply = await say(aenv, "bob", room, "register")
+    assert "Registration is on" in reply and "Registration: registered" in reply
+    await fake.logout(aenv.mxid("bob"))
+
+
+async def test_without_an_account_service_the_commands_say_accounts_are_off(aenv: AccountEnv) -> None:
+    dm = await dm_with_bot(aenv, "bob")
+    service = aenv.side.accounts
+    aenv.side.accounts = None
+    try:
+        for command in ("login", "whoami", "logout"):
+            _, reply = await say(aenv, "bob", dm, command)
+            assert "not enabled" in reply
+        status, body = await aenv.prov("GET", "/whoami", token=SECRET, user_id=aenv.mxid("bob"))
+        assert (status, body["errcode"]) == (501, "M_UNRECOGNIZED")
+    finally:
+        aenv.side.accounts = service
