@@ -36,9 +36,10 @@ async def kamailio(tmp_path: Path) -> AsyncIterator[KamailioProcess]:
         await kam.stop()
 
 
-def accounts_on(data: dict[str, Any]) -> None:
+def accounts_on(data: dict[str, Any], key: str | None = None) -> None:
     # the shared trunk is for admins only: a user's calls need their own account
-    data["bridge"]["accounts"] = {"encryption_key": generate_key(), "register_expires": 60, "shared_trunk": "admin"}
+    data["bridge"]["accounts"] = {"encryption_key": key or generate_key(), "register_expires": 60,
+                                  "shared_trunk": "admin"}
     data["provisioning"] = {"shared_secret": SECRET}
 
 
@@ -158,3 +159,28 @@ async def test_the_provisioning_api_logs_in_and_out_like_the_bot(
     status, _ = await provision(e2e, "POST", "/logout/sip:bob@acc.test", SECRET, user_id=bob_id)
     assert status == 200 and await kamailio.location() == {}
     assert secrets_logged(caplog) == []
+
+
+async def test_registration_failure_and_recovery_are_told_in_the_management_room_after_a_restart(
+        e2e: E2E, kamailio: KamailioProcess) -> None:
+    key, db = generate_key(), e2e.tmp / "accounts.db"
+
+    def same_db(data: dict[str, Any]) -> None:
+        accounts_on(data, key)
+        data["appservice"]["database"] = f"sqlite:{db}"
+
+    bridge = await e2e.bridge(same_db)
+    alice = BotUser(await e2e.client("alice"))
+    _, final = await alice.login(kamailio, "alice", PASSWORDS["alice"])
+    assert final.startswith("Logged in as sip:alice@acc.test")
+    # the registrar goes away while the bridge restarts: the stored account's REGISTER fails
+    await kamailio.stop()
+    e2e.bridges.remove(bridge)
+    await bridge.stop()
+    bridge = await e2e.bridge(same_db)
+    failing = await wait_notice(alice.client, alice.room, "is failing", timeout=40)  # the room was remembered
+    assert "sip:alice@acc.test" in failing and "Last error:" in failing
+    await kamailio.start()
+    recovered = await wait_notice(alice.client, alice.room, "works again", timeout=40)
+    assert "Registration: registered" in recovered
+    assert set(await kamailio.location()) == {"alice"}
