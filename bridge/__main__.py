@@ -22,6 +22,7 @@ from bridge.config import (
     parse_config,
     replace_tokens,
 )
+from bridge.config_secret import replace_provisioning_secret
 from bridge.config_upgrade import Upgrade, upgrade_text
 
 
@@ -66,11 +67,13 @@ def write_example(config_path: Path) -> None:
 
 
 def generate_registration(config_path: Path, registration_path: Path) -> None:
-    """Write new random tokens into the config file and a matching registration file."""
+    """Write new random tokens into the config file and a matching registration file (and a provisioning shared
+    secret if it is still a placeholder)."""
     config = load_config(config_path)
     as_token, hs_token = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
     registration = build_registration(config, as_token, hs_token)
     new_text = replace_tokens(config_path.read_text(encoding="utf-8"), as_token, hs_token)
+    new_text = replace_provisioning_secret(new_text, secrets.token_urlsafe(32))  # only if still a placeholder
     # Re-validate the rewritten text before touching any file, so a failed rewrite leaves both files as they were.
     # (Through the in-memory upgrade, as load_config does: an old file with a renamed key is valid.)
     updated = parse_config(yaml.safe_load(upgrade_text(new_text, name=str(config_path)).text), config_path)

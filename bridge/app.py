@@ -273,6 +273,11 @@ class Bridge:
         # registration notices); the call manager routes each user's calls and INVITEs to their Contact with it.
         self.accounts = account_manager(config, self.matrix, lambda: self.ua)
         self.calls.accounts = self.accounts
+        # the bot's account commands and the provisioning API (without an encryption key they say accounts are
+        # off instead of asking for a password first); registration notices go to the users' management rooms
+        self.matrix.accounts = self.accounts if config.bridge.accounts.key_configured else None
+        self.accounts.notifier = self.matrix.account_notifier
+        self.matrix.account_commands.refusal = self._line_refusal
         self.calls.dial_rules = UserDialRules(dial_permissions_for(config), self.matrix.permissions.level)
         self.ua.on_message_observed = self.metrics.sip_message
         self.matrix.portals.outbox.on_attempt = lambda ok, retry: self.metrics.homeserver_request(ok=ok, retry=retry)
@@ -290,6 +295,11 @@ class Bridge:
                 health=mc.health, checks=self._ready_checks())
         self.recovery = CrashRecovery(ua=self.ua, store=call_state, matrix=self.calls.matrix,
                                       call_log=self.calls.call_log, ports=self.calls.ports)
+
+    def _line_refusal(self, mxid: str) -> str | None:
+        """For the bot's ``dial``: why the user's calls would be refused (no account, shared line closed)."""
+        trunk = self.accounts.outbound_trunk(mxid)
+        return trunk if isinstance(trunk, str) else None
 
     def _watch_metrics(self) -> None:
         """What the metrics read at scrape time."""

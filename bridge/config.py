@@ -272,6 +272,23 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class ProvisioningConfig:
+    """The provisioning API (bridge/matrix/provisioning.py) on the appservice listener."""
+
+    enabled: bool = True
+    prefix: str = "/_matrix/provision"
+    shared_secret: str = "generate"  # a placeholder: only users' own Matrix access tokens are accepted
+
+    @property
+    def secret(self) -> str | None:
+        """The shared secret, None while it is a placeholder."""
+        return None if self.shared_secret in PLACEHOLDER_TOKENS else self.shared_secret
+
+    def __repr__(self) -> str:  # never leak the secret through a repr in a log line
+        return f"ProvisioningConfig(enabled={self.enabled!r}, prefix={self.prefix!r})"
+
+
+@dataclass(frozen=True)
 class Config:
     homeserver: HomeserverConfig = field(default_factory=HomeserverConfig)
     appservice: AppserviceConfig = field(default_factory=AppserviceConfig)
@@ -281,6 +298,7 @@ class Config:
     media: MediaConfig = field(default_factory=MediaConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    provisioning: ProvisioningConfig = field(default_factory=ProvisioningConfig)
     path: Path | None = None
 
     @property
@@ -885,6 +903,20 @@ def _metrics(s: _Section) -> MetricsConfig:
     return out
 
 
+def _provisioning(s: _Section) -> ProvisioningConfig:
+    prefix = s.string("prefix", "/_matrix/provision").rstrip("/")
+    if not re.match(r"^/[A-Za-z0-9._~/-]+$", prefix) or prefix.startswith("/_matrix/app"):
+        raise ConfigError(s.key("prefix"), f"{prefix!r} must be a URL path such as /_matrix/provision (not under "
+                          "/_matrix/app, which the homeserver uses)")
+    secret = s.string("shared_secret", "generate", allow_empty=True)
+    if secret not in PLACEHOLDER_TOKENS and len(secret) < 16:
+        raise ConfigError(s.key("shared_secret"), "is shorter than 16 characters; use \"generate\" and run -g, or a "
+                          "long random string")
+    out = ProvisioningConfig(enabled=s.boolean("enabled", True), prefix=prefix, shared_secret=secret)
+    s.finish()
+    return out
+
+
 def parse_config(data: Any, path: Path | None = None) -> Config:
     """Validate already-parsed YAML data. Raises :class:`ConfigError`. With ``path`` (the config file), relative
     file paths in it are relative to that file's directory, not to wherever the bridge happens to be started."""
@@ -901,6 +933,7 @@ def parse_config(data: Any, path: Path | None = None) -> Config:
         media=_media(root.section("media")),
         logging=_logging(root.section("logging")),
         metrics=_metrics(root.section("metrics")),
+        provisioning=_provisioning(root.section("provisioning")),
         path=path,
     )
     root.finish()

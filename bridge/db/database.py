@@ -9,6 +9,7 @@ from mautrix.util.async_db import Database
 from bridge.db.call_log import CallLog
 from bridge.db.call_state import CallStateTable
 from bridge.db.ghost import GhostTable
+from bridge.db.management_room import ManagementRoomTable
 from bridge.db.portal import PortalTable
 from bridge.db.sip_account import SipAccountTable
 from bridge.db.txn import TxnTable
@@ -31,8 +32,10 @@ class Tables:
     call_log: CallLog
     call_state: CallStateTable
     sip_account: SipAccountTable
+    management_room: ManagementRoomTable
 
     @classmethod
     def for_db(cls, db: Database) -> Tables:
         return cls(portal=PortalTable(db), ghost=GhostTable(db), txn=TxnTable(db), call_log=CallLog(db),
-                   call_state=CallStateTable(db), sip_account=SipAccountTable(db))
+                   call_state=CallStateTable(db), sip_account=SipAccountTable(db),
+                   management_room=ManagementRoomTable(db))

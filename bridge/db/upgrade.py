@@ -124,3 +124,18 @@ async def upgrade_v4(conn: Connection, scheme: Scheme) -> None:
 
 
 upgrade_table.register(upgrade_v4, description="sip_account: per-user SIP accounts (encrypted passwords)")
+
+
+async def upgrade_v5(conn: Connection, scheme: Scheme) -> None:
+    # Each user's management room (bridge/matrix/account_commands.py): where registration notices go.
+    await conn.execute(
+        """CREATE TABLE management_room (
+            mxid       TEXT PRIMARY KEY,
+            room_id    TEXT NOT NULL,
+            bot_owned  BOOLEAN NOT NULL,
+            updated_ts BIGINT NOT NULL
+        )"""
+    )
+
+
+upgrade_table.register(upgrade_v5, description="management_room: each user's room with the bot")

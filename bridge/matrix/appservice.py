@@ -55,6 +55,7 @@ class AppserviceServer:
         self._in_flight: dict[tuple[str, str], asyncio.Future[None]] = {}
         self._events_in_flight: set[str] = set()
         self._handled = 0
+        self.open_prefixes: list[str] = []  # paths with their own auth (the provisioning API): no hs_token
         self.app = self._build()
 
     @property
@@ -74,6 +75,8 @@ class AppserviceServer:
     @web.middleware
     async def _auth_middleware(self, request: web.Request, handler: Callable[[web.Request],
                                Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        if any(request.path.startswith(prefix + "/") for prefix in self.open_prefixes):
+            return await handler(request)
         header = request.headers.get("Authorization")
         query = request.query.get("access_token")
         bearer: str | None = None

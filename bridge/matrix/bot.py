@@ -1,4 +1,5 @@
-"""The bridge bot: answers commands (``help``, ``dial <number>``) in rooms it was invited to by permitted users."""
+"""The bridge bot: answers commands (``help``, ``dial <number>``, and the account commands of
+matrix/account_commands.py) in rooms it was invited to by permitted users."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from mautrix.types import RoomID
 from bridge.call.dial_permissions import dial_permissions_for
 from bridge.call.dialplan import format_number, normalize_number
 from bridge.config import Config
+from bridge.matrix.account_commands import HELP as ACCOUNT_HELP
+from bridge.matrix.account_commands import AccountCommands
 from bridge.matrix.permissions import Permissions
 from bridge.matrix.portals import NOT_ALLOWED, Portals
 
@@ -21,14 +24,16 @@ HELP = (
     "Commands:\n"
     "• help: show this message\n"
     "• dial <number>: open a direct chat with a phone number (e.g. dial +1 555 123 4567); "
-    "start a voice call there to ring the phone"
+    "start a voice call there to ring the phone\n" + ACCOUNT_HELP
 )
 HINT = "Unknown command. Send `help` for the list of commands."
 
 
 class Bot:
-    def __init__(self, az: AppServiceAPI, config: Config, permissions: Permissions, portals: Portals) -> None:
+    def __init__(self, az: AppServiceAPI, config: Config, permissions: Permissions, portals: Portals,
+                 accounts: AccountCommands) -> None:
         self.az = az
+        self.accounts = accounts
         self.config = config
         self.permissions = permissions
         self.portals = portals
@@ -67,11 +72,13 @@ class Bot:
             return True
         return False
 
-    async def handle_message(self, room_id: str, sender: str, content: dict[str, Any]) -> None:
+    async def handle_message(self, room_id: str, sender: str, content: dict[str, Any], event_id: str = "") -> None:
         """A message in a non-portal room: answer it if the bot is in that room."""
         if content.get("msgtype") != "m.text" or not isinstance(content.get("body"), str):
             return
         if not await self.in_room(room_id):
+            return
+        if await self.accounts.handle(room_id, sender, event_id, content["body"]):
             return
         words = content["body"].strip().split(None, 1)
         if not words:
@@ -96,6 +103,8 @@ class Bot:
         reason = dial_permissions_for(self.config).check(sender, self.permissions.level(sender), number)
         if reason:
             return f"Cannot dial: {reason}."
+        if refusal := self.accounts.refusal(sender):
+            return f"Cannot dial: {refusal}"
         pretty = format_number(number)
         try:
             portal, created = await self.portals.ensure_portal(sender, number)
@@ -103,9 +112,10 @@ class Bot:
             log.warning("dial %s for %s failed: %s", number, sender, e)
             return f"Sorry, I could not open a chat with {pretty} (homeserver error)."
         link = f"https://matrix.to/#/{portal.room_id}"
+        line = self.accounts.line_for(sender)
         if created:
-            return f"Opened a direct chat with {pretty} and invited you: {link} (start a voice call there)."
-        return f"You already have a direct chat with {pretty}: {link}"
+            return f"Opened a direct chat with {pretty} and invited you: {link} (start a voice call there). {line}"
+        return f"You already have a direct chat with {pretty}: {link} {line}"
 
     async def reply(self, room_id: str, text: str) -> None:
         self.portals.send_bot_notice(room_id, text)  # the outbox delivers it, retrying while the homeserver is down

@@ -15,16 +15,22 @@ from mautrix.errors import MatrixRequestError
 from mautrix.types import UserID
 from mautrix.util.async_db import Database
 
+from bridge.calls.account_api import AccountService
 from bridge.config import Config
 from bridge.db.database import Tables
+from bridge.matrix.account_commands import AccountCommands
+from bridge.matrix.account_notices import RoomNotifier
 from bridge.matrix.appservice import AppserviceServer
 from bridge.matrix.bot import Bot
 from bridge.matrix.dispatcher import EventDispatcher
 from bridge.matrix.ghosts import Ghosts
 from bridge.matrix.handler import CallHandler, NullCallHandler
+from bridge.matrix.management_rooms import ManagementRooms
 from bridge.matrix.outbox import is_retriable
 from bridge.matrix.permissions import Permissions
 from bridge.matrix.portals import Portals
+from bridge.matrix.provisioning import ProvisioningAPI
+from bridge.matrix.provisioning_auth import ProvisioningAuth, homeserver_whoami
 from bridge.matrix.room_queue import RoomQueues
 from bridge.matrix.thirdparty import ThirdParty
 
@@ -78,7 +84,10 @@ class MatrixSide:
         self.permissions = Permissions(config.bridge.permissions, config.homeserver.domain)
         self.ghosts = Ghosts(self.az, config, self.tables.ghost)
         self.portals = Portals(self.az, config, self.tables.portal, self.ghosts, self.permissions)
-        self.bot = Bot(self.az, config, self.permissions, self.portals)
+        self.management_rooms = ManagementRooms(self.az, config.bot_mxid, self.tables.management_room, self.portals)
+        self.account_commands = AccountCommands(self.permissions, self.portals, self.management_rooms)
+        self.account_notifier = RoomNotifier(self.management_rooms, self.portals)  # the account service's notifier
+        self.bot = Bot(self.az, config, self.permissions, self.portals, self.account_commands)
         self.dispatcher = EventDispatcher(config, self.ghosts, self.portals, self.bot, self.permissions,
                                           handler or NullCallHandler())
         self.queues = RoomQueues()
@@ -86,9 +95,35 @@ class MatrixSide:
                                        self.dispatcher.dispatch, self.ghosts.handle_user_query)
         self.web_app: web.Application = self.server.app
         ThirdParty(config, self.ghosts).add_routes(self.web_app)  # Element's dial pad (/thirdparty/...)
+        self.provisioning: ProvisioningAPI | None = None
+        if config.provisioning.enabled:
+            self.provisioning = self._provisioning()
         self._runner: web.AppRunner | None = None
         self._opened = False
         self.port: int | None = None  # the bound port once serving (useful when configured as 0)
+
+    def _provisioning(self) -> ProvisioningAPI:
+        prov = self.config.provisioning
+        if prov.secret is None:
+            log.info("provisioning.shared_secret is a placeholder: the provisioning API accepts only users' own "
+                     "access tokens (run -g to generate a secret)")
+        auth = ProvisioningAuth(prov.secret, homeserver_whoami(self._session, self.config.homeserver.address))
+        api = ProvisioningAPI(auth=auth, permissions=self.permissions, rooms=self.management_rooms,
+                              bot_mxid=self.config.bot_mxid, homeserver_domain=self.config.homeserver.domain)
+        api.add_to(self.web_app, prov.prefix)
+        self.server.open_prefixes.append(prov.prefix)
+        return api
+
+    @property
+    def accounts(self) -> AccountService | None:
+        """The per-user account service the bot commands and the provisioning API use (None: accounts off)."""
+        return self.account_commands.accounts
+
+    @accounts.setter
+    def accounts(self, service: AccountService | None) -> None:
+        self.account_commands.accounts = service
+        if self.provisioning is not None:
+            self.provisioning.accounts = service
 
     @property
     def handler(self) -> CallHandler:
@@ -173,6 +208,7 @@ class MatrixSide:
             await self._runner.cleanup()
             self._runner = None
         await self.queues.close()
+        await self.account_commands.stop()
         await self.portals.outbox.close(OUTBOX_GRACE_S)
         if not self._session.closed:
             await self._session.close()

@@ -57,7 +57,7 @@ class EventDispatcher:
             await self._call_event(evt, room_id, sender, content)
         elif etype == "m.room.message" and not self.is_bridge_user(sender):
             if await self.portals.get(room_id) is None:
-                await self.bot.handle_message(room_id, sender, content)
+                await self.bot.handle_message(room_id, sender, content, str(evt.get("event_id", "")))
 
     async def _membership(self, room_id: str, sender: str, state_key: Any, content: dict[str, Any]) -> None:
         membership = content.get("membership")

@@ -24,5 +24,9 @@ class Permissions:
     def can_use(self, mxid: str) -> bool:
         return self.level(mxid) in ("user", "admin")
 
+    def can_login(self, mxid: str) -> bool:
+        """May log in to a personal SIP account (bot ``login``, provisioning API): ``user`` and above."""
+        return self.level(mxid) in ("user", "admin")
+
     def is_admin(self, mxid: str) -> bool:
         return self.level(mxid) == "admin"

@@ -309,8 +309,11 @@ def test_generate_registration_accepts_an_old_file_and_changes_only_the_tokens(o
     text = old_file.read_text()
     tokens = yaml.safe_load(reg.read_text())
     assert f'  as_token: "{tokens["as_token"]}"\n' in text
+    secret = yaml.safe_load(text)["provisioning"]["shared_secret"]
+    assert len(secret) >= 32  # the placeholder provisioning secret is generated too
     assert text.replace(tokens["as_token"], "AS-real-token").replace(tokens["hs_token"], "HS-real-token") \
-        == old_config_text()  # -g rewrites the token lines only; the upgrade is left to the next start
+        .replace(f'"{secret}"', '"generate"') \
+        == old_config_text()  # -g rewrites the token and secret lines only; the upgrade is left to the next start
 
 
 def test_a_required_key_is_never_filled_from_the_example(tmp_path: Path) -> None:
