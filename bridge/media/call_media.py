@@ -135,7 +135,7 @@ class CallMedia:
             address, port, self._supported(), telephone_event_pt=SIP_TELEPHONE_EVENT_PT, ptime=self.settings.ptime,
             session_id=session_id, version=version,
         )
-        self._sdes.secure_offer(self._sip_offer.media[0])
+        self._sdes.secure_offer(self._sip_offer.media[0], renew=True)  # a new INVITE: new far end, new keys
         self._sip_origin = (self._sip_offer.origin.session_id, self._sip_offer.origin.session_version)
         return self._sip_offer.serialize().encode()
 

@@ -122,12 +122,13 @@ class SdesNegotiation:
         return plain + SECURE_PROTOS if self.enabled else plain
 
     # -- we offer ----------------------------------------------------------------------------------------
-    def secure_offer(self, media: MediaDescription) -> None:
-        """Turn our plain audio m= line into the offer for this mode (in place)."""
+    def secure_offer(self, media: MediaDescription, *, renew: bool = False) -> None:
+        """Turn our plain audio m= line into the offer for this mode (in place). ``renew``: fresh keys even
+        when a context runs (an INVITE to a new far end, whose context starts with a rollover counter of 0)."""
         if not self.enabled:
             self._offered = []
             return
-        if self.active is not None:
+        if self.active is not None and not renew:
             lines = [self.active[0]]  # re-offer: the context in use continues (RFC 4568 7.1.4)
         else:
             lines = [new_line(i + 1, suite) for i, suite in enumerate(OFFER_SUITES)]

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import array
 import asyncio
+import base64
+import logging
 import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -79,7 +81,8 @@ def rtp_audio(packets: list[tuple[int, int, bytes]]) -> list[bytes]:
 
 
 async def test_tls_trunk_call_with_srtp_carries_tone_both_ways_and_no_plaintext_rtp(
-        e2e: E2E, peers: list[Baresip], tmp_path: Path) -> None:
+        e2e: E2E, peers: list[Baresip], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
     ca = TestCa(tmp_path)
     peer = await baresip(peers, tmp_path, mediaenc="srtp-mand", tls=ca.leaf("localhost"))
     capture = LoopbackCapture(tmp_path / "rtp.pcap", [peer.rtp_port, peer.rtp_port + 1])
@@ -98,6 +101,13 @@ async def test_tls_trunk_call_with_srtp_carries_tone_both_ways_and_no_plaintext_
         await call.wait_for_tone(1000.0, timeout=30, min_frames=frames + 50)
         srtp = bridge.calls.outbound[call.call_id].media.rtp_leg.srtp
         assert srtp is not None and srtp.auth_failures == 0 and srtp.replayed == 0
+        # the durable call record (crash recovery) holds no SRTP key, encoded or raw
+        stored = b"".join(path.read_bytes() for path in e2e.tmp.glob("bridge0.db*"))
+        assert call.call_id.encode() in stored  # the right database: it has this call
+        for key in (srtp._local_key, srtp._remote_key):
+            assert key not in stored and base64.b64encode(key)[:20] not in stored
+            assert base64.b64encode(key)[:20].decode() not in caplog.text  # nor any log line (DEBUG included)
+        assert "inline:" not in caplog.text
         await call.hangup()
         await assert_released(bridge)
     finally:

@@ -113,3 +113,12 @@ def test_parse_crypto_rejects_mki_multiple_keys_bad_length_and_unknown_session_p
     assert parse_crypto(good + " UNENCRYPTED_SRTP") is None
     assert parse_crypto(good + " WSH=64") is not None
     assert "inline" not in repr(parse_crypto(good))
+
+
+def test_a_new_invite_renews_our_keys_even_with_a_context_running() -> None:
+    offerer, offer = offer_media("required")
+    offerer.read_answer(answer_for(SdesNegotiation("required"), offer))
+    assert offerer.active is not None
+    media = build_offer("127.0.0.1", 4000, PCMU).media[0]
+    offerer.secure_offer(media, renew=True)  # e.g. a transfer's INVITE to another number
+    assert offerer.active[0].key not in {line.key for line in usable_lines(media)}
