@@ -184,3 +184,22 @@ async def test_phone_call_with_srtp_to_matrix_carries_tone_both_ways(
     await assert_released(bridge)
     await peer.stop()
     assert peer.best_tone_ratio(660.0) > 0.5, peer.output()[-2000:]
+
+
+@pytest.mark.parametrize(("mediaenc", "suite"), [("srtp", "AES_CM_128_HMAC_SHA1_80"), (None, None)])
+async def test_optional_srtp_encrypts_with_a_best_effort_peer_and_falls_back_to_rtp_with_a_plain_one(
+        e2e: E2E, peers: list[Baresip], tmp_path: Path, mediaenc: str | None, suite: str | None) -> None:
+    peer = await baresip(peers, tmp_path, mediaenc=mediaenc)
+
+    def config(data: dict[str, Any]) -> None:
+        data["sip"]["trunk"]["proxy"] = f"sip:127.0.0.1:{peer.sip_port}"
+        data["media"]["srtp"] = "optional"
+
+    bridge = await e2e.bridge(config)
+    alice, room = await portal(e2e)
+    call = await alice.place_call(room, GHOST, codecs=["PCMU"])
+    await call.wait_answer(timeout=30)
+    assert bridge.calls.outbound[call.call_id].media.srtp_suite == suite
+    await call.wait_for_tone(1000.0, timeout=30, min_frames=50)
+    await call.hangup()
+    await assert_released(bridge)

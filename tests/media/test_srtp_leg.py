@@ -14,6 +14,7 @@ from bridge.media.dtmf import DtmfEvent
 from bridge.media.rtp_leg import RtpLeg
 from bridge.media.rtp_packet import RtpPacket
 from bridge.media.settings import MediaSettings
+from bridge.sip.sdp import SdpError
 
 from .call_fixtures import make_media
 from .helpers import wait_for
@@ -125,3 +126,22 @@ async def test_call_media_negotiates_srtp_both_ways_and_never_logs_a_key(caplog:
         await caller.close()
         await callee.close()
         del caller_ports, callee_ports
+
+
+async def test_offerless_invite_takes_the_srtp_answer_from_the_ack_and_required_refuses_a_plain_one() -> None:
+    bridge, bridge_ports = make_media(MediaSettings(srtp="required"))
+    phone, phone_ports = make_media(MediaSettings(srtp="optional"))
+    try:
+        await bridge.open_rtp()
+        await phone.open_rtp()
+        offer = bridge.sip_offer_for_offerless()  # in our 200
+        bridge.apply_sip_answer(phone.answer_sip_offer(offer))  # the phone's answer in its ACK
+        assert bridge.srtp_suite == phone.srtp_suite == "AES_CM_128_HMAC_SHA1_80"
+        plain = phone.sip_offer().replace(b"a=crypto", b"a=x-crypto")  # an answerer that ignores crypto
+        bridge.sip_offer_for_offerless()
+        with pytest.raises(SdpError):
+            bridge.apply_sip_answer(plain)
+    finally:
+        await bridge.close()
+        await phone.close()
+        del bridge_ports, phone_ports
