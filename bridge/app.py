@@ -55,6 +55,7 @@ def sip_settings(config: Config) -> SipSettings:
         listen=[ListenAddress(item.transport, item.host, item.port) for item in sip.listen],
         advertised_host=sip.advertised_host, advertised_port=sip.advertised_port, user_agent=sip.user_agent,
         t1=sip.t1_ms / 1000, t2=sip.t2_ms / 1000, tls_certfile=sip.tls_cert, tls_keyfile=sip.tls_key,
+        tls_cafile=sip.tls_ca, tls_verify=sip.tls_verify,
         tcp_idle_timeout=sip.tcp_idle_timeout_s,
         max_connections=sip.max_connections,
         max_connections_per_source=sip.max_connections_per_source,
@@ -70,6 +71,7 @@ def media_settings(config: Config) -> MediaSettings:
         codecs=list(m.codecs),
         ice_servers=[IceServer(list(s.urls), s.username, s.credential) for s in m.ice_servers],
         ice_timeout_s=m.ice_timeout_s, rtp_source=m.rtp_source, rtp_latch_packets=m.rtp_latch_packets,
+        srtp=m.srtp,
     )
 
 
@@ -82,7 +84,8 @@ def trunk_target(config: Config) -> TrunkTarget:
     if trunk.auth_username and trunk.auth_password is not None:
         creds = Credentials(trunk.auth_username, trunk.auth_password)
     return TrunkTarget(proxy=trunk.proxy, domain=domain, from_uri=f"sip:{trunk.from_user}@{from_domain}",
-                       from_display=None, credentials=creds)
+                       from_display=None, credentials=creds,
+                       scheme="sips" if proxy.scheme == "sips" else "sip")
 
 
 def caller_id_settings(config: Config, ghost_mxid: Callable[[str], str | None]) -> CallerIdSettings:

@@ -153,6 +153,7 @@ class SipTrunkConfig:
     register: bool = False
     register_expires: int = 3600
     identity_header: str = "none"  # none | pai | ppi: how outbound INVITEs carry the caller's number
+    transport: str = "auto"  # auto (from the proxy URI) | udp | tcp | tls; folded into `proxy` by the loader
 
     def __repr__(self) -> str:
         return f"SipTrunkConfig(proxy={self.proxy!r}, from_user={self.from_user!r}, register={self.register})"
@@ -204,6 +205,8 @@ class SipConfig:
     t2_ms: int = 4000
     tls_cert: str | None = None
     tls_key: str | None = None
+    tls_ca: str | None = None  # PEM CA bundle trusted for TLS peers instead of the system store
+    tls_verify: bool = True
     tcp_idle_timeout_s: float = 60.0
     max_connections: int = 512
     max_connections_per_source: int = 32
@@ -243,6 +246,7 @@ class MediaConfig:
     ice_timeout_s: float = 30.0  # a WebRTC leg not connected this long after negotiation has failed
     rtp_source: str = "signalling"  # strict | signalling | any: who may send the SIP-side RTP
     rtp_latch_packets: int = 4  # consistent packets before a NATed source (signalling mode) is taken
+    srtp: str = "off"  # off | optional | required: SDES-SRTP on the SIP leg (sip/sdp_crypto.py)
 
 
 @dataclass(frozen=True)
@@ -708,13 +712,29 @@ def _trunk(s: _Section) -> SipTrunkConfig:
         register=s.boolean("register", False),
         register_expires=s.integer("register_expires", 3600, lo=60, hi=86400),
         identity_header=s.choice("identity_header", "none", ("none", "pai", "ppi")),
+        transport=s.choice("transport", "auto", ("auto", "udp", "tcp", "tls")),
     )
+    out = dataclasses.replace(out, proxy=_proxy_with_transport(s, proxy, out.transport))
     if out.register and not out.auth_username:
         raise ConfigError(s.key("auth_username"), "is required when register is true (the registrar's user)")
     if out.auth_username and not out.auth_password:
         raise ConfigError(s.key("auth_password"), "is required when auth_username is set")
     s.finish()
     return out
+
+
+def _proxy_with_transport(s: _Section, proxy: str, transport: str) -> str:
+    """The proxy URI carrying sip.trunk.transport (as ;transport=, which the SIP layer routes by)."""
+    if transport == "auto":
+        return proxy
+    m = re.search(r";transport=([A-Za-z]+)", proxy, re.IGNORECASE)
+    current = m.group(1).lower() if m else ("tls" if proxy.lower().startswith("sips:") else None)
+    if current is not None:
+        if current != transport:
+            raise ConfigError(s.key("transport"), f"{transport} contradicts the proxy URI {proxy!r} ({current}); "
+                              "set one of them")
+        return proxy
+    return f"{proxy};transport={transport}"
 
 
 def _inbound(s: _Section) -> SipInboundConfig:
@@ -769,6 +789,12 @@ def _sip(s: _Section) -> SipConfig:
                 raise ConfigError(s.key(name), "is required when a listener uses transport tls (path to a PEM file)")
             if not Path(value).is_file():
                 raise ConfigError(s.key(name), f"file {value!r} does not exist")
+    if bool(tls_cert) != bool(tls_key):
+        raise ConfigError(s.key("tls_key" if tls_cert else "tls_cert"), "tls_cert and tls_key go together")
+    tls_ca = s.opt_string("tls_ca")
+    for name, value in (("tls_cert", tls_cert), ("tls_key", tls_key), ("tls_ca", tls_ca)):
+        if value and not Path(value).is_file():
+            raise ConfigError(s.key(name), f"file {value!r} does not exist")
     advertised_port = s.raw("advertised_port", None)
     t1 = s.integer("t1_ms", 500, lo=50, hi=10000)
     out = SipConfig(
@@ -780,6 +806,8 @@ def _sip(s: _Section) -> SipConfig:
         t2_ms=s.integer("t2_ms", 4000, lo=t1, hi=60000),
         tls_cert=tls_cert,
         tls_key=tls_key,
+        tls_ca=tls_ca,
+        tls_verify=s.boolean("tls_verify", True),
         tcp_idle_timeout_s=s.number("tcp_idle_timeout_s", 60, lo=0),
         max_connections=s.integer("max_connections", 512, lo=1),
         max_connections_per_source=s.integer("max_connections_per_source", 32, lo=1),
@@ -849,9 +877,12 @@ def _media(s: _Section) -> MediaConfig:
     ice_timeout = s.number("ice_timeout_s", 30.0, lo=1)
     rtp_source = s.choice("rtp_source", "signalling", ("strict", "signalling", "any"))
     latch = s.integer("rtp_latch_packets", 4, lo=1, hi=50)
+    # YAML 1.1 reads a bare `off` as false
+    srtp = "off" if s.raw("srtp", "off") is False else s.choice("srtp", "off", ("off", "optional", "required"))
     out = MediaConfig(rtp_host=rtp_host, advertised_ip=advertised_ip, port_start=start, port_end=end,
                       codecs=codecs, ice_servers=tuple(ice), ice_host_addresses=ice_hosts,
-                      ice_timeout_s=ice_timeout, rtp_source=rtp_source, rtp_latch_packets=latch)
+                      ice_timeout_s=ice_timeout, rtp_source=rtp_source, rtp_latch_packets=latch,
+                      srtp=srtp)
     s.finish()
     return out
 
@@ -950,11 +981,11 @@ def parse_config(data: Any, path: Path | None = None) -> Config:
 
 
 def _resolve_tls_paths(data: Any, base: Path) -> Any:
-    """sip.tls_cert / sip.tls_key made absolute against ``base`` (checked for existence while parsing)."""
+    """sip.tls_cert / sip.tls_key / sip.tls_ca made absolute against ``base`` (checked for existence while parsing)."""
     sip = data.get("sip") if isinstance(data, Mapping) else None
     if not isinstance(sip, Mapping):
         return data
-    fixed = {key: (base / value).as_posix() for key in ("tls_cert", "tls_key")
+    fixed = {key: (base / value).as_posix() for key in ("tls_cert", "tls_key", "tls_ca")
              if isinstance(value := sip.get(key), str) and value and not Path(value).is_absolute()}
     return {**data, "sip": {**sip, **fixed}} if fixed else data
 

@@ -36,6 +36,9 @@ pick_python() {
 # --- system packages ---------------------------------------------------------------------------------------
 apt_missing=()
 command -v sipp >/dev/null 2>&1 || apt_missing+=(sip-tester)
+# SRTP/TLS end-to-end tests: baresip (srtp module) as the peer, tcpdump to check the wire
+[ -e /usr/lib/baresip/modules/srtp.so ] || apt_missing+=(baresip-core)
+command -v tcpdump >/dev/null 2>&1 || [ -x /usr/bin/tcpdump ] || apt_missing+=(tcpdump)
 command -v kamailio >/dev/null 2>&1 || [ -x /usr/sbin/kamailio ] || apt_missing+=(kamailio)
 # PostgreSQL server binaries: the database tests run every table on a throwaway cluster as well as SQLite.
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || apt_missing+=(postgresql)

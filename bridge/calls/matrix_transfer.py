@@ -172,6 +172,8 @@ class MatrixTransfers:
         codec = _codec_in_use(session)
         if phone is None or codec is None:
             return "the call's codec cannot be relayed"
+        if self.media_settings.srtp == "required" or session.media.srtp_suite is not None:
+            return "the phone-to-phone relay has no SRTP, and this call's media must stay encrypted"
         media = RtpBridge(self.media_settings, self.ports, codec, log=log)
         target: Dialog | None = None
         try:

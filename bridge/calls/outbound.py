@@ -46,9 +46,10 @@ class TrunkTarget:
     from_uri: str
     from_display: str | None
     credentials: Credentials | None
+    scheme: str = "sip"  # "sips" when the proxy is a sips: URI: TLS on every hop (RFC 3261 26.2.1)
 
     def request_uri(self, number: str) -> str:
-        return f"sip:{number}@{self.domain}"
+        return f"{self.scheme}:{number}@{self.domain}"
 
 
 class OutboundSession(CallSession):

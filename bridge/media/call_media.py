@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.sip import sdp as sip_sdp
+from bridge.sip.sdp_crypto import SdesNegotiation, SrtpKeys
 
 from . import webrtc_leg
 from .codecs import SIP_CODECS, choose_webrtc_codecs
@@ -83,6 +84,7 @@ class CallMedia:
         self._relay = Relay(self._rtp, self._webrtc, log=log)
         self._relay.on_dtmf = self._dtmf
         self._sip_offer: sip_sdp.SessionDescription | None = None
+        self._sdes = SdesNegotiation(settings.srtp)
         # o= of the last SDP we sent on the SIP leg: later ones keep the id and bump the version (RFC 3264 8)
         self._sip_origin: tuple[int, int] | None = None
         self._sip_codec: str | None = None
@@ -133,6 +135,7 @@ class CallMedia:
             address, port, self._supported(), telephone_event_pt=SIP_TELEPHONE_EVENT_PT, ptime=self.settings.ptime,
             session_id=session_id, version=version,
         )
+        self._sdes.secure_offer(self._sip_offer.media[0], renew=True)  # a new INVITE: new far end, new keys
         self._sip_origin = (self._sip_offer.origin.session_id, self._sip_offer.origin.session_version)
         return self._sip_offer.serialize().encode()
 
@@ -161,6 +164,7 @@ class CallMedia:
             address, port, codecs, telephone_event_pt=te_pt, direction=direction, ptime=self.settings.ptime,
             session_id=session_id, version=version,
         )
+        self._sdes.secure_offer(self._sip_offer.media[0])
         self._sip_origin = (self._sip_offer.origin.session_id, version)
         return self._sip_offer.serialize().encode()
 
@@ -183,7 +187,10 @@ class CallMedia:
         if self._sip_offer is None:
             raise MediaError("apply_sip_answer() without sip_offer()")
         answer = sip_sdp.SessionDescription.parse(sdp)
-        self._apply_negotiated(sip_sdp.read_answer(self._sip_offer, answer))
+        negotiated = sip_sdp.read_answer(self._sip_offer, answer)
+        keys = self._sdes.read_answer(answer.media[negotiated.media_index])
+        self._apply_negotiated(negotiated)
+        self._set_srtp(keys)
 
     def answer_sip_offer(self, sdp: bytes) -> bytes:
         address, port = self._local()
@@ -191,11 +198,27 @@ class CallMedia:
         session_id, version = self._next_origin()
         answer, negotiated = sip_sdp.negotiate_answer(
             offer, address=address, port=port, supported=self._supported(), telephone_event=True,
-            session_id=session_id, version=version,
+            session_id=session_id, version=version, protos=self._sdes.accepted_protos(sip_sdp.RTP_PROTOS),
         )
+        index = negotiated.media_index
+        keys = self._sdes.answer_offer(offer.media[index], answer.media[index])
         self._apply_negotiated(negotiated)
+        self._set_srtp(keys)
         self._sip_origin = (answer.origin.session_id, version)
         return answer.serialize().encode()
+
+    def _set_srtp(self, keys: SrtpKeys | None) -> None:
+        was = self._rtp.srtp is not None
+        self._rtp.set_srtp((keys.suite, keys.local, keys.remote) if keys is not None else None)
+        if keys is not None and not was:
+            self.log.info("SIP media encrypted: SRTP %s (SDES)", keys.suite)
+        elif keys is None and self._sdes.enabled:
+            self.log.info("SIP media not encrypted: the peer did not take SRTP (media.srtp %s)", self._sdes.mode)
+
+    @property
+    def srtp_suite(self) -> str | None:
+        """The SRTP suite protecting the SIP leg, None for plain RTP."""
+        return self._rtp.srtp.suite if self._rtp.srtp is not None else None
 
     def _apply_negotiated(self, negotiated: sip_sdp.Negotiated) -> None:
         codec = negotiated.codec

@@ -20,6 +20,7 @@ from .dtmf import DtmfDetector, DtmfError, DtmfEvent, decode_event, digit_to_eve
 from .jitter import JitterBuffer
 from .rtp_packet import RtpPacket, RtpParseError, build_rtp, is_rtcp, parse_rtp, seq_add, ts_add, ts_diff
 from .rtp_source import RtpSourceGuard
+from .srtp_session import SrtpSession
 
 Address = tuple[str, int]
 AudioSink = Callable[[RtpPacket], None]
@@ -87,6 +88,9 @@ class RtpLeg(asyncio.DatagramProtocol):
         self.rtcp_in = 0
         self.dropped = 0
         self._malformed_logged = False
+        self.srtp: SrtpSession | None = None
+        """SDES-SRTP contexts (set_srtp) when the SIP leg is encrypted: applied at the one receive and the one
+        send point below, so RTP, RFC 4733 events and RTCP are all protected."""
 
     # -- setup ------------------------------------------------------------------------------
     def configure(
@@ -105,6 +109,16 @@ class RtpLeg(asyncio.DatagramProtocol):
         self.guard.configure(remote, pts)
         if self.guard.target != target:
             self._jitter.reset()  # new far end (first answer or re-INVITE): its stream starts afresh
+
+    def set_srtp(self, keys: tuple[str, bytes, bytes] | None) -> None:
+        """(suite, our key, the peer's key) as negotiated, or None for plain RTP. Unchanged keys keep the
+        contexts (ROC and replay window survive re-INVITEs); a changed key replaces that direction's."""
+        if keys is None:
+            self.srtp = None
+        elif self.srtp is None:
+            self.srtp = SrtpSession(*keys)
+        elif self.srtp.update(*keys):
+            self.log.info("SRTP re-keyed (%s)", keys[0])
 
     def set_signalling_peer(self, ip: str | None) -> None:
         """The IP the SIP signalling came from: a NATed far end may send its RTP from there."""
@@ -153,6 +167,11 @@ class RtpLeg(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Address) -> None:
         if addr != self.guard.source and not self._admit(data, addr):
             return  # not from the far end the SDP / signalling names: counted (and logged once) by the guard
+        if self.srtp is not None:
+            clear = self.srtp.unprotect_rtcp(data) if is_rtcp(data) else self.srtp.unprotect(data)
+            if clear is None:
+                return  # forged, replayed or not SRTP at all: counted by the session
+            data = clear
         if is_rtcp(data):
             self.rtcp_in += 1  # RTCP is not relayed (peers mostly send it to port+1 anyway)
             return
@@ -223,10 +242,19 @@ class RtpLeg(asyncio.DatagramProtocol):
         if self.transport is None or remote is None or self.hold:
             self.dropped += 1
             return False
+        if self.srtp is not None:
+            data = self.srtp.protect(data)
         self.transport.sendto(data, remote)
         self.packets_out += 1
         self.bytes_out += len(data)
         return True
+
+    def send_rtcp(self, data: bytes) -> None:
+        """Send one RTCP compound packet on the RTP socket (rtcp-mux style), as SRTCP when encrypted."""
+        remote = self.remote
+        if self.transport is None or remote is None:
+            return
+        self.transport.sendto(self.srtp.protect_rtcp(data) if self.srtp is not None else data, remote)
 
     def send_audio(self, payload: bytes, source_ts: int | None = None, samples: int | None = None) -> None:
         """Send one audio payload.

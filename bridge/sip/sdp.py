@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
-RTP_PROTOS = ("RTP/AVP", "RTP/AVPF")  # plain RTP only: the RTP leg does no SRTP
+RTP_PROTOS = ("RTP/AVP", "RTP/AVPF")  # plain RTP; SRTP ones are added by sdp_crypto when enabled
 DEFAULT_PTIME = 20
 MAX_LINES = 2048
 
@@ -475,6 +475,7 @@ def negotiate_answer(
     telephone_event: bool = True,
     session_id: int | None = None,
     version: int = 1,
+    protos: tuple[str, ...] = RTP_PROTOS,
 ) -> tuple[SessionDescription, Negotiated]:
     """RFC 3264 answer accepting the first audio stream that has a codec we support.
 
@@ -485,7 +486,7 @@ def negotiate_answer(
     negotiated: Negotiated | None = None
     for index, media in enumerate(offer.media):
         chosen: Codec | None = None
-        if negotiated is None and media.kind == "audio" and media.port != 0 and media.proto in RTP_PROTOS:
+        if negotiated is None and media.kind == "audio" and media.port != 0 and media.proto in protos:
             chosen = next(
                 (c for c in media.codecs if not _is_event(c) and any(c.same_format(s) for s in supported)), None
             )

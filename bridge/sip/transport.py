@@ -431,6 +431,7 @@ class TransportLayer:
         return False
 
     async def _get_connection(self, transport: str, addr: Address) -> StreamConnection:
+        server_name = addr[0]  # what a TLS certificate must name (RFC 5922: the URI's host, not its address)
         if not is_ip_literal(addr[0]):
             addr = (await self.resolve(addr[0]), addr[1])
         key = (transport, addr)
@@ -448,7 +449,11 @@ class TransportLayer:
             try:
                 _, conn = await asyncio.wait_for(loop.create_connection(
                     lambda: StreamConnection(self, transport, outgoing=True), addr[0], addr[1], ssl=ctx,
-                    server_hostname=addr[0] if ctx else None), self.settings.connect_timeout)
+                    server_hostname=server_name if ctx else None), self.settings.connect_timeout)
+            except ssl.SSLCertVerificationError as exc:
+                logger.warning("TLS: certificate of %s (%s:%d) refused: %s", server_name, addr[0], addr[1],
+                               exc.verify_message)
+                raise SipTransportError(f"TLS certificate of {server_name} refused: {exc.verify_message}") from exc
             except (OSError, TimeoutError, ssl.SSLError) as exc:
                 raise SipTransportError(f"cannot connect {transport} to {addr}: {exc}") from exc
             assert isinstance(conn, StreamConnection)
@@ -501,7 +506,10 @@ class TransportLayer:
 
     def _client_ssl_context(self) -> ssl.SSLContext:
         if self._client_ssl is None:
+            # verification and host name check on by default; tls_cafile replaces the system store
             ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.settings.tls_cafile)
+            if self.settings.tls_certfile:  # the bridge's one TLS identity, also shown to servers that ask
+                ctx.load_cert_chain(self.settings.tls_certfile, self.settings.tls_keyfile)
             if not self.settings.tls_verify:
                 ctx.check_hostname = False
                 ctx.verify_mode = ssl.CERT_NONE
