@@ -94,8 +94,6 @@ class SessionRefresher:
         negotiated = uac_negotiate(response.headers, self.negotiated.interval, self._settings)
         if negotiated is not None:
             self.negotiated = negotiated
-        if allows_update(response.headers):
-            self.peer_allows_update = True
         self.start()
 
     def answer_peer_request(self, request: Request) -> list[tuple[str, str]]:
