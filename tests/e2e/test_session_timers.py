@@ -81,7 +81,7 @@ async def test_trunk_that_goes_silent_is_hung_up_at_session_expiry_on_both_sides
     assert "BYE sip:" in sipp.messages
     await assert_released(bridge)
     row = await bridge.matrix.call_log.get(call.call_id)
-    assert row.end_reason == "sip_dialog_lost"
+    assert row is not None and row.end_reason == "sip_dialog_lost"
 
 
 @pytest.mark.parametrize("method", ["UPDATE", "INVITE"])

@@ -4,6 +4,7 @@ UserAgents on loopback and against a raw UDP peer that never PRACKs."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 from bridge.sip.dialog import Dialog
 from bridge.sip.message import Response, parse_message
@@ -80,8 +81,8 @@ async def test_reliable_180_without_prack_is_retransmitted_doubling_then_504() -
             await peer.wait_for_message("SIP/2.0 504", timeout=10)
             ringing = peer.messages("SIP/2.0 180")
             assert len(ringing) >= 5
-            gaps = [later[0] - earlier[0] for earlier, later in zip(ringing, ringing[1:], strict=False)]
-            assert all(b > a * 1.5 for a, b in zip(gaps, gaps[1:], strict=False))  # T1, 2T1, 4T1 ...
+            gaps = [later[0] - earlier[0] for earlier, later in itertools.pairwise(ringing)]
+            assert all(b > a * 1.5 for a, b in itertools.pairwise(gaps))  # T1, 2T1, 4T1 ...
             first = parse_message(ringing[0][1])
             assert isinstance(first, Response) and first.headers.get("RSeq")
             assert first.headers.get("Require") == "100rel"
