@@ -164,3 +164,20 @@ async def test_491_to_a_refresh_is_retried_after_the_glare_delay() -> None:
         assert 2.0 <= loop.time() - first <= 5.0
         assert [m for m, _ in callee.seen][:2] == ["UPDATE", "UPDATE"]
         await call.dialog.bye()
+
+
+async def test_callee_whose_caller_was_to_refresh_but_never_does_hangs_up_with_bye() -> None:
+    callee = Callee()
+    # the caller asks to be the refresher (refresher=uac) and then never refreshes
+    async with running_ua(timers(30), on_invite=callee.on_invite) as b, running_ua(fast_settings()) as a:
+        call = a.invite(uri_of(b), from_uri="sip:alice@example.test", sdp=SDP_OFFER,
+                        headers=[("Supported", "timer"), ("Session-Expires", "3;refresher=uac")])
+        ok = await asyncio.wait_for(call.wait_final(), 10)
+        assert ok.headers.get("Session-Expires") == "3;refresher=uac"
+        assert call.dialog is not None
+        caller_ended: list[str] = []
+        call.dialog.on_terminated = caller_ended.append
+        assert callee.dialog is not None and callee.dialog.session_timer is not None
+        assert not callee.dialog.session_timer.negotiated.we_refresh
+        await wait_for(lambda: callee.ended == ["session_expired"], 6)
+        await wait_for(lambda: caller_ended == ["bye_received"], 5)
