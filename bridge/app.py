@@ -41,6 +41,7 @@ from .observability import HomeserverProbe, Listen, ObservabilityServer
 from .preflight import run_preflight
 from .sip.digest import Credentials
 from .sip.registration import Registration
+from .sip.session_timer import SessionTimerSettings
 from .sip.settings import ListenAddress, SipSettings
 from .sip.ua import UserAgent
 from .sip.uri import SipUri
@@ -59,6 +60,9 @@ def sip_settings(config: Config) -> SipSettings:
         tcp_idle_timeout=sip.tcp_idle_timeout_s,
         max_connections=sip.max_connections,
         max_connections_per_source=sip.max_connections_per_source,
+        session_timer=SessionTimerSettings(sip.session_timer.enabled, sip.session_timer.expires_s,
+                                           sip.session_timer.min_se_s),
+        prack=sip.prack,
         # names in the messages of the trunk and of trusted sources may be resolved; nobody else's
         trusted_hosts=(*sip.inbound.trusted_sources, SipUri.parse(sip.trunk.proxy).host),
     )

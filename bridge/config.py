@@ -196,6 +196,15 @@ class SipInboundConfig:
 
 
 @dataclass(frozen=True)
+class SessionTimerConfig:
+    """RFC 4028 session timers (sip.session_timer)."""
+
+    enabled: bool = True
+    expires_s: int = 1800
+    min_se_s: int = 90
+
+
+@dataclass(frozen=True)
 class SipConfig:
     listen: tuple[SipListen, ...] = (SipListen(),)
     advertised_host: str | None = None
@@ -210,6 +219,8 @@ class SipConfig:
     tcp_idle_timeout_s: float = 60.0
     max_connections: int = 512
     max_connections_per_source: int = 32
+    session_timer: SessionTimerConfig = field(default_factory=SessionTimerConfig)
+    prack: str = "supported"  # RFC 3262 100rel: off | supported | required
     trunk: SipTrunkConfig = field(default_factory=SipTrunkConfig)
     inbound: SipInboundConfig = field(default_factory=SipInboundConfig)
 
@@ -811,8 +822,21 @@ def _sip(s: _Section) -> SipConfig:
         tcp_idle_timeout_s=s.number("tcp_idle_timeout_s", 60, lo=0),
         max_connections=s.integer("max_connections", 512, lo=1),
         max_connections_per_source=s.integer("max_connections_per_source", 32, lo=1),
+        session_timer=_session_timer(s.section("session_timer")),
+        prack=s.choice("prack", "supported", ("off", "supported", "required")),
         trunk=_trunk(s.section("trunk")),
         inbound=_inbound(s.section("inbound")),
+    )
+    s.finish()
+    return out
+
+
+def _session_timer(s: _Section) -> SessionTimerConfig:
+    min_se = s.integer("min_se_s", 90, lo=90, hi=86400)  # RFC 4028 4: never below 90 s
+    out = SessionTimerConfig(
+        enabled=s.boolean("enabled", True),
+        expires_s=s.integer("expires_s", 1800, lo=min_se, hi=86400),
+        min_se_s=min_se,
     )
     s.finish()
     return out

@@ -8,7 +8,6 @@ a hangup; when the call ends the session cancels it.
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Awaitable, Callable
 
 from ..call.hold import sip_direction_for_matrix_offer
@@ -17,9 +16,8 @@ from ..media.call_media import CallMedia
 from ..media.errors import MediaError
 from ..sip.dialog import Dialog
 from ..sip.errors import SipTimeout, SipTransportError
+from ..sip.extensions import glare_retry_delay
 from ..sip.sdp import SdpError
-
-GLARE_RETRY_S = (2.1, 4.0)  # RFC 3261 14.1: after a 491, wait a random time before trying again
 
 
 class Renegotiator:
@@ -64,7 +62,8 @@ class Renegotiator:
                         self.log.info("re-INVITE (a=%s) accepted", direction)
                     return
                 if resp.status == 491 and attempt == 1:
-                    await asyncio.sleep(random.uniform(*GLARE_RETRY_S))
+                    # RFC 3261 14.1: 2.1-4 s when the Call-ID is ours, else 0-2 s
+                    await asyncio.sleep(glare_retry_delay(dialog))
                     continue
                 self.log.warning("re-INVITE (a=%s) refused: %d %s; call kept", direction, resp.status, resp.reason)
                 return

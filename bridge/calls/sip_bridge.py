@@ -42,7 +42,9 @@ class SipToSipCall:
         if isinstance(req, ServerInvite):
             await req.respond(488, "Not Acceptable Here")  # no renegotiation between two phones (yet)
         else:
-            await req.respond(200 if method in ("OPTIONS", "INFO") else 501)
+            # a bodyless UPDATE is a session refresh (RFC 4028): keep the call up
+            refresh = method == "UPDATE" and not req.request.body
+            await req.respond(200 if method in ("OPTIONS", "INFO") or refresh else 501)
 
     def _dialog_ended(self, reason: str) -> None:
         if self._ending is None:

@@ -14,6 +14,9 @@ from bridge.sip.errors import SipTimeout, SipTransportError
 from bridge.sip.ids import new_branch
 from bridge.sip.logs import call_log
 from bridge.sip.message import Headers, Request, Response
+from bridge.sip.prack import ReliableIn, is_reliable
+from bridge.sip.session_refresher import SessionRefresher
+from bridge.sip.session_timer import min_se, session_expires
 from bridge.sip.transport import Address
 from bridge.sip.uri import SipUri
 
@@ -49,6 +52,7 @@ class ClientInvite:
         self._tx: ClientTransaction | None = None
         self._cancel_requested = False
         self._cancel_sent = False
+        self._reliable = ReliableIn()  # RFC 3262: reliable 18x taken and PRACKed once each
         self.log = call_log(logger, self.call_id)
 
     @property
@@ -92,6 +96,10 @@ class ClientInvite:
                     self._ua._add_dialog(dialog)
                 else:
                     dialog._refresh_target(resp)
+                if is_reliable(resp):
+                    if not self._reliable.accept(resp):
+                        return  # a retransmission (its PRACK is on its way) or out of order: 4
+                    ReliableIn.send_prack(dialog, resp, self._ua.transactions.spawn)
             if self.on_provisional is not None:
                 try:
                     self.on_provisional(resp)
@@ -103,6 +111,8 @@ class ClientInvite:
             return
         self._progress.set()
         if status in (401, 407) and self._retry_with_auth(resp):
+            return
+        if status == 422 and self._retry_with_min_se(resp):
             return
         for dialog in list(self.early_dialogs.values()):
             dialog.terminate(f"rejected_{status}")
@@ -144,6 +154,9 @@ class ClientInvite:
             except Exception:
                 self.log.exception("ack_body callback failed; ACK without body")
         dialog.send_ack(cseq, body=body)
+        dialog.local_sdp = body or self.request.body
+        if self._ua.settings.session_timer.enabled:
+            dialog.session_timer = SessionRefresher.for_uac(dialog, self._ua.settings, self.request, resp)
         self._finish(resp)
         if self._cancel_requested:
             self.log.info("2xx crossed our CANCEL: ACK sent, now BYE")
@@ -203,6 +216,23 @@ class ClientInvite:
                                                    credentials=self._credentials, body=old.body))
         self.request = Request("INVITE", old.uri, headers, old.body)
         self.log.info("INVITE challenged (%d), retrying with credentials", resp.status)
+        self._send()
+        return True
+
+    def _retry_with_min_se(self, resp: Response) -> bool:
+        """RFC 4028 6: 422 Session Interval Too Small: again with its Min-SE as our interval (once per value)."""
+        asked = min_se(resp.headers)
+        current = session_expires(self.request.headers)
+        if asked is None or current is None or asked <= current.interval or self._cancel_requested:
+            return False
+        old = self.request
+        headers = old.headers.copy()
+        headers.set("Via", self._ua.via(self._transport, self._addr[0], new_branch()))
+        headers.set("CSeq", f"{old.cseq[0] + 1} INVITE")
+        headers.set("Session-Expires", str(asked))
+        headers.set("Min-SE", str(asked))
+        self.request = Request("INVITE", old.uri, headers, old.body)
+        self.log.info("INVITE got 422 (Min-SE %d): retrying with Session-Expires %d", asked, asked)
         self._send()
         return True
 

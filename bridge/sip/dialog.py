@@ -16,6 +16,7 @@ from bridge.sip.uri import SipUri
 
 if TYPE_CHECKING:
     from bridge.sip.server import ServerInvite, ServerRequest
+    from bridge.sip.session_refresher import SessionRefresher
     from bridge.sip.ua import UserAgent
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,20 @@ class Dialog:
         self._pending_ok: dict[int, Any] = {}
         # UAS side: the initial INVITE not yet answered finally (a BYE in the early dialog 487s it)
         self._pending_invite: Any = None
+        # RFC 4028 timer (session_refresher.py), and our last SDP in this dialog: a re-INVITE refresh repeats it
+        self.session_timer: SessionRefresher | None = None
+        self.local_sdp = b""
+        self._invites_out = 0  # our INVITEs (initial or re-) without a final response: 14.2 glare
+        self._reinvites_in: set[int] = set()  # CSeqs of the peer's re-INVITEs we have not answered finally
+
+    @property
+    def invite_out_pending(self) -> bool:
+        return self._invites_out > 0
+
+    @property
+    def invite_in_pending(self) -> bool:
+        """An INVITE of the peer's (initial or re-) is not answered finally yet."""
+        return bool(self._reinvites_in) or self._pending_invite is not None
 
     @property
     def id(self) -> DialogId:
@@ -97,6 +112,8 @@ class Dialog:
         if self.state == "terminated":
             return
         self.state = "terminated"
+        if self.session_timer is not None:
+            self.session_timer.stop()
         for pending in list(self._pending_ok.values()):
             pending.stop()
         self._pending_ok.clear()
@@ -190,10 +207,15 @@ class Dialog:
         method = method.upper()
         if self.state == "terminated" and method != "BYE":
             raise SipTransportError("dialog is terminated")
+        timer = self.session_timer
+        if timer is not None and method in ("INVITE", "UPDATE"):
+            headers = [*headers, *timer.request_headers()]
         request, transport, addr = self.build_request(method, body=body, headers=headers,
                                                       content_type=content_type)
         if method == "INVITE":
-            return await self._reinvite(request, transport, addr)
+            response = await self._reinvite(request, transport, addr)
+            self._offer_answered(request, response)
+            return response
         try:
             response = await self._ua.transactions.request(request, transport, addr, connection=self._conn_for(
                 transport))
@@ -205,7 +227,17 @@ class Dialog:
             self.terminate(f"{method.lower()}_{response.status}")
         elif 200 <= response.status < 300 and method == "UPDATE":
             self._refresh_target(response)
+            self._offer_answered(request, response)
         return response
+
+    def _offer_answered(self, request: Request, response: Response) -> None:
+        """A 2xx to our re-INVITE / UPDATE: a session refresh, and maybe our new SDP."""
+        if not 200 <= response.status < 300:
+            return
+        if request.body:
+            self.local_sdp = request.body
+        if self.session_timer is not None:
+            self.session_timer.our_request_answered(response)
 
     def _conn_for(self, transport: str) -> StreamConnection | None:
         conn = self.connection
@@ -233,7 +265,11 @@ class Dialog:
 
         self._ua.transactions.send_request(request, transport, addr, on_response, on_error,
                                            connection=self._conn_for(transport))
-        response = await fut
+        self._invites_out += 1
+        try:
+            response = await fut
+        finally:
+            self._invites_out -= 1
         if response.status in (408, 481):
             self.terminate(f"reinvite_{response.status}")
         return response

@@ -11,12 +11,14 @@ from bridge.sip.dialog import Dialog
 from bridge.sip.ids import new_tag
 from bridge.sip.logs import call_log
 from bridge.sip.message import NameAddr, Request, Response
+from bridge.sip.prack import ReliableOut, uas_sends_reliably
 from bridge.sip.server_transaction import (
     InviteServerTransaction,
     NonInviteServerTransaction,
     ServerTransaction,
     make_response,
 )
+from bridge.sip.session_refresher import SessionRefresher
 from bridge.sip.transport import RELIABLE, Source
 
 if TYPE_CHECKING:
@@ -71,6 +73,12 @@ class ServerRequest:
         if status >= 200:
             self.responded = True
         to_tag = None if self.request.to.tag else new_tag()
+        dialog = self.dialog
+        if 200 <= status < 300 and dialog is not None and self.method == "UPDATE":
+            if body:
+                dialog.local_sdp = body
+            if dialog.session_timer is not None:  # RFC 4028: the peer's UPDATE refreshed the session
+                headers = [*headers, *dialog.session_timer.answer_peer_request(self.request)]
         resp = _build(self._ua, self.request, self.source, status, reason, to_tag=to_tag, body=body,
                       headers=headers, contact=False)
         assert isinstance(self._tx, NonInviteServerTransaction)
@@ -145,6 +153,12 @@ class ServerInvite:
         self.log = call_log(logger, self.call_id)
         tx.on_ack_timeout = self._on_final_ack_timeout
         tx.server_invite = self  # CANCEL finds us through the transaction
+        if dialog is not None:
+            dialog._reinvites_in.add(self.cseq)  # RFC 3261 14.2: a second one meanwhile gets 500
+        # RFC 3262: our 18x go reliably when the caller requires (or, per sip.prack, supports) 100rel
+        self._reliable: ReliableOut | None = None
+        if dialog is None and uas_sends_reliably(request.headers, ua.settings.prack):
+            self._reliable = ReliableOut(ua.settings, tx, self._reliable_given_up)
 
     @property
     def method(self) -> str:
@@ -156,6 +170,8 @@ class ServerInvite:
 
     async def respond(self, status: int, reason: str | None = None, *, body: bytes = b"",
                       headers: Sequence[tuple[str, str]] = ()) -> Dialog | None:
+        if 200 <= status < 300 and self._reliable is not None:
+            await self._reliable.wait_sdp_acked()  # RFC 3262 3: no 2xx before the PRACK of a 18x with SDP
         return self.respond_now(status, reason, body=body, headers=headers)
 
     def respond_now(self, status: int, reason: str | None = None, *, body: bytes = b"",
@@ -166,6 +182,8 @@ class ServerInvite:
             raise ValueError(f"bad status {status}")
         to_tag = None if self.is_reinvite else self.local_tag
         contact = 100 < status < 300
+        if 200 <= status < 300:
+            headers = [*headers, *self._session_timer_headers(body)]
         resp = _build(self._ua, self.request, self.source, status, reason, to_tag=to_tag, body=body,
                       headers=headers, contact=contact)
         if status == 100:
@@ -173,11 +191,13 @@ class ServerInvite:
             return None
         if status < 200:
             dialog = self._ensure_dialog()
-            self._tx.respond(resp)
+            if self._reliable is not None:
+                self._reliable.send(resp)
+            else:
+                self._tx.respond(resp)
             return dialog
         self.final_status = status
-        if self.dialog is not None:
-            self.dialog._pending_invite = None
+        self._final_sent()
         if status < 300:
             dialog = self._ensure_dialog()
             dialog.confirm()
@@ -190,6 +210,40 @@ class ServerInvite:
         if self.dialog is not None and not self.is_reinvite:
             self.dialog.terminate(f"rejected_{status}")
         return None
+
+    def _final_sent(self) -> None:
+        if self._reliable is not None:
+            self._reliable.stop()
+        if self.dialog is not None:
+            self.dialog._reinvites_in.discard(self.cseq)
+            if not self.is_reinvite:
+                self.dialog._pending_invite = None
+
+    def _session_timer_headers(self, body: bytes) -> list[tuple[str, str]]:
+        """Our 2xx (initial or re-INVITE) as RFC 4028 refresh: start or restart the timer, its headers."""
+        dialog = self._ensure_dialog()
+        if body:
+            dialog.local_sdp = body
+        if dialog.session_timer is not None:
+            return dialog.session_timer.answer_peer_request(self.request)
+        if self.is_reinvite or not self._ua.settings.session_timer.enabled:
+            return []
+        started = SessionRefresher.for_uas(dialog, self._ua.settings, self.request)
+        if started is None:
+            return []
+        dialog.session_timer, headers = started
+        return headers
+
+    def prack(self, request: Request) -> int:
+        """The status for a PRACK in this INVITE's early dialog (RFC 3262 3)."""
+        return self._reliable.prack(request) if self._reliable is not None else 481
+
+    def _reliable_given_up(self) -> None:
+        """No PRACK within 64*T1: 504 to the INVITE; the application sees it like a CANCEL."""
+        if self.final_status is not None:
+            return
+        self.respond_now(504, "No PRACK")
+        self.cancelled.set()
 
     def _ensure_dialog(self) -> Dialog:
         if self.dialog is None:
@@ -233,6 +287,7 @@ class ServerInvite:
         resp = _build(self._ua, self.request, self.source, 487, None, to_tag=self.local_tag, body=b"",
                       headers=(), contact=False)
         self.final_status = 487
+        self._final_sent()
         self.cancelled.set()
         self._tx.respond(resp)
         # a cancelled re-INVITE leaves its dialog as it was (RFC 3261 9.2); an initial one ends the early dialog

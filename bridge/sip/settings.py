@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bridge.sip.session_timer import SessionTimerSettings
+
 TRANSPORTS = ("udp", "tcp", "tls")
 
 
@@ -46,3 +48,8 @@ class SipSettings:
     trusted_hosts: tuple[str, ...] = ()
     # live server transactions per untrusted source IP (trusted_hosts are exempt); more are dropped unanswered
     max_server_transactions_per_source: int = 256
+    # RFC 4028 session timers (off unless given: the bridge's config turns them on)
+    session_timer: SessionTimerSettings = field(default_factory=lambda: SessionTimerSettings(enabled=False))
+    # RFC 3262 reliable provisional responses: "off" (Require: 100rel refused with 420), "supported" (used when
+    # the peer requires it), "required" (our INVITEs require it; as UAS used whenever the peer supports it)
+    prack: str = "off"

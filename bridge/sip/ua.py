@@ -22,6 +22,7 @@ from bridge.sip.client import ClientInvite
 from bridge.sip.dialog import Dialog, DialogId
 from bridge.sip.digest import Credentials, build_authorization, parse_challenge
 from bridge.sip.errors import SipTransportError
+from bridge.sip.extensions import invite_headers, screen
 from bridge.sip.ids import new_branch, new_call_id, new_tag
 from bridge.sip.logs import LogBudget, RateLimitedLog, call_log, printable
 from bridge.sip.message import Headers, NameAddr, Request, Response, SipParseError
@@ -191,7 +192,8 @@ class UserAgent:
         request, transport, addr = self.build_request(
             "INVITE", request_uri, from_header=self.name_addr(from_uri, from_display, new_tag()),
             to_header=self.name_addr(to_uri or request_uri), call_id=call_id or self.new_call_id(),
-            cseq=secrets.randbelow(1 << 16) + 1, outbound_proxy=outbound_proxy, headers=headers,
+            cseq=secrets.randbelow(1 << 16) + 1, outbound_proxy=outbound_proxy,
+            headers=[*invite_headers(self.settings), *headers],
             body=sdp or b"", content_type="application/sdp")
         ci = ClientInvite(self, request, transport, addr, credentials)
         ci.start()
@@ -391,10 +393,11 @@ class UserAgent:
         if method == "CANCEL":
             self._on_cancel(req, source, tx)
             return
-        required = req.headers.get_all("Require")
-        if required:
-            # 8.2.2.3: we implement no extensions (no 100rel, no timer...): refuse what must be understood
-            self._reply(tx, req, source, 420, headers=(("Unsupported", ", ".join(required)),))
+        # 420 for options we lack, 422 for a too short session interval, 491/500 for overlapping re-INVITEs
+        refusal = screen(self.settings, req, self._dialogs.get((req.call_id, to_tag, req.from_.tag or ""))
+                         if to_tag else None)
+        if refusal is not None:
+            self._reply(tx, req, source, refusal[0], refusal[1], headers=refusal[2])
             return
         if to_tag:
             dialog_id = (req.call_id, to_tag, req.from_.tag or "")
@@ -456,6 +459,10 @@ class UserAgent:
                 sr = ServerRequest(self, req, source, None, dialog)
                 sr.responded = True
                 self._spawn_handler(dialog.on_request(sr), sr, "dialog BYE")
+            return
+        if method == "PRACK":  # RFC 3262: acknowledges our reliable 18x to the INVITE still ringing
+            pending = dialog._pending_invite
+            self._reply(tx, req, source, pending.prack(req) if isinstance(pending, ServerInvite) else 481)
             return
         if method == "INVITE":
             assert isinstance(tx, InviteServerTransaction)

@@ -193,3 +193,21 @@ async def test_connection_carrying_a_dialog_outlives_the_idle_timeout() -> None:
         assert (await asyncio.wait_for(call.dialog.bye(), 5)) is not None
         await wait_for(lambda: not callee.dialogs)
         await wait_for(lambda: conn.closed, 3)  # no dialog holds it any more: idle, closed
+
+
+async def test_idle_outgoing_tcp_connection_to_the_trunk_is_closed_after_the_timeout() -> None:
+    """The client side too: a connection the UA opened (to a trunk) is closed once idle, not kept forever."""
+    # the trunk never closes connections itself: only the UA's own idle timer can end this one
+    async with running_ua(fast_settings("udp", "tcp", tcp_idle_timeout=0)) as trunk, \
+            running_ua(fast_settings("udp", "tcp", tcp_idle_timeout=0.4)) as ua:
+        host, port = trunk.bound_address("tcp")
+        request, transport, addr = ua.build_request(
+            "OPTIONS", f"sip:trunk@{host}:{port};transport=tcp", from_header="<sip:bridge@127.0.0.1>;tag=t1",
+            to_header=f"<sip:trunk@{host}:{port}>", call_id="idle-out-1", cseq=1)
+        response, _ = await ua.send_request(request, transport, addr)
+        assert response.status == 200
+        assert ua.transport.connection_count == 1  # the outgoing connection, now idle
+        start = time.monotonic()
+        await wait_for(lambda: ua.transport.connection_count == 0, 5)
+        assert time.monotonic() - start < 2.0
+        await wait_for(lambda: trunk.transport.connection_count == 0, 5)
