@@ -37,7 +37,9 @@ from .observability import HomeserverProbe, Listen, ObservabilityServer
 from .preflight import run_preflight
 from .sip.digest import Credentials
 from .sip.registration import Registration
+from .sip.resolver import DnsResolver
 from .sip.settings import ListenAddress, SipSettings
+from .sip.targets import TargetLocator
 from .sip.ua import UserAgent
 from .sip.uri import SipUri
 from .stats import log_stats_on_signal
@@ -254,6 +256,8 @@ class Bridge:
         )
         self.matrix.handler = self.calls
         self.ua = UserAgent(sip_settings(config), on_invite=self.calls.on_invite)
+        self.ua.locator = TargetLocator(DnsResolver(config.sip.dns.nameservers, timeout=config.sip.dns.timeout_s),
+                                        fallback=self.ua.transport.resolve)
         self.ua.on_message_observed = self.metrics.sip_message
         self.matrix.portals.outbox.on_attempt = lambda ok, retry: self.metrics.homeserver_request(ok=ok, retry=retry)
         self.registration: Registration | None = None

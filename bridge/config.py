@@ -162,6 +162,12 @@ class SipInboundConfig:
 
 
 @dataclass(frozen=True)
+class SipDnsConfig:
+    nameservers: tuple[str, ...] = ()  # "ip" or "ip:port"; empty: /etc/resolv.conf
+    timeout_s: float = 3.0
+
+
+@dataclass(frozen=True)
 class SipConfig:
     listen: tuple[SipListen, ...] = (SipListen(),)
     advertised_host: str | None = None
@@ -176,6 +182,7 @@ class SipConfig:
     max_connections_per_source: int = 32
     trunk: SipTrunkConfig = field(default_factory=SipTrunkConfig)
     inbound: SipInboundConfig = field(default_factory=SipInboundConfig)
+    dns: SipDnsConfig = field(default_factory=SipDnsConfig)
 
 
 @dataclass(frozen=True)
@@ -678,7 +685,24 @@ def _sip(s: _Section) -> SipConfig:
         max_connections_per_source=s.integer("max_connections_per_source", 32, lo=1),
         trunk=_trunk(s.section("trunk")),
         inbound=_inbound(s.section("inbound")),
+        dns=_dns(s.section("dns")),
     )
+    s.finish()
+    return out
+
+
+def _dns(s: _Section) -> SipDnsConfig:
+    from bridge.sip.resolver import parse_nameserver
+
+    def check(key: str, value: str) -> None:
+        try:
+            parse_nameserver(value)
+        except ValueError:
+            raise ConfigError(key, f"{value!r} is not a nameserver address (e.g. 192.0.2.53, 127.0.0.1:5353 "
+                              "or [2001:db8::53]:53)") from None
+
+    out = SipDnsConfig(nameservers=s.string_list("nameservers", [], check=check),
+                       timeout_s=s.number("timeout_s", 3.0, lo=0.1))
     s.finish()
     return out
 

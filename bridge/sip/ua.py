@@ -21,13 +21,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from bridge.sip.client import ClientInvite
 from bridge.sip.dialog import Dialog, DialogId
 from bridge.sip.digest import Credentials, build_authorization, parse_challenge
-from bridge.sip.errors import SipTransportError
+from bridge.sip.errors import SipTimeout, SipTransportError
 from bridge.sip.ids import new_branch, new_call_id, new_tag
 from bridge.sip.logs import LogBudget, RateLimitedLog, call_log, printable
 from bridge.sip.message import Headers, NameAddr, Request, Response, SipParseError
 from bridge.sip.server import ALLOW, ServerInvite, ServerRequest
 from bridge.sip.server_transaction import InviteServerTransaction, NonInviteServerTransaction, ServerTransaction
 from bridge.sip.settings import SipSettings
+from bridge.sip.targets import FAILOVER_STATUS, Target, TargetLocator, next_hop_uri
 from bridge.sip.transaction import TransactionLayer
 from bridge.sip.transport import (
     Address,
@@ -78,6 +79,8 @@ class UserAgent:
         # dialogs a previous process left and crash recovery hung up: the peer's own BYE still gets 200
         self._reaped: OrderedDict[DialogId, None] = OrderedDict()
         self._running = False
+        # RFC 3263 (targets.py): set by the application for a trunk named by domain; None = A/AAAA only
+        self.locator: TargetLocator | None = None
 
     # ----------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -202,7 +205,57 @@ class UserAgent:
         """Run a non-INVITE client transaction, answering 401/407 once per challenge.
 
         Returns the final response and the request as last sent (its CSeq is the one to continue from).
+        A next hop named by domain is located by RFC 3263: timeouts, transport errors and 503 move on to
+        the next target.
         """
+        targets = await self.locate(request)
+        if not targets:
+            return await self._send_request_to(request, transport, addr, credentials)
+        for index, target in enumerate(targets):
+            request = self.retarget(request, target)
+            last = index == len(targets) - 1
+            try:
+                response, request = await self._send_request_to(request, target.transport,
+                                                                (target.host, target.port), credentials)
+            except (SipTimeout, SipTransportError) as exc:
+                if last:
+                    raise
+                logger.info("%s to %s:%s:%d failed (%s): trying the next target", request.method,
+                            target.transport, target.host, target.port, exc)
+                continue
+            if response.status != FAILOVER_STATUS or last:
+                return response, request
+            logger.info("%s to %s:%s:%d answered 503: trying the next target", request.method,
+                        target.transport, target.host, target.port)
+            request = self._next_cseq(request)
+        raise AssertionError("unreachable")
+
+    async def locate(self, request: Request) -> list[Target]:
+        """RFC 3263 targets of an out-of-dialog request's next hop; empty when no look-up applies."""
+        if self.locator is None:
+            return []
+        uri = next_hop_uri(request.uri, request.headers.get_all("Route"))
+        if not self.locator.applies(uri):
+            return []
+        targets = await self.locator.locate(uri)
+        for target in targets:  # the trunk's other servers are the trunk too (trust.py)
+            self.transport.trust.note_resolved(uri.host, target.host)
+        return [t for t in targets if t.transport != "udp" or self.transport.can_send_udp(t.host)]
+
+    def retarget(self, request: Request, target: Target) -> Request:
+        """The request for another target: a new Via (transport, branch), so a new transaction (4.3)."""
+        headers = request.headers.copy()
+        headers.set("Via", self.via(target.transport, target.host, new_branch()))
+        return Request(request.method, request.uri, headers, request.body)
+
+    @staticmethod
+    def _next_cseq(request: Request) -> Request:
+        headers = request.headers.copy()
+        headers.set("CSeq", f"{request.cseq[0] + 1} {request.method}")
+        return Request(request.method, request.uri, headers, request.body)
+
+    async def _send_request_to(self, request: Request, transport: str, addr: Address,
+                               credentials: Credentials | None) -> tuple[Response, Request]:
         used_nonces: set[str] = set()
         while True:
             response = await self.transactions.request(request, transport, addr)
