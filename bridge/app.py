@@ -68,6 +68,7 @@ def media_settings(config: Config) -> MediaSettings:
         codecs=list(m.codecs),
         ice_servers=[IceServer(list(s.urls), s.username, s.credential) for s in m.ice_servers],
         ice_timeout_s=m.ice_timeout_s, rtp_source=m.rtp_source, rtp_latch_packets=m.rtp_latch_packets,
+        rtcp_interval_s=m.rtcp_interval_s,
     )
 
 

@@ -217,6 +217,7 @@ class MediaConfig:
     ice_timeout_s: float = 30.0  # a WebRTC leg not connected this long after negotiation has failed
     rtp_source: str = "signalling"  # strict | signalling | any: who may send the SIP-side RTP
     rtp_latch_packets: int = 4  # consistent packets before a NATed source (signalling mode) is taken
+    rtcp_interval_s: float = 5.0  # SIP-leg RTCP report interval (RFC 3550 minimum); 0 = no RTCP
 
 
 @dataclass(frozen=True)
@@ -766,9 +767,14 @@ def _media(s: _Section) -> MediaConfig:
     ice_timeout = s.number("ice_timeout_s", 30.0, lo=1)
     rtp_source = s.choice("rtp_source", "signalling", ("strict", "signalling", "any"))
     latch = s.integer("rtp_latch_packets", 4, lo=1, hi=50)
+    rtcp_interval = s.number("rtcp_interval_s", 5.0, lo=0)
+    if 0 < rtcp_interval < 1:
+        raise ConfigError(s.key("rtcp_interval_s"), f"{rtcp_interval:g} must be 0 (no RTCP) or at least 1 second "
+                          "(RFC 3550's minimum is 5)")
     out = MediaConfig(rtp_host=rtp_host, advertised_ip=advertised_ip, port_start=start, port_end=end,
                       codecs=codecs, ice_servers=tuple(ice), ice_host_addresses=ice_hosts,
-                      ice_timeout_s=ice_timeout, rtp_source=rtp_source, rtp_latch_packets=latch)
+                      ice_timeout_s=ice_timeout, rtp_source=rtp_source, rtp_latch_packets=latch,
+                      rtcp_interval_s=rtcp_interval)
     s.finish()
     return out
 

@@ -53,6 +53,13 @@ class MediaStats:
     """SIP-side datagrams (RTP and RTCP) refused because of their source."""
     rtp_refused_sources: int = 0
     rtcp_in: int = 0
+    rtcp_out: int = 0
+    """RTCP compound packets (SR/RR + SDES, BYE) sent on the SIP leg."""
+    far_end_lost: int | None = None
+    """Our packets the far end reports lost (cumulative, from its last RTCP receiver report)."""
+    far_end_jitter_s: float | None = None
+    rtt_s: float | None = None
+    """Round-trip time to the SIP far end (RTCP LSR/DLSR), once it reported on one of our sender reports."""
     codec_sip: str | None = None
     codec_webrtc: str | None = None
     passthrough: bool = False
@@ -108,6 +115,7 @@ class CallMedia:
                 self.ports.release(port)
                 continue
             self._port = port
+            await self._rtp.open_rtcp(self.settings.rtp_host, port + 1, self.settings.rtcp_interval_s)
             return self.settings.sdp_address, port
         raise MediaError("no bindable RTP port in the configured range")
 
@@ -209,6 +217,7 @@ class CallMedia:
             clock_rate=codec.clock_rate,
             telephone_event_pt=negotiated.telephone_event_pt,
             remote=remote,
+            rtcp=negotiated.remote_rtcp,
         )
         # the direction is ours: no sending when we may only receive
         self._rtp.hold = negotiated.on_hold
@@ -418,6 +427,8 @@ class CallMedia:
 
     def stats(self) -> MediaStats:
         plan = self._relay.plan
+        rtcp = self._rtp.rtcp
+        far = rtcp.far_end if rtcp is not None else None
         return MediaStats(
             rtp_packets_in=self._rtp.packets_in,
             rtp_packets_out=self._rtp.packets_out,
@@ -435,7 +446,11 @@ class CallMedia:
             malformed=self._rtp.malformed,
             rtp_refused=self._rtp.refused,
             rtp_refused_sources=self._rtp.guard.refused_sources,
-            rtcp_in=self._rtp.rtcp_in,
+            rtcp_in=self._rtp.rtcp_in + (rtcp.socket_in if rtcp is not None else 0),
+            rtcp_out=rtcp.reports_sent if rtcp is not None else 0,
+            far_end_lost=far.packets_lost if far is not None else None,
+            far_end_jitter_s=far.jitter_s if far is not None else None,
+            rtt_s=far.rtt_s if far is not None else None,
             codec_sip=self._sip_codec,
             codec_webrtc=plan.webrtc_codec if plan else None,
             passthrough=plan.passthrough if plan else False,
