@@ -95,7 +95,7 @@ def test_far_end_receiver_report_gives_loss_jitter_and_rtt() -> None:
     assert far.rtt_s is not None and 0.02 < far.rtt_s < 0.5
     # a block about somebody else's stream is ignored; garbage is counted, not raised
     rtcp.on_rtcp(bytes(RtcpRrPacket(ssrc=99, reports=[RtcpReceiverInfo(1, 0, 50, 0, 0, 0, 0)])))
-    assert rtcp.far_end.packets_lost == 3
+    assert rtcp.far_end is not None and rtcp.far_end.packets_lost == 3
     rtcp.on_rtcp(b"\x80\xc9\x00\x09short")
     assert rtcp.malformed == 1
 
