@@ -169,12 +169,16 @@ class RtcpSession(asyncio.DatagramProtocol):
         self.log.debug("RTCP socket error: %s", exc)
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
-        allowed = self._allowed_ip()
-        if allowed is None or addr[0] != allowed:
-            self.refused += 1  # only the far end the RTP guard accepted may report
-            return
+        """Taken from the far end's RTCP address; from another port of the far end's IP (NAT) only when it is
+        RTCP sent by the SSRC of the RTP stream we receive, and then our reports go there (symmetric RTCP)."""
+        if addr != self.learned and addr != self.leg.rtcp_destination():
+            ssrc = self.receive.ssrc
+            if (addr[0] != self._allowed_ip() or ssrc is None or len(data) < 8 or not 200 <= data[1] <= 201
+                    or int.from_bytes(data[4:8], "big") != ssrc):
+                self.refused += 1  # anybody else (a port sprayer on the far end's IP too) gets nothing
+                return
+            self.learned = addr
         self.socket_in += 1
-        self.learned = addr
         self.on_rtcp(data)
 
     # -- reports in -------------------------------------------------------------------------------

@@ -105,11 +105,17 @@ def test_rtcp_only_from_and_to_the_accepted_far_end() -> None:
     sent: list[tuple[bytes, tuple[str, int]]] = []
     rtcp = session(leg, allowed="127.0.0.1")
     rtcp.fallback_send = lambda data, addr: sent.append((data, addr))
+    leg.receive_stats.update(5, 1000)  # the far end's RTP stream has SSRC 5
     report = bytes(RtcpRrPacket(ssrc=5))
     rtcp.datagram_received(report, ("127.0.0.2", 9999))
     assert rtcp.refused == 1 and rtcp.learned is None and rtcp.reports_in == 0
-    rtcp.datagram_received(report, ("127.0.0.1", 40555))  # the far end's IP, a NATed port: learned
-    assert rtcp.learned == ("127.0.0.1", 40555) and rtcp.reports_in == 1
+    rtcp.datagram_received(bytes(RtcpRrPacket(ssrc=6)), ("127.0.0.1", 40555))  # right IP, wrong stream
+    rtcp.datagram_received(b"\x80\x00" + bytes(30), ("127.0.0.1", 40555))  # right IP, RTP
+    assert rtcp.refused == 3 and rtcp.learned is None
+    rtcp.datagram_received(report, ("127.0.0.1", 40001))  # the SDP's RTCP address
+    assert rtcp.learned is None and rtcp.reports_in == 1
+    rtcp.datagram_received(report, ("127.0.0.1", 40555))  # the far end's IP, a NATed port, its SSRC: learned
+    assert rtcp.learned == ("127.0.0.1", 40555) and rtcp.reports_in == 2
     assert rtcp.transmit(b"x") and sent[-1][1] == ("127.0.0.1", 40555)
     leg.destination = None
     nobody = session(leg, allowed=None)
