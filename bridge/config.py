@@ -740,13 +740,13 @@ def _media(s: _Section) -> MediaConfig:
     end = s.integer("port_end", 16484, lo=1025, hi=65535)
     if end - start < 2:
         raise ConfigError(s.key("port_end"), f"{end} must be at least port_start + 2 ({start + 2})")
-    known = ("PCMU", "PCMA", "G722")
+    known = ("PCMU", "PCMA", "G722", "OPUS")
 
     def check_codec(key: str, value: str) -> None:
         if value.upper() not in known:
             raise ConfigError(key, f"{value!r} is not a supported codec ({', '.join(known)})")
 
-    codecs = tuple(c.upper() for c in s.string_list("codecs", list(known), check=check_codec))
+    codecs = tuple(c.upper() for c in s.string_list("codecs", ["PCMU", "PCMA", "G722"], check=check_codec))
     if not codecs:
         raise ConfigError(s.key("codecs"), "must list at least one codec (e.g. [PCMU, PCMA])")
     ice = []

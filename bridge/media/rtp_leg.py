@@ -310,7 +310,9 @@ class RtpLeg(asyncio.DatagramProtocol):
         # the marker starts a talkspurt: first packet, after DTMF, after a silence (RFC 3551 4.1)
         marker = self._marker or gap > 2 * self.ptime
         self._ts = ts
-        self._pending_samples = samples if samples is not None else len(payload)
+        if samples is None:  # G.711/G.722: one byte per 8 kHz tick; otherwise (Opus) one ptime of the clock
+            samples = len(payload) if self.clock_rate == 8000 else self.clock_rate * self.ptime // 1000
+        self._pending_samples = samples
         self._last_send = now
         self._marker = False
         if self._sendto(build_rtp(self.payload_type, marker, self._seq, ts, self.ssrc, payload)):

@@ -422,6 +422,10 @@ def build_offer(
     if telephone_event_pt is not None:
         formats.append(str(telephone_event_pt))
         attrs += [("rtpmap", f"{telephone_event_pt} telephone-event/8000"), ("fmtp", f"{telephone_event_pt} 0-16")]
+        if any(c.clock_rate == 48000 for c in codecs):  # RFC 4733: events on the clock of the codec (Opus)
+            pt48 = next(pt for pt in (110, 102, 103, 104, 105) if pt not in payload_types)
+            formats.append(str(pt48))
+            attrs += [("rtpmap", f"{pt48} telephone-event/48000"), ("fmtp", f"{pt48} 0-16")]
     attrs += [("ptime", str(ptime)), (direction, None)]
     sid = _new_session_id() if session_id is None else session_id
     return SessionDescription(
