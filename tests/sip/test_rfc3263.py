@@ -226,3 +226,25 @@ async def test_invite_fails_over_after_timeout_and_503(tmp_path: Path) -> None:
         finally:
             silent.close()
             await dns.stop()
+
+
+async def test_preflight_accepts_a_trunk_domain_with_only_srv_records_and_flags_an_unknown_one(tmp_path: Path) -> None:
+    import dataclasses
+
+    from bridge.config import SipDnsConfig, load_config
+    from bridge.preflight import check_trunk_proxy
+
+    dns = await _dns_for(tmp_path, 5070, 5080)  # provider.example has NAPTR/SRV but no A record of its own
+    try:
+        base = load_config(Path(__file__).parents[2] / "bridge" / "example-config.yaml", {})
+
+        def with_proxy(proxy: str) -> Any:
+            sip = dataclasses.replace(base.sip, trunk=dataclasses.replace(base.sip.trunk, proxy=proxy),
+                                      dns=SipDnsConfig(nameservers=(dns.nameserver,), timeout_s=1.0))
+            return dataclasses.replace(base, sip=sip)
+
+        assert await check_trunk_proxy(with_proxy("sip:provider.example")) is None
+        warning = await check_trunk_proxy(with_proxy("sip:nothing.provider.example"))
+        assert warning is not None and warning.startswith("sip.trunk.proxy: 'nothing.provider.example' does not")
+    finally:
+        await dns.stop()
