@@ -96,6 +96,8 @@ class ClientInvite:
             return False
         self.log.info("INVITE to %s:%s:%d %s: trying the next target", self._transport, self._addr[0],
                       self._addr[1], why)
+        if self._ua.locator is not None:
+            self._ua.locator.note_failure(self._transport, self._addr[0], self._addr[1])
         for dialog in list(self.early_dialogs.values()):
             dialog.terminate("failover")
         self.early_dialogs.clear()

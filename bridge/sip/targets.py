@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -23,6 +24,7 @@ logger = logging.getLogger(__name__)
 NAPTR_SERVICES = {"SIP+D2U": "udp", "SIP+D2T": "tcp", "SIPS+D2T": "tls"}
 SRV_PREFIX = {"udp": "_sip._udp.", "tcp": "_sip._tcp.", "tls": "_sips._tcp."}
 MAX_TARGETS = 16  # a zone listing hundreds of records must not make us try them all
+DOWN_FOR_S = 60.0  # a target that timed out, refused or answered 503 is tried last for this long
 
 
 class DnsLookup(Protocol):
@@ -68,6 +70,18 @@ class TargetLocator:
         self.lookup = lookup
         self.rng = rng or random.Random()
         self.fallback = fallback
+        # (transport, ip, port) -> monotonic time until which it is tried last: without this every new call
+        # would wait a whole transaction timeout (64 x T1) on a dead primary before failing over
+        self._down: dict[tuple[str, str, int], float] = {}
+
+    def note_failure(self, transport: str, host: str, port: int) -> None:
+        now = time.monotonic()
+        self._down = {key: until for key, until in self._down.items() if until > now}  # stays small
+        self._down[(transport, host, port)] = now + DOWN_FOR_S
+
+    def _is_down(self, target: Target) -> bool:
+        until = self._down.get((target.transport, target.host, target.port))
+        return until is not None and until > time.monotonic()
 
     @staticmethod
     def applies(uri: SipUri) -> bool:
@@ -100,7 +114,7 @@ class TargetLocator:
                 except Exception as exc:  # the fallback's own error type (SipTransportError); nothing to try
                     logger.info("cannot resolve %s: %s", host, exc)
             targets = [Target(transport, ip, port, host) for ip in addresses]
-        unique = list(dict.fromkeys(targets))[:MAX_TARGETS]
+        unique = sorted(dict.fromkeys(targets), key=self._is_down)[:MAX_TARGETS]  # stable: RFC order otherwise
         logger.info("RFC 3263 targets for %s: %s", host,
                     ", ".join(f"{t.transport}:{t.host}:{t.port}" for t in unique) or "none")
         return unique

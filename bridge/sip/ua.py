@@ -218,6 +218,8 @@ class UserAgent:
                 response, request = await self._send_request_to(request, target.transport,
                                                                 (target.host, target.port), credentials)
             except (SipTimeout, SipTransportError) as exc:
+                if self.locator is not None:
+                    self.locator.note_failure(target.transport, target.host, target.port)
                 if last:
                     raise
                 logger.info("%s to %s:%s:%d failed (%s): trying the next target", request.method,
@@ -225,6 +227,8 @@ class UserAgent:
                 continue
             if response.status != FAILOVER_STATUS or last:
                 return response, request
+            if self.locator is not None:
+                self.locator.note_failure(target.transport, target.host, target.port)
             logger.info("%s to %s:%s:%d answered 503: trying the next target", request.method,
                         target.transport, target.host, target.port)
             request = self._next_cseq(request)

@@ -223,6 +223,15 @@ async def test_invite_fails_over_after_timeout_and_503(tmp_path: Path) -> None:
             assert final.status == 200 and answered == ["busy", "live"]
             assert call.dialog is not None and call.next_hop == ("udp", ("127.0.0.1", live.bound_address()[1]))
             await call.dialog.bye()
+            # the next call tries the targets that failed last: no second wait on the dead one
+            started = asyncio.get_running_loop().time()
+            again = client.invite("sip:+15551234567@provider.example", from_uri="sip:bridge@bridge.example",
+                                  outbound_proxy="sip:provider.example", sdp=SDP_OFFER)
+            assert (await asyncio.wait_for(again.wait_final(), 20)).status == 200
+            assert answered == ["busy", "live", "live"]
+            assert asyncio.get_running_loop().time() - started < 2.0  # Timer B (64 x T1) is 3.2 s here
+            assert again.dialog is not None
+            await again.dialog.bye()
         finally:
             silent.close()
             await dns.stop()
