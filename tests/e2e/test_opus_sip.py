@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import E2E, GHOST, SCENARIOS, assert_released, eventually
+from tests.e2e.test_inbound_calls import ALICE, alice_client, phone, routes
 from tests.e2e.test_outbound_calls import portal_room
-from tests.harness.matrix_client import OutgoingCall
+from tests.harness.matrix_client import IncomingCall, OutgoingCall
 from tests.harness.opus_peer import OpusPeer, rtp_payload
 from tests.harness.sipp import SippProcess
 
@@ -23,8 +24,9 @@ CALLER_HZ = 440.0
 PHONE_HZ = 1000.0
 
 
-def record_caller_payloads(call: OutgoingCall) -> tuple[list[bytes], list[bytes]]:
-    """Opus payloads the caller's aiortc sends and receives (plain RTP, inside DTLS-SRTP)."""
+def record_caller_payloads(call: OutgoingCall | IncomingCall, sdp: str) -> tuple[list[bytes], list[bytes]]:
+    """Opus payloads the Matrix client's aiortc sends and receives (plain RTP, inside DTLS-SRTP); `sdp` is
+    the offer that fixed the payload types."""
     sent: list[bytes] = []
     received: list[bytes] = []
     tap: Any = call.dtmf
@@ -45,7 +47,7 @@ def record_caller_payloads(call: OutgoingCall) -> tuple[list[bytes], list[bytes]
             received.append(rtp_payload(data))
         await handle(data, arrival_time_ms)
 
-    found = re.search(r"a=rtpmap:(\d+) opus/48000", call.sent_sdp or "")
+    found = re.search(r"a=rtpmap:(\d+) opus/48000", sdp)
     assert found is not None
     opus_pt = [int(found.group(1))]
     tap._original_send = recording_send
@@ -71,7 +73,7 @@ async def test_opus_on_both_legs_is_passed_through_unless_the_phones_fmtp_forbid
         alice = await e2e.client("alice")
         room = await portal_room(alice)
         call = await alice.place_call(room, GHOST, tone_hz=CALLER_HZ)
-        sent, received = record_caller_payloads(call)
+        sent, received = record_caller_payloads(call, call.sent_sdp or "")
         await call.wait_answer(timeout=30)
         assert "opus/48000" in call.answer_event["content"]["answer"]["sdp"]  # type: ignore[index]
 
@@ -100,3 +102,44 @@ async def test_opus_on_both_legs_is_passed_through_unless_the_phones_fmtp_forbid
         await assert_released(bridge)
     finally:
         await phone.close()
+
+
+async def test_phone_calling_with_opus_reaches_element_with_opus_passed_through(e2e: E2E) -> None:
+    """SIP -> Matrix: the phone offers only Opus (its own payload types 107/108); the bridge offers Opus to
+    Element and relays the payloads unchanged both ways."""
+    opus_sdp = {
+        "RTP/AVP 0 8 101": "RTP/AVP 107 108",
+        "a=rtpmap:0 PCMU/8000\na=rtpmap:8 PCMA/8000": "a=rtpmap:107 opus/48000/2\na=fmtp:107 useinbandfec=1",
+        "a=rtpmap:101 telephone-event/8000\na=fmtp:101 0-16": "a=rtpmap:108 telephone-event/48000\na=fmtp:108 0-16",
+    }
+    caller = OpusPeer(tone_hz=PHONE_HZ, payload_type=107)
+    await caller.open()
+    try:
+        def opus_and_route(data: dict[str, Any]) -> None:
+            routes()(data)
+            data["media"]["codecs"] = ["OPUS", "PCMU"]
+
+        bridge = await e2e.bridge(opus_and_route)
+        alice = await alice_client(e2e)
+        caller.start_sending(seconds=60)
+        sipp = await phone(e2e, "caller_talk.xml", "-key", "rtp_port", str(caller.port), "-d", "5000",
+                           replace=opus_sdp)
+        call = await alice.wait_incoming_call(timeout=40)
+        assert "opus/48000/2" in call.offer_sdp and call.invite["content"]["invitee"] == ALICE
+        await call.answer(tone_hz=CALLER_HZ)
+        sent, received = record_caller_payloads(call, call.offer_sdp)
+        await call.wait_for_tone(PHONE_HZ, timeout=30, min_frames=50)
+        await eventually(lambda: len(caller.received_payloads) >= 100, 20, "Opus at the phone")
+        await eventually(lambda: caller.tone_ratio(CALLER_HZ) > 0.5, 10, "Element's tone at the phone")
+        session = next(iter(bridge.calls.inbound.values()))
+        stats = session.media.stats()
+        assert stats.codec_sip == "OPUS" and stats.passthrough
+        assert set(caller.received_pts) == {107}
+        element_sent, phone_sent = set(sent), set(caller.sent_payloads)
+        late = caller.received_payloads[-50:]  # sent after the recording hook was in place
+        assert sum(p in element_sent for p in late) / len(late) > 0.95
+        assert received and sum(p in phone_sent for p in received) / len(received) > 0.95
+        assert await sipp.wait() == 0, sipp.report()  # the phone hangs up after 5 s
+        await assert_released(bridge)
+    finally:
+        await caller.close()
