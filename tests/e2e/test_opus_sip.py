@@ -97,6 +97,13 @@ async def test_opus_on_both_legs_is_passed_through_unless_the_phones_fmtp_forbid
             sizes = {len(p) for p in phone.received_payloads[20:]}
             assert len(sizes) == 1 and sizes.pop() <= 24000 // 8 // 50 + 3  # CBR at most 24 kbit/s
 
+        # DTMF on the Opus clock both ways: telephone-event/48000 on the SIP leg
+        await call.send_dtmf("5")
+        await eventually(lambda: phone.dtmf_received == [5], 10, "the caller's DTMF 5 at the phone")
+        phone.send_dtmf(9)  # 9
+        await call.wait_for_dtmf("9", timeout=10)
+        assert ("5", "matrix") in stats.dtmf or ("5", "matrix") in media.stats().dtmf
+
         await call.hangup()
         assert await sipp.wait() == 0, sipp.report()
         await assert_released(bridge)

@@ -27,9 +27,13 @@ def rtp_payload(data: bytes) -> bytes:
 
 
 class OpusPeer(asyncio.DatagramProtocol):
-    def __init__(self, tone_hz: float = 1000.0, payload_type: int = 111) -> None:
+    def __init__(self, tone_hz: float = 1000.0, payload_type: int = 111, event_pt: int = 110) -> None:
         self.tone_hz = tone_hz
         self.payload_type = payload_type
+        self.event_pt = event_pt  # telephone-event/48000
+        self.dtmf_received: list[int] = []  # RFC 4733 events (one per key press, at its end packet)
+        self._dtmf_ends: set[int] = set()  # event timestamps already counted
+        self._dtmf_queue: deque[int] = deque()  # events to send instead of audio
         self.transport: asyncio.DatagramTransport | None = None
         self.remote: tuple[str, int] | None = None
         self.sent_payloads: list[bytes] = []
@@ -63,6 +67,13 @@ class OpusPeer(asyncio.DatagramProtocol):
         if self.remote is None:
             self.remote = addr
             self._first.set()
+        if pt == self.event_pt and len(data) >= 16:
+            (timestamp,) = struct.unpack_from("!I", data, 4)
+            event = rtp_payload(data)
+            if event[1] & 0x80 and timestamp not in self._dtmf_ends:
+                self._dtmf_ends.add(timestamp)
+                self.dtmf_received.append(event[0])
+            return
         if pt != self.payload_type:
             return
         payload = rtp_payload(data)
@@ -76,6 +87,10 @@ class OpusPeer(asyncio.DatagramProtocol):
         for samples in self._recent:
             joined.extend(samples)
         return tone_ratio(joined, RATE, hz) if joined else 0.0
+
+    def send_dtmf(self, event: int) -> None:
+        """Play one key press (100 ms, RFC 4733 on the 48 kHz clock) in place of audio."""
+        self._dtmf_queue.append(event)
 
     def start_sending(self, seconds: float = 30.0) -> None:
         self._task = asyncio.get_running_loop().create_task(self._send_loop(seconds))
@@ -108,12 +123,25 @@ class OpusPeer(asyncio.DatagramProtocol):
         loop = asyncio.get_running_loop()
         start = loop.time()
         n = 0
+        press: list[tuple[bool, bytes]] = []  # (first, payload) of the key press being played
+        event_ts = 0
         while loop.time() - start < seconds:
-            payload = payloads[n % len(payloads)]
-            header = struct.pack("!BBHII", 0x80, (0x80 if n == 0 else 0) | self.payload_type, seq, ts, ssrc)
-            if self.transport is not None and self.remote is not None:
-                self.transport.sendto(header + payload, self.remote)
-                self.sent_payloads.append(payload)
+            if not press and self._dtmf_queue:
+                event = self._dtmf_queue.popleft()
+                event_ts = ts
+                press = [(i == 0, struct.pack("!BBH", event, 10, (i + 1) * FRAME)) for i in range(5)]
+                press += [(False, struct.pack("!BBH", event, 0x80 | 10, 5 * FRAME))] * 3
+            if press:
+                first, event_payload = press.pop(0)
+                header = struct.pack("!BBHII", 0x80, (0x80 if first else 0) | self.event_pt, seq, event_ts, ssrc)
+                if self.transport is not None and self.remote is not None:
+                    self.transport.sendto(header + event_payload, self.remote)
+            else:
+                payload = payloads[n % len(payloads)]
+                header = struct.pack("!BBHII", 0x80, (0x80 if n == 0 else 0) | self.payload_type, seq, ts, ssrc)
+                if self.transport is not None and self.remote is not None:
+                    self.transport.sendto(header + payload, self.remote)
+                    self.sent_payloads.append(payload)
             n += 1
             seq = (seq + 1) & 0xFFFF
             ts = (ts + FRAME) & 0xFFFFFFFF
