@@ -64,8 +64,8 @@ class ClientInvite:
 
     def start(self) -> None:
         self._ua._add_client_invite(self)
-        if self._ua.locator is None:
-            self._send()
+        if not self._ua.needs_location(self.request):
+            self._send()  # an IP or an explicit port: sent at once, as always
             return
         self._locating = self._ua.transactions.spawn(self._locate_and_send(), "locate INVITE target")
 

@@ -208,7 +208,7 @@ class UserAgent:
         A next hop named by domain is located by RFC 3263: timeouts, transport errors and 503 move on to
         the next target.
         """
-        targets = await self.locate(request)
+        targets = await self.locate(request) if self.needs_location(request) else []
         if not targets:
             return await self._send_request_to(request, transport, addr, credentials)
         for index, target in enumerate(targets):
@@ -234,13 +234,17 @@ class UserAgent:
             request = self._next_cseq(request)
         raise AssertionError("unreachable")
 
+    def needs_location(self, request: Request) -> bool:
+        """The request's next hop is a domain without a port, to be located by RFC 3263 (locate())."""
+        if self.locator is None:
+            return False
+        return self.locator.applies(next_hop_uri(request.uri, request.headers.get_all("Route")))
+
     async def locate(self, request: Request) -> list[Target]:
         """RFC 3263 targets of an out-of-dialog request's next hop; empty when no look-up applies."""
-        if self.locator is None:
+        if self.locator is None or not self.needs_location(request):
             return []
         uri = next_hop_uri(request.uri, request.headers.get_all("Route"))
-        if not self.locator.applies(uri):
-            return []
         targets = await self.locator.locate(uri)
         for target in targets:  # the trunk's other servers are the trunk too (trust.py)
             self.transport.trust.note_resolved(uri.host, target.host)
