@@ -86,7 +86,7 @@ class ClientInvite:
 
     def _use_next_target(self) -> None:
         target = self._targets.pop(0)
-        self.request = self._ua.retarget(self.request, target)
+        self.request = self._ua.retarget(self.request, target, contact=True)
         self._transport, self._addr = target.transport, (target.host, target.port)
         self._ua.remember_sent_invite(self.call_id, self.local_tag, destination=self.next_hop)
 

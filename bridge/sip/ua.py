@@ -250,10 +250,20 @@ class UserAgent:
             self.transport.trust.note_resolved(uri.host, target.host)
         return [t for t in targets if t.transport != "udp" or self.transport.can_send_udp(t.host)]
 
-    def retarget(self, request: Request, target: Target) -> Request:
-        """The request for another target: a new Via (transport, branch), so a new transaction (4.3)."""
+    def retarget(self, request: Request, target: Target, *, contact: bool = False) -> Request:
+        """The request for another target: a new Via (transport, branch), so a new transaction (4.3).
+        `contact`: also rebuild our plain Contact (an INVITE's, build_request's) for the target's transport."""
         headers = request.headers.copy()
         headers.set("Via", self.via(target.transport, target.host, new_branch()))
+        old_contact = request.headers.get("Contact") if contact else None
+        if old_contact is not None:  # NAPTR may have picked another transport than the URI's: say ours for it
+            try:
+                ours = NameAddr.parse(old_contact).uri
+            except ValueError:
+                ours = None
+            if ours is not None:
+                headers.set("Contact", self.contact(target.transport, target.host, ours.user,
+                                                    secure=ours.scheme == "sips"))
         return Request(request.method, request.uri, headers, request.body)
 
     @staticmethod

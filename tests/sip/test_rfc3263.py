@@ -257,3 +257,32 @@ async def test_preflight_accepts_a_trunk_domain_with_only_srv_records_and_flags_
         assert warning is not None and warning.startswith("sip.trunk.proxy: 'nothing.provider.example' does not")
     finally:
         await dns.stop()
+
+
+async def test_naptr_choosing_tcp_sends_the_invite_over_tcp_with_a_tcp_contact(tmp_path: Path) -> None:
+    contacts: list[str] = []
+
+    async def on_invite(inv: ServerInvite) -> None:
+        contacts.append(inv.request.headers.get("Contact") or "")
+        await inv.respond(200, body=SDP_ANSWER, headers=[("Content-Type", "application/sdp")])
+
+    async with running_ua(fast_settings("tcp"), on_invite=on_invite) as live, \
+            running_ua(fast_settings("udp", "tcp")) as client:
+        dns = await Dnsmasq(tmp_path / "dns", [
+            "naptr-record=provider.example,10,10,S,SIP+D2T,,_sip._tcp.provider.example",
+            "naptr-record=provider.example,20,10,S,SIP+D2U,,_sip._udp.provider.example",
+            f"srv-host=_sip._tcp.provider.example,live.provider.example,{live.bound_address('tcp')[1]},10,100",
+            "host-record=live.provider.example,127.0.0.1",
+        ]).start()
+        try:
+            client.locator = _locator(dns)
+            call = client.invite("sip:+15551234567@provider.example", from_uri="sip:bridge@bridge.example",
+                                 outbound_proxy="sip:provider.example", sdp=SDP_OFFER)
+            final = await asyncio.wait_for(call.wait_final(), 10)
+            assert final.status == 200 and call.next_hop[0] == "tcp"
+            assert "SIP/2.0/TCP" in (call.request.headers.get("Via") or "")
+            assert contacts and contacts[0].endswith(f":{client.bound_address('tcp')[1]};transport=tcp>")
+            assert call.dialog is not None and call.dialog.transport == "tcp"
+            await call.dialog.bye()
+        finally:
+            await dns.stop()
