@@ -41,8 +41,10 @@ from .observability import HomeserverProbe, Listen, ObservabilityServer
 from .preflight import run_preflight
 from .sip.digest import Credentials
 from .sip.registration import Registration
+from .sip.resolver import DnsResolver
 from .sip.session_timer import SessionTimerSettings
 from .sip.settings import ListenAddress, SipSettings
+from .sip.targets import TargetLocator
 from .sip.ua import UserAgent
 from .sip.uri import SipUri
 from .stats import log_stats_on_signal
@@ -76,6 +78,7 @@ def media_settings(config: Config) -> MediaSettings:
         ice_servers=[IceServer(list(s.urls), s.username, s.credential) for s in m.ice_servers],
         ice_timeout_s=m.ice_timeout_s, rtp_source=m.rtp_source, rtp_latch_packets=m.rtp_latch_packets,
         srtp=m.srtp,
+        rtcp_interval_s=m.rtcp_interval_s,
     )
 
 
@@ -286,6 +289,8 @@ class Bridge:
         self.accounts.notifier = self.matrix.account_notifier
         self.matrix.account_commands.refusal = self._line_refusal
         self.calls.dial_rules = UserDialRules(dial_permissions_for(config), self.matrix.permissions.level)
+        self.ua.locator = TargetLocator(DnsResolver(config.sip.dns.nameservers, timeout=config.sip.dns.timeout_s),
+                                        fallback=self.ua.transport.resolve)
         self.ua.on_message_observed = self.metrics.sip_message
         self.matrix.portals.outbox.on_attempt = lambda ok, retry: self.metrics.homeserver_request(ok=ok, retry=retry)
         self.registration: Registration | None = None

@@ -205,6 +205,12 @@ class SessionTimerConfig:
 
 
 @dataclass(frozen=True)
+class SipDnsConfig:
+    nameservers: tuple[str, ...] = ()  # "ip" or "ip:port"; empty: /etc/resolv.conf
+    timeout_s: float = 3.0
+
+
+@dataclass(frozen=True)
 class SipConfig:
     listen: tuple[SipListen, ...] = (SipListen(),)
     advertised_host: str | None = None
@@ -223,6 +229,7 @@ class SipConfig:
     prack: str = "supported"  # RFC 3262 100rel: off | supported | required
     trunk: SipTrunkConfig = field(default_factory=SipTrunkConfig)
     inbound: SipInboundConfig = field(default_factory=SipInboundConfig)
+    dns: SipDnsConfig = field(default_factory=SipDnsConfig)
 
 
 @dataclass(frozen=True)
@@ -258,6 +265,7 @@ class MediaConfig:
     rtp_source: str = "signalling"  # strict | signalling | any: who may send the SIP-side RTP
     rtp_latch_packets: int = 4  # consistent packets before a NATed source (signalling mode) is taken
     srtp: str = "off"  # off | optional | required: SDES-SRTP on the SIP leg (sip/sdp_crypto.py)
+    rtcp_interval_s: float = 5.0  # SIP-leg RTCP report interval (RFC 3550 minimum); 0 = no RTCP
 
 
 @dataclass(frozen=True)
@@ -826,6 +834,7 @@ def _sip(s: _Section) -> SipConfig:
         prack=s.choice("prack", "supported", ("off", "supported", "required")),
         trunk=_trunk(s.section("trunk")),
         inbound=_inbound(s.section("inbound")),
+        dns=_dns(s.section("dns")),
     )
     s.finish()
     return out
@@ -838,6 +847,22 @@ def _session_timer(s: _Section) -> SessionTimerConfig:
         expires_s=s.integer("expires_s", 1800, lo=min_se, hi=86400),
         min_se_s=min_se,
     )
+    s.finish()
+    return out
+
+
+def _dns(s: _Section) -> SipDnsConfig:
+    from bridge.sip.resolver import parse_nameserver
+
+    def check(key: str, value: str) -> None:
+        try:
+            parse_nameserver(value)
+        except ValueError:
+            raise ConfigError(key, f"{value!r} is not a nameserver address (e.g. 192.0.2.53, 127.0.0.1:5353 "
+                              "or [2001:db8::53]:53)") from None
+
+    out = SipDnsConfig(nameservers=s.string_list("nameservers", [], check=check),
+                       timeout_s=s.number("timeout_s", 3.0, lo=0.1))
     s.finish()
     return out
 
@@ -874,13 +899,13 @@ def _media(s: _Section) -> MediaConfig:
     end = s.integer("port_end", 16484, lo=1025, hi=65535)
     if end - start < 2:
         raise ConfigError(s.key("port_end"), f"{end} must be at least port_start + 2 ({start + 2})")
-    known = ("PCMU", "PCMA", "G722")
+    known = ("PCMU", "PCMA", "G722", "OPUS")
 
     def check_codec(key: str, value: str) -> None:
         if value.upper() not in known:
             raise ConfigError(key, f"{value!r} is not a supported codec ({', '.join(known)})")
 
-    codecs = tuple(c.upper() for c in s.string_list("codecs", list(known), check=check_codec))
+    codecs = tuple(c.upper() for c in s.string_list("codecs", ["PCMU", "PCMA", "G722"], check=check_codec))
     if not codecs:
         raise ConfigError(s.key("codecs"), "must list at least one codec (e.g. [PCMU, PCMA])")
     ice = []
@@ -903,10 +928,14 @@ def _media(s: _Section) -> MediaConfig:
     latch = s.integer("rtp_latch_packets", 4, lo=1, hi=50)
     # YAML 1.1 reads a bare `off` as false
     srtp = "off" if s.raw("srtp", "off") is False else s.choice("srtp", "off", ("off", "optional", "required"))
+    rtcp_interval = s.number("rtcp_interval_s", 5.0, lo=0)
+    if 0 < rtcp_interval < 1:
+        raise ConfigError(s.key("rtcp_interval_s"), f"{rtcp_interval:g} must be 0 (no RTCP) or at least 1 second "
+                          "(RFC 3550's minimum is 5)")
     out = MediaConfig(rtp_host=rtp_host, advertised_ip=advertised_ip, port_start=start, port_end=end,
                       codecs=codecs, ice_servers=tuple(ice), ice_host_addresses=ice_hosts,
                       ice_timeout_s=ice_timeout, rtp_source=rtp_source, rtp_latch_packets=latch,
-                      srtp=srtp)
+                      srtp=srtp, rtcp_interval_s=rtcp_interval)
     s.finish()
     return out
 

@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from bridge.config import Config
 
@@ -108,19 +109,23 @@ def check_rtp_ports(config: Config) -> str | None:
 
 
 async def check_trunk_proxy(config: Config, timeout: float = RESOLVE_TIMEOUT_S) -> str | None:
-    """The trunk proxy's host must resolve (A/AAAA, as the SIP transport resolves it)."""
+    """The trunk proxy's host must resolve: A/AAAA as the SIP transport resolves it, or for a domain without a
+    port NAPTR/SRV/A/AAAA (RFC 3263) as the UA locates it."""
     from bridge.sip.uri import SipUri
 
     proxy = config.sip.trunk.proxy
     try:
-        host = SipUri.parse(proxy).host.strip("[]")
+        uri = SipUri.parse(proxy)
     except ValueError:
         return None  # the validator already accepted it; the SIP layer will say more
+    host = uri.host.strip("[]")
     try:
         ipaddress.ip_address(host)
         return None
     except ValueError:
         pass
+    if uri.port is None:
+        return await _check_rfc3263(config, uri, timeout)
     loop = asyncio.get_running_loop()
     try:
         infos = await asyncio.wait_for(loop.getaddrinfo(host, None, type=socket.SOCK_DGRAM), timeout)
@@ -131,4 +136,26 @@ async def check_trunk_proxy(config: Config, timeout: float = RESOLVE_TIMEOUT_S) 
                 "check the name or use an IP address")
     if not infos:
         return f"sip.trunk.proxy: {host!r} does not resolve, so outbound calls will fail"
+    return None
+
+
+async def _check_rfc3263(config: Config, uri: Any, timeout: float) -> str | None:
+    from bridge.sip.resolver import DnsResolver
+    from bridge.sip.targets import TargetLocator
+
+    loop = asyncio.get_running_loop()
+
+    async def os_resolve(name: str) -> str:
+        infos = await loop.getaddrinfo(name, None, type=socket.SOCK_DGRAM)
+        return str(infos[0][4][0])
+
+    dns = config.sip.dns
+    locator = TargetLocator(DnsResolver(dns.nameservers, timeout=min(timeout, dns.timeout_s)), fallback=os_resolve)
+    try:
+        targets = await asyncio.wait_for(locator.locate(uri), 5 * timeout)
+    except TimeoutError:
+        return f"sip.trunk.proxy: {uri.host!r} did not resolve within {5 * timeout:g}s, so outbound calls will fail"
+    if not targets:
+        return (f"sip.trunk.proxy: {uri.host!r} does not resolve (no NAPTR, SRV, A or AAAA record), so outbound "
+                "calls will fail; check the name, sip.dns.nameservers, or use an IP address")
     return None

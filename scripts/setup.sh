@@ -40,6 +40,7 @@ command -v sipp >/dev/null 2>&1 || apt_missing+=(sip-tester)
 [ -e /usr/lib/baresip/modules/srtp.so ] || apt_missing+=(baresip-core)
 command -v tcpdump >/dev/null 2>&1 || [ -x /usr/bin/tcpdump ] || apt_missing+=(tcpdump)
 command -v kamailio >/dev/null 2>&1 || [ -x /usr/sbin/kamailio ] || apt_missing+=(kamailio)
+command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || apt_missing+=(dnsmasq-base)  # tests: a local DNS server (RFC 3263)
 # PostgreSQL server binaries: the database tests run every table on a throwaway cluster as well as SQLite.
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || apt_missing+=(postgresql)
 PY=$(pick_python || true)

@@ -23,6 +23,7 @@ from . import webrtc_leg
 from .codecs import SIP_CODECS, choose_webrtc_codecs
 from .early_audio import EarlyAudioRecorder, recordable
 from .errors import MediaError
+from .opus_sip import passthrough_blocker
 from .ports import PortAllocator
 from .relay import Relay, RelayPlan
 from .rtp_leg import RtpLeg
@@ -54,6 +55,13 @@ class MediaStats:
     """SIP-side datagrams (RTP and RTCP) refused because of their source."""
     rtp_refused_sources: int = 0
     rtcp_in: int = 0
+    rtcp_out: int = 0
+    """RTCP compound packets (SR/RR + SDES, BYE) sent on the SIP leg."""
+    far_end_lost: int | None = None
+    """Our packets the far end reports lost (cumulative, from its last RTCP receiver report)."""
+    far_end_jitter_s: float | None = None
+    rtt_s: float | None = None
+    """Round-trip time to the SIP far end (RTCP LSR/DLSR), once it reported on one of our sender reports."""
     codec_sip: str | None = None
     codec_webrtc: str | None = None
     passthrough: bool = False
@@ -88,6 +96,7 @@ class CallMedia:
         # o= of the last SDP we sent on the SIP leg: later ones keep the id and bump the version (RFC 3264 8)
         self._sip_origin: tuple[int, int] | None = None
         self._sip_codec: str | None = None
+        self._sip_fmtp: str | None = None  # the phone's a=fmtp for that codec (Opus passthrough depends on it)
         self._sip_direction = "sendrecv"  # ours on the SIP leg, as last negotiated
         self._webrtc_offer: str | None = None
         self._pending_webrtc: tuple[SdpRtpmap, SdpRtpmap | None] | None = None  # WebRTC answer before the SIP one
@@ -110,6 +119,7 @@ class CallMedia:
                 self.ports.release(port)
                 continue
             self._port = port
+            await self._rtp.open_rtcp(self.settings.rtp_host, port + 1, self.settings.rtcp_interval_s)
             return self.settings.sdp_address, port
         raise MediaError("no bindable RTP port in the configured range")
 
@@ -123,7 +133,8 @@ class CallMedia:
         for name in self.settings.codecs:
             spec = SIP_CODECS.get(name.upper())
             if spec is not None:
-                codecs.append(sip_sdp.Codec(payload_type=spec.static_pt, name=spec.name, clock_rate=spec.clock_rate))
+                codecs.append(sip_sdp.Codec(payload_type=spec.static_pt, name=spec.name, clock_rate=spec.clock_rate,
+                                            channels=spec.channels, fmtp=spec.fmtp))
         if not codecs:
             raise MediaError(f"none of the configured codecs {self.settings.codecs} is supported")
         return codecs
@@ -232,11 +243,13 @@ class CallMedia:
             clock_rate=codec.clock_rate,
             telephone_event_pt=negotiated.telephone_event_pt,
             remote=remote,
+            rtcp=negotiated.remote_rtcp,
         )
         # the direction is ours: no sending when we may only receive
         self._rtp.hold = negotiated.on_hold
         self._sip_direction = negotiated.direction
         previous, self._sip_codec = self._sip_codec, codec.name.upper()
+        self._sip_fmtp = codec.fmtp
         self.log.info("SIP media: %s pt %s to %s", self._sip_codec, codec.payload_type, remote)
         plan = self._relay.plan
         if self._pending_webrtc is not None:
@@ -253,13 +266,23 @@ class CallMedia:
                     plan.telephone_event_pt,
                     plan.telephone_event_clock,
                     passthrough=self._passthrough(plan.webrtc_codec),
+                    sip_fmtp=self._sip_fmtp,
                 )
             )
 
     def _passthrough(self, webrtc_codec: str) -> bool:
-        return (
-            webrtc_leg.AIORTC_INTERNALS_OK and self._sip_codec is not None and webrtc_codec.upper() == self._sip_codec
-        )
+        return self._passthrough_ok() and webrtc_codec.upper() == self._sip_codec
+
+    def _passthrough_ok(self) -> bool:
+        """The SIP codec may be passed through (Opus: only when the phone's fmtp takes the browser's stream)."""
+        if not webrtc_leg.AIORTC_INTERNALS_OK or self._sip_codec is None:
+            return False
+        if self._sip_codec == "OPUS":
+            blocker = passthrough_blocker(self._sip_fmtp)
+            if blocker is not None:
+                self.log.info("Opus on both legs, transcoded: %s", blocker)
+                return False
+        return True
 
     def record_early_audio(self, max_seconds: float = 30.0) -> bool:
         """Keep the SIP leg's audio until the relay starts (early media of a 183, configured with
@@ -291,9 +314,7 @@ class CallMedia:
         if self._webrtc_offer is None:
             raise MediaError("create_webrtc_answer() without set_webrtc_offer()")
         offered = audio_rtpmaps(self._webrtc_offer)
-        prefs = choose_webrtc_codecs(
-            self._sip_codec, [c.name for c in offered], passthrough_ok=webrtc_leg.AIORTC_INTERNALS_OK
-        )
+        prefs = choose_webrtc_codecs(self._sip_codec, [c.name for c in offered], passthrough_ok=self._passthrough_ok())
         answer = await self._webrtc.answer(self._webrtc_offer, prefs)
         chosen = self._chosen(answer)
         te = find_codec(self._webrtc_offer, "telephone-event", _te_clock(chosen))
@@ -354,7 +375,8 @@ class CallMedia:
         # offerless INVITE: our SIP offer lists our preferred codec first; bet on it
         expected = self._sip_codec or (self._supported()[0].name if self._sip_offer is not None else None)
         prefs = choose_webrtc_codecs(
-            expected, ["opus", "G722", "PCMU", "PCMA"], passthrough_ok=webrtc_leg.AIORTC_INTERNALS_OK
+            expected, ["opus", "G722", "PCMU", "PCMA"],
+            passthrough_ok=self._passthrough_ok() if self._sip_codec else webrtc_leg.AIORTC_INTERNALS_OK,
         )
         if len(prefs) == 1:  # passthrough candidate first, transcoding choices after it
             prefs += [name for name in ("opus", "G722", "PCMU", "PCMA") if name.upper() != prefs[0].upper()]
@@ -388,6 +410,7 @@ class CallMedia:
                 telephone_event_pt=te.payload_type if te else None,
                 telephone_event_clock=te.clock_rate if te else 8000,
                 passthrough=self._passthrough(chosen.name),
+                sip_fmtp=self._sip_fmtp,
             )
         )
 
@@ -441,6 +464,8 @@ class CallMedia:
 
     def stats(self) -> MediaStats:
         plan = self._relay.plan
+        rtcp = self._rtp.rtcp
+        far = rtcp.far_end if rtcp is not None else None
         return MediaStats(
             rtp_packets_in=self._rtp.packets_in,
             rtp_packets_out=self._rtp.packets_out,
@@ -458,7 +483,11 @@ class CallMedia:
             malformed=self._rtp.malformed,
             rtp_refused=self._rtp.refused,
             rtp_refused_sources=self._rtp.guard.refused_sources,
-            rtcp_in=self._rtp.rtcp_in,
+            rtcp_in=self._rtp.rtcp_in + (rtcp.socket_in if rtcp is not None else 0),
+            rtcp_out=rtcp.reports_sent if rtcp is not None else 0,
+            far_end_lost=far.packets_lost if far is not None else None,
+            far_end_jitter_s=far.jitter_s if far is not None else None,
+            rtt_s=far.rtt_s if far is not None else None,
             codec_sip=self._sip_codec,
             codec_webrtc=plan.webrtc_codec if plan else None,
             passthrough=plan.passthrough if plan else False,

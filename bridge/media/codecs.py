@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import fractions
 from dataclasses import dataclass
+from typing import Any
 
 from aiortc.codecs import get_decoder, get_encoder
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 from av import AudioFrame, Packet
+
+from .opus_sip import OPUS_FMTP, OPUS_PT, SipOpusEncoder
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,15 +20,20 @@ class CodecSpec:
     static_pt: int
     clock_rate: int
     """RTP clock (8000 for G722 although it samples at 16 kHz, RFC 3551 4.5.2)."""
+    channels: int = 1
+    fmtp: str | None = None  # what our SIP offer asks for (opus_sip.OPUS_FMTP)
 
 
 SIP_CODECS: dict[str, CodecSpec] = {
     "PCMU": CodecSpec("PCMU", 0, 8000),
     "PCMA": CodecSpec("PCMA", 8, 8000),
     "G722": CodecSpec("G722", 9, 8000),
+    # RFC 7587: always opus/48000/2 in SDP; offered on the SIP leg only when media.codecs lists it
+    "OPUS": CodecSpec("opus", OPUS_PT, 48000, 2, OPUS_FMTP),
 }
 PASSTHROUGH_CODECS = frozenset(SIP_CODECS)
-"""Codecs aiortc can carry pre-encoded (its encoder ``pack()`` understands them)."""
+"""Codecs aiortc can carry pre-encoded (its encoder ``pack()`` understands them). Opus only when the phone's
+fmtp allows the browser's stream (opus_sip.passthrough_blocker)."""
 
 RTP_TIME_BASE = fractions.Fraction(1, 8000)
 
@@ -33,7 +41,7 @@ RTP_TIME_BASE = fractions.Fraction(1, 8000)
 def aiortc_parameters(name: str, payload_type: int) -> RTCRtpCodecParameters:
     spec = SIP_CODECS[name.upper()]
     return RTCRtpCodecParameters(
-        mimeType=f"audio/{spec.name}", clockRate=spec.clock_rate, channels=1, payloadType=payload_type
+        mimeType=f"audio/{spec.name}", clockRate=spec.clock_rate, channels=spec.channels, payloadType=payload_type
     )
 
 
@@ -77,20 +85,25 @@ class SipDecoder:
 class SipEncoder:
     """PCM frames (any rate/layout aiortc decodes to) -> RTP payloads of 20 ms."""
 
-    def __init__(self, name: str) -> None:
-        self._encoder = get_encoder(aiortc_parameters(name, SIP_CODECS[name.upper()].static_pt))
+    def __init__(self, name: str, fmtp: str | None = None) -> None:
+        """`fmtp`: the phone's, for Opus (bitrate, CBR, FEC; opus_sip.SipOpusEncoder)."""
+        self._encoder: Any = (SipOpusEncoder(fmtp) if name.upper() == "OPUS"
+                              else get_encoder(aiortc_parameters(name, SIP_CODECS[name.upper()].static_pt)))
 
     def encode(self, frame: AudioFrame) -> tuple[list[bytes], int | None]:
-        """Payloads and the first one's timestamp on the 8 kHz RTP clock (None if unknown)."""
+        """Payloads and the first one's timestamp on the codec's RTP clock (None if unknown)."""
         payloads, timestamp = self._encoder.encode(frame)
         return payloads, timestamp
 
 
-def encoded_packet(payload: bytes, pts: int) -> Packet:
+OPUS_TIME_BASE = fractions.Fraction(1, 48000)
+
+
+def encoded_packet(payload: bytes, pts: int, clock_rate: int = 8000) -> Packet:
     """Wrap a pre-encoded payload so aiortc's sender ``pack()``s it instead of encoding."""
     packet = Packet(payload)
     packet.pts = pts
-    packet.time_base = RTP_TIME_BASE
+    packet.time_base = RTP_TIME_BASE if clock_rate == 8000 else OPUS_TIME_BASE
     return packet
 
 

@@ -55,4 +55,4 @@ class EarlyAudioRecorder:
 
 
 def recordable(codec: str | None) -> bool:
-    return codec is not None and codec.upper() in SIP_CODECS
+    return codec is not None and codec.upper() in SIP_CODECS and codec.upper() != "OPUS"  # WAV of 8 kHz clocks

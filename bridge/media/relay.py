@@ -36,6 +36,7 @@ class RelayPlan:
     telephone_event_pt: int | None
     telephone_event_clock: int
     passthrough: bool
+    sip_fmtp: str | None = None  # the phone's a=fmtp (the Opus encoder follows it when transcoding)
 
 
 class Relay:
@@ -72,9 +73,9 @@ class Relay:
         self._webrtc_encoder = None
         if not plan.passthrough and webrtc_leg.AIORTC_INTERNALS_OK:
             self._webrtc_encoder = WebRtcEncoder(plan.webrtc_codec, plan.webrtc_pt)
-        self._encoder = None if plan.passthrough else SipEncoder(plan.sip_codec)
+        self._encoder = None if plan.passthrough else SipEncoder(plan.sip_codec, plan.sip_fmtp)
         # passthrough: the tap bypasses aiortc's receiver, which would then send no RTCP RR (rtcp_feed.py)
-        self._rr_feed = self.webrtc.receiver_report_feed(8000) if plan.passthrough else None
+        self._rr_feed = self.webrtc.receiver_report_feed(self.rtp.clock_rate) if plan.passthrough else None
         self.log.info(
             "media plan: SIP %s <-> WebRTC %s (%s), telephone-event %s",
             plan.sip_codec,
@@ -109,7 +110,7 @@ class Relay:
         pts = (packet.timestamp - self._ts_base) & 0xFFFFFFFF
         track = self.webrtc.outgoing
         if self._decoder is None:
-            track.push(encoded_packet(packet.payload, pts))
+            track.push(encoded_packet(packet.payload, pts, self.rtp.clock_rate))
             self.webrtc_frames_out += 1
             return
         try:
@@ -140,7 +141,7 @@ class Relay:
         if new or injector.last_timestamp is None:
             # the event starts where the next audio packet would: same clock as the WebRTC codec
             self._dtmf_out_ts = ((injector.last_timestamp or 0) + clock // 50) & 0xFFFFFFFF
-        duration = event.duration * clock // 8000
+        duration = event.duration * clock // self.rtp.clock_rate  # the SIP leg's event clock is its codec's
         payload = encode_event(event.event, end=event.end, volume=event.volume, duration=duration)
         injector.inject(plan.telephone_event_pt, new, self._dtmf_out_ts, payload)
 
@@ -162,7 +163,7 @@ class Relay:
             if self._rr_feed is not None:
                 self._rr_feed.feed(packet.ssrc, packet.sequence, packet.timestamp)
             if self.running and not self.hold:
-                self.rtp.send_audio(packet.payload, source_ts=packet.timestamp)  # same 8 kHz clock
+                self.rtp.send_audio(packet.payload, source_ts=packet.timestamp)  # same codec, same clock
                 self.webrtc_frames_in += 1
             else:
                 self.dropped += 1
@@ -177,8 +178,10 @@ class Relay:
         new = self._dtmf_in.feed(packet.timestamp, event)
         if new and event.digit:
             self._report_dtmf(event.digit, "matrix")
-        if plan.telephone_event_clock != 8000:  # e.g. telephone-event/48000 next to Opus
-            event = DtmfEvent(event.event, event.end, event.volume, event.duration * 8000 // plan.telephone_event_clock)
+        sip_clock = self.rtp.clock_rate
+        if plan.telephone_event_clock != sip_clock:  # e.g. telephone-event/48000 next to Opus, G.711 to the phone
+            event = DtmfEvent(event.event, event.end, event.volume,
+                              event.duration * sip_clock // plan.telephone_event_clock)
         if self.running and not self.hold:
             self.rtp.relay_dtmf(event, new)
 
@@ -195,10 +198,12 @@ class Relay:
                     continue
                 self.webrtc_frames_in += 1
                 payloads, timestamp = encoder.encode(frame)
+                clock = self.rtp.clock_rate
                 for payload in payloads:
                     self.rtp.send_audio(payload, source_ts=timestamp)
                     if timestamp is not None:
-                        timestamp += len(payload)  # G.711/G.722: one byte per 8 kHz tick
+                        # G.711/G.722: one byte per 8 kHz tick; Opus: 20 ms packets
+                        timestamp += len(payload) if clock == 8000 else clock // 50
         except MediaStreamError:
             self.log.debug("WebRTC track ended")
 

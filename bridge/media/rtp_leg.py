@@ -20,6 +20,7 @@ from .dtmf import DtmfDetector, DtmfError, DtmfEvent, decode_event, digit_to_eve
 from .jitter import JitterBuffer
 from .rtp_packet import RtpPacket, RtpParseError, build_rtp, is_rtcp, parse_rtp, seq_add, ts_add, ts_diff
 from .rtp_source import RtpSourceGuard
+from .sip_rtcp import ReceiveStats, RtcpSession
 from .srtp_session import SrtpSession
 
 Address = tuple[str, int]
@@ -91,6 +92,11 @@ class RtpLeg(asyncio.DatagramProtocol):
         self.srtp: SrtpSession | None = None
         """SDES-SRTP contexts (set_srtp) when the SIP leg is encrypted: applied at the one receive and the one
         send point below, so RTP, RFC 4733 events and RTCP are all protected."""
+        # RTCP (sip_rtcp.py): the far end's stream statistics, its RTCP address from the SDP, the session
+        self.receive_stats = ReceiveStats()
+        self._sdp_remote: Address | None = None
+        self._sdp_rtcp: Address | None = None
+        self.rtcp: RtcpSession | None = None
 
     # -- setup ------------------------------------------------------------------------------
     def configure(
@@ -100,7 +106,10 @@ class RtpLeg(asyncio.DatagramProtocol):
         clock_rate: int,
         telephone_event_pt: int | None,
         remote: Address | None,
+        rtcp: Address | None = None,
     ) -> None:
+        """`rtcp`: the far end's RTCP address from its a=rtcp (None: RTP port + 1)."""
+        self._sdp_remote, self._sdp_rtcp = remote, rtcp
         self.payload_type = payload_type
         self.clock_rate = clock_rate
         self.telephone_event_pt = telephone_event_pt
@@ -173,7 +182,9 @@ class RtpLeg(asyncio.DatagramProtocol):
                 return  # forged, replayed or not SRTP at all: counted by the session
             data = clear
         if is_rtcp(data):
-            self.rtcp_in += 1  # RTCP is not relayed (peers mostly send it to port+1 anyway)
+            self.rtcp_in += 1  # RTCP is not relayed: read for statistics (mostly it comes to port + 1)
+            if self.rtcp is not None:
+                self.rtcp.on_rtcp(data)
             return
         try:
             packet = parse_rtp(data)
@@ -194,6 +205,7 @@ class RtpLeg(asyncio.DatagramProtocol):
         self.packets_in += 1
         self.bytes_in += len(data)
         self._update_jitter(packet.timestamp)
+        self.receive_stats.update(packet.ssrc, packet.sequence)
         for ready in self._jitter.push(packet):
             if self.on_audio is not None:
                 try:
@@ -234,6 +246,41 @@ class RtpLeg(asyncio.DatagramProtocol):
         except Exception:
             self.log.exception("DTMF sink failed")
 
+    # -- RTCP (sip_rtcp.py) ----------------------------------------------------------------------
+    async def open_rtcp(self, host: str, port: int, interval_s: float) -> None:
+        """Bind the RTCP socket (RTP port + 1) and start reports; without that port, send from the RTP one."""
+        if interval_s <= 0 or self.rtcp is not None:
+            return
+        session = RtcpSession(self, log=self.log, interval_s=interval_s,
+                              allowed_ip=lambda: self.guard.target[0] if self.guard.target else None)
+        try:
+            await asyncio.get_running_loop().create_datagram_endpoint(lambda: session, local_addr=(host, port))
+        except OSError as exc:
+            self.log.info("RTCP port %s unavailable (%s): sending RTCP from the RTP port", port, exc)
+            session.fallback_send = self._send_raw
+        self.rtcp = session
+        session.start()
+
+    def _send_raw(self, data: bytes, addr: Address) -> None:
+        if self.transport is not None:
+            self.transport.sendto(data, addr)
+
+    def rtp_timestamp_now(self) -> int | None:
+        """Our RTP clock now (for a sender report), None before the first packet."""
+        if self._last_send is None:
+            return None
+        return ts_add(self._ts, int((time.monotonic() - self._last_send) * self.clock_rate))
+
+    def rtcp_destination(self) -> Address | None:
+        """The far end's RTCP address: its a=rtcp, else RTP port + 1 of where we send RTP; None without one
+        (the RTP source guard decides who that is: nothing goes to a source that has not qualified)."""
+        target = self.guard.target
+        if target is None:
+            return None
+        if self._sdp_rtcp is not None and target == self._sdp_remote:
+            return self._sdp_rtcp
+        return target[0], target[1] + 1
+
     # -- sending ------------------------------------------------------------------------------
     def _sendto(self, data: bytes) -> bool:
         """Send one packet; False when it was not sent (held, no far end). The caller advances the
@@ -249,12 +296,13 @@ class RtpLeg(asyncio.DatagramProtocol):
         self.bytes_out += len(data)
         return True
 
-    def send_rtcp(self, data: bytes) -> None:
-        """Send one RTCP compound packet on the RTP socket (rtcp-mux style), as SRTCP when encrypted."""
-        remote = self.remote
-        if self.transport is None or remote is None:
-            return
-        self.transport.sendto(self.srtp.protect_rtcp(data) if self.srtp is not None else data, remote)
+    def protect_rtcp(self, data: bytes) -> bytes:
+        """RTCP as it goes on the wire: SRTCP when the leg is encrypted (sip_rtcp.RtcpSession sends it)."""
+        return self.srtp.protect_rtcp(data) if self.srtp is not None else data
+
+    def unprotect_rtcp(self, data: bytes) -> bytes | None:
+        """RTCP from the RTCP socket in clear; None when it fails SRTCP authentication or replay checks."""
+        return self.srtp.unprotect_rtcp(data) if self.srtp is not None else data
 
     def send_audio(self, payload: bytes, source_ts: int | None = None, samples: int | None = None) -> None:
         """Send one audio payload.
@@ -291,7 +339,9 @@ class RtpLeg(asyncio.DatagramProtocol):
         # the marker starts a talkspurt: first packet, after DTMF, after a silence (RFC 3551 4.1)
         marker = self._marker or gap > 2 * self.ptime
         self._ts = ts
-        self._pending_samples = samples if samples is not None else len(payload)
+        if samples is None:  # G.711/G.722: one byte per 8 kHz tick; otherwise (Opus) one ptime of the clock
+            samples = len(payload) if self.clock_rate == 8000 else self.clock_rate * self.ptime // 1000
+        self._pending_samples = samples
         self._last_send = now
         self._marker = False
         if self._sendto(build_rtp(self.payload_type, marker, self._seq, ts, self.ssrc, payload)):
@@ -354,6 +404,8 @@ class RtpLeg(asyncio.DatagramProtocol):
             task.cancel()
         if self._dtmf_tasks:
             await asyncio.gather(*self._dtmf_tasks, return_exceptions=True)
+        if self.rtcp is not None:
+            await self.rtcp.close()  # its BYE may leave through the RTP socket: close that after
         if self.transport is not None:
             # the socket is only closed on a later loop iteration: wait so the port is really free
             self.transport.close()

@@ -37,6 +37,8 @@ class MediaSettings:
     rtp_latch_packets: int = 4
     srtp: str = "off"
     """SDES-SRTP on the SIP leg: "off" | "optional" | "required" (bridge/sip/sdp_crypto.py)."""
+    rtcp_interval_s: float = 5.0
+    """RTCP reports on the SIP leg (sip_rtcp.py): RFC 3550's minimum interval (randomized 0.5-1.5x); 0 = none."""
     ice_timeout_s: float = 30.0
     """After start(), report "ice_timeout" if WebRTC is not connected by then (aioice itself
     needs about 64 s of STUN retransmissions to declare a dead peer failed)."""

@@ -17,6 +17,7 @@ from bridge.sip.message import Headers, Request, Response
 from bridge.sip.prack import ReliableIn, is_reliable
 from bridge.sip.session_refresher import SessionRefresher
 from bridge.sip.session_timer import min_se, session_expires
+from bridge.sip.targets import FAILOVER_STATUS, Target
 from bridge.sip.transport import Address
 from bridge.sip.uri import SipUri
 
@@ -53,6 +54,8 @@ class ClientInvite:
         self._cancel_requested = False
         self._cancel_sent = False
         self._reliable = ReliableIn()  # RFC 3262: reliable 18x taken and PRACKed once each
+        self._targets: list[Target] = []  # RFC 3263 targets not tried yet (UserAgent.locate)
+        self._locating: asyncio.Task[None] | None = None
         self.log = call_log(logger, self.call_id)
 
     @property
@@ -66,7 +69,51 @@ class ClientInvite:
 
     def start(self) -> None:
         self._ua._add_client_invite(self)
+        if not self._ua.needs_location(self.request):
+            self._send()  # an IP or an explicit port: sent at once, as always
+            return
+        self._locating = self._ua.transactions.spawn(self._locate_and_send(), "locate INVITE target")
+
+    async def _locate_and_send(self) -> None:
+        """RFC 3263: look the next hop up first when it is a domain (else send as built)."""
+        try:
+            self._targets = await self._ua.locate(self.request)
+        except Exception as exc:  # a DNS library error must still end the call attempt
+            self.log.exception("locating the INVITE's next hop failed")
+            self._on_error(SipTransportError(f"cannot locate next hop: {exc}"))
+            return
+        if self._cancel_requested:
+            self._on_error(SipTransportError("cancelled before the INVITE was sent"))
+            return
+        if self._targets:
+            self._use_next_target()
         self._send()
+
+    def _use_next_target(self) -> None:
+        target = self._targets.pop(0)
+        self.request = self._ua.retarget(self.request, target, contact=True)
+        self._transport, self._addr = target.transport, (target.host, target.port)
+        self._ua.remember_sent_invite(self.call_id, self.local_tag, destination=self.next_hop)
+
+    def _fail_over(self, why: str) -> bool:
+        """Try the next RFC 3263 target (4.3) unless the call is past that point; True if it did."""
+        if not self._targets or self._cancel_requested or self.dialog is not None:
+            return False
+        self.log.info("INVITE to %s:%s:%d %s: trying the next target", self._transport, self._addr[0],
+                      self._addr[1], why)
+        if self._ua.locator is not None:
+            self._ua.locator.note_failure(self._transport, self._addr[0], self._addr[1])
+        for dialog in list(self.early_dialogs.values()):
+            dialog.terminate("failover")
+        self.early_dialogs.clear()
+        self._progress.clear()  # a CANCEL waits for a provisional of the new transaction
+        old = self.request
+        headers = old.headers.copy()
+        headers.set("CSeq", f"{old.cseq[0] + 1} INVITE")
+        self.request = Request("INVITE", old.uri, headers, old.body)
+        self._use_next_target()
+        self._send()
+        return True
 
     def _send(self) -> None:
         self._tx = self._ua.transactions.send_request(self.request, self._transport, self._addr,
@@ -74,6 +121,8 @@ class ClientInvite:
 
     # ----------------------------------------------------------------- responses
     def _on_error(self, exc: Exception) -> None:
+        if isinstance(exc, SipTimeout | SipTransportError) and self._fail_over(f"failed ({exc})"):
+            return
         self.log.info("INVITE failed: %s", exc)
         self._progress.set()
         for dialog in list(self.early_dialogs.values()):
@@ -113,6 +162,8 @@ class ClientInvite:
         if status in (401, 407) and self._retry_with_auth(resp):
             return
         if status == 422 and self._retry_with_min_se(resp):
+            return
+        if status == FAILOVER_STATUS and self._fail_over("answered 503"):
             return
         for dialog in list(self.early_dialogs.values()):
             dialog.terminate(f"rejected_{status}")

@@ -422,6 +422,10 @@ def build_offer(
     if telephone_event_pt is not None:
         formats.append(str(telephone_event_pt))
         attrs += [("rtpmap", f"{telephone_event_pt} telephone-event/8000"), ("fmtp", f"{telephone_event_pt} 0-16")]
+        if any(c.clock_rate == 48000 for c in codecs):  # RFC 4733: events on the clock of the codec (Opus)
+            pt48 = next(pt for pt in (110, 102, 103, 104, 105) if pt not in payload_types)
+            formats.append(str(pt48))
+            attrs += [("rtpmap", f"{pt48} telephone-event/48000"), ("fmtp", f"{pt48} 0-16")]
     attrs += [("ptime", str(ptime)), (direction, None)]
     sid = _new_session_id() if session_id is None else session_id
     return SessionDescription(
@@ -441,6 +445,7 @@ class Negotiated:
     direction: str  # OUR direction: "sendrecv" | "sendonly" | "recvonly" | "inactive"
     ptime: int
     media_index: int = 0  # which m= line carries the call's audio
+    remote_rtcp: tuple[str, int] | None = None  # the far end's a=rtcp (RFC 3605); None: its RTP port + 1
 
     @property
     def on_hold(self) -> bool:
@@ -460,6 +465,18 @@ def _direction_of(send: bool, recv: bool) -> str:
 
 def _is_hold_address(address: str | None) -> bool:
     return address in ("0.0.0.0", "::")
+
+
+def rtcp_address(media: MediaDescription, rtp_address: str) -> tuple[str, int] | None:
+    """RFC 3605 a=rtcp:port [IN IP4 address]; None when absent or malformed."""
+    value = media.attribute("rtcp")
+    if not value:
+        return None
+    parts = value.split()
+    if not parts[0].isdigit() or not 0 < int(parts[0]) < 65536:
+        return None
+    address = parts[3] if len(parts) >= 4 and parts[1] == "IN" else rtp_address
+    return address, int(parts[0])
 
 
 def _is_event(codec: Codec) -> bool:
@@ -518,6 +535,7 @@ def negotiate_answer(
             direction=our_direction,
             ptime=ptime,
             media_index=index,
+            remote_rtcp=rtcp_address(media, remote),
         )
     if negotiated is None:
         raise SdpError("no acceptable audio stream in the offer")
@@ -559,5 +577,6 @@ def read_answer(offer: SessionDescription, answer: SessionDescription) -> Negoti
             direction=_direction_of(we_send and they_recv, we_recv and they_send),
             ptime=theirs.ptime or ours.ptime or DEFAULT_PTIME,
             media_index=index,
+            remote_rtcp=rtcp_address(theirs, remote),
         )
     raise SdpError("the answer accepted no audio stream")

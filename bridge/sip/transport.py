@@ -323,6 +323,11 @@ class TransportLayer:
         port = self.settings.advertised_port or lst.bound[1]
         return host, port
 
+    def can_send_udp(self, host: str) -> bool:
+        """A UDP listener of `host`'s address family exists (an IPv6 target needs an IPv6 socket)."""
+        want6 = is_ipv6(host)
+        return any(lst.udp is not None and is_ipv6(lst.bound[0]) == want6 for lst in self._listeners)
+
     def has_transport(self, transport: str) -> bool:
         return any(lst.config.transport == transport for lst in self._listeners)
 

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from bridge.sip.client import ClientInvite
 from bridge.sip.dialog import Dialog, DialogId
 from bridge.sip.digest import Credentials, build_authorization, parse_challenge
-from bridge.sip.errors import SipTransportError
+from bridge.sip.errors import SipTimeout, SipTransportError
 from bridge.sip.extensions import invite_headers, screen
 from bridge.sip.ids import new_branch, new_call_id, new_tag
 from bridge.sip.logs import LogBudget, RateLimitedLog, call_log, printable
@@ -29,6 +29,7 @@ from bridge.sip.message import Headers, NameAddr, Request, Response, SipParseErr
 from bridge.sip.server import ALLOW, ServerInvite, ServerRequest
 from bridge.sip.server_transaction import InviteServerTransaction, NonInviteServerTransaction, ServerTransaction
 from bridge.sip.settings import SipSettings
+from bridge.sip.targets import FAILOVER_STATUS, Target, TargetLocator, next_hop_uri
 from bridge.sip.transaction import TransactionLayer
 from bridge.sip.transport import (
     Address,
@@ -79,6 +80,8 @@ class UserAgent:
         # dialogs a previous process left and crash recovery hung up: the peer's own BYE still gets 200
         self._reaped: OrderedDict[DialogId, None] = OrderedDict()
         self._running = False
+        # RFC 3263 (targets.py): set by the application for a trunk named by domain; None = A/AAAA only
+        self.locator: TargetLocator | None = None
 
     # ----------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -204,7 +207,75 @@ class UserAgent:
         """Run a non-INVITE client transaction, answering 401/407 once per challenge.
 
         Returns the final response and the request as last sent (its CSeq is the one to continue from).
+        A next hop named by domain is located by RFC 3263: timeouts, transport errors and 503 move on to
+        the next target.
         """
+        targets = await self.locate(request) if self.needs_location(request) else []
+        if not targets:
+            return await self._send_request_to(request, transport, addr, credentials)
+        for index, target in enumerate(targets):
+            request = self.retarget(request, target)
+            last = index == len(targets) - 1
+            try:
+                response, request = await self._send_request_to(request, target.transport,
+                                                                (target.host, target.port), credentials)
+            except (SipTimeout, SipTransportError) as exc:
+                if self.locator is not None:
+                    self.locator.note_failure(target.transport, target.host, target.port)
+                if last:
+                    raise
+                logger.info("%s to %s:%s:%d failed (%s): trying the next target", request.method,
+                            target.transport, target.host, target.port, exc)
+                continue
+            if response.status != FAILOVER_STATUS or last:
+                return response, request
+            if self.locator is not None:
+                self.locator.note_failure(target.transport, target.host, target.port)
+            logger.info("%s to %s:%s:%d answered 503: trying the next target", request.method,
+                        target.transport, target.host, target.port)
+            request = self._next_cseq(request)
+        raise AssertionError("unreachable")
+
+    def needs_location(self, request: Request) -> bool:
+        """The request's next hop is a domain without a port, to be located by RFC 3263 (locate())."""
+        if self.locator is None:
+            return False
+        return self.locator.applies(next_hop_uri(request.uri, request.headers.get_all("Route")))
+
+    async def locate(self, request: Request) -> list[Target]:
+        """RFC 3263 targets of an out-of-dialog request's next hop; empty when no look-up applies."""
+        if self.locator is None or not self.needs_location(request):
+            return []
+        uri = next_hop_uri(request.uri, request.headers.get_all("Route"))
+        targets = await self.locator.locate(uri)
+        for target in targets:  # the trunk's other servers are the trunk too (trust.py)
+            self.transport.trust.note_resolved(uri.host, target.host)
+        return [t for t in targets if t.transport != "udp" or self.transport.can_send_udp(t.host)]
+
+    def retarget(self, request: Request, target: Target, *, contact: bool = False) -> Request:
+        """The request for another target: a new Via (transport, branch), so a new transaction (4.3).
+        `contact`: also rebuild our plain Contact (an INVITE's, build_request's) for the target's transport."""
+        headers = request.headers.copy()
+        headers.set("Via", self.via(target.transport, target.host, new_branch()))
+        old_contact = request.headers.get("Contact") if contact else None
+        if old_contact is not None:  # NAPTR may have picked another transport than the URI's: say ours for it
+            try:
+                ours = NameAddr.parse(old_contact).uri
+            except ValueError:
+                ours = None
+            if ours is not None:
+                headers.set("Contact", self.contact(target.transport, target.host, ours.user,
+                                                    secure=ours.scheme == "sips"))
+        return Request(request.method, request.uri, headers, request.body)
+
+    @staticmethod
+    def _next_cseq(request: Request) -> Request:
+        headers = request.headers.copy()
+        headers.set("CSeq", f"{request.cseq[0] + 1} {request.method}")
+        return Request(request.method, request.uri, headers, request.body)
+
+    async def _send_request_to(self, request: Request, transport: str, addr: Address,
+                               credentials: Credentials | None) -> tuple[Response, Request]:
         used_nonces: set[str] = set()
         answered: set[int] = set()  # 401 / 407 already answered with credentials
         while True:

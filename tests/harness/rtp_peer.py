@@ -79,6 +79,7 @@ class RtpPeer(asyncio.DatagramProtocol):
     received_payload_types: dict[int, int] = field(default_factory=dict)
     dtmf_events: list[int] = field(default_factory=list)
     sent: int = 0
+    ssrc: int = 0  # of the stream it sends (set when sending starts)
     received_seqs: list[int] = field(default_factory=list)  # RTP sequence numbers as they arrived
     remote: tuple[str, int] | None = None
     transport: asyncio.DatagramTransport | None = None
@@ -139,7 +140,7 @@ class RtpPeer(asyncio.DatagramProtocol):
     async def _send_loop(self, seconds: float) -> None:
         await self._first.wait()
         frames = pcmu_tone(self.tone_hz, 50)
-        ssrc = random.getrandbits(32)
+        ssrc = self.ssrc = random.getrandbits(32)
         seq = random.getrandbits(16)
         ts = random.getrandbits(32)
         loop = asyncio.get_running_loop()

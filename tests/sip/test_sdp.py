@@ -174,9 +174,11 @@ def test_build_offer_lists_codecs_events_ptime_and_direction() -> None:
     offer = build_offer("192.0.2.5", 30000, [PCMU, PCMA, OPUS], ptime=20, session_id=42, version=3)
     text = offer.serialize()
     assert text.startswith("v=0\r\no=- 42 3 IN IP4 192.0.2.5\r\ns=-\r\nc=IN IP4 192.0.2.5\r\nt=0 0\r\n")
-    assert "m=audio 30000 RTP/AVP 0 8 111 101\r\n" in text
+    assert "m=audio 30000 RTP/AVP 0 8 111 101 110\r\n" in text
     assert "a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n" in text
     assert "a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n" in text
+    # Opus offered: RFC 4733 events on its 48 kHz clock too
+    assert "a=rtpmap:110 telephone-event/48000\r\na=fmtp:110 0-16\r\n" in text
     assert text.endswith("a=ptime:20\r\na=sendrecv\r\n")
     assert SessionDescription.parse(text) == offer
 
