@@ -208,6 +208,7 @@ class TransportLayer:
         self._resolved: OrderedDict[str, tuple[str, float]] = OrderedDict()  # name -> (address, expiry)
         self._server_ssl: ssl.SSLContext | None = None
         self._client_ssl: ssl.SSLContext | None = None
+        self._tls_names: dict[Address, str] = {}  # RFC 3263 target address -> the domain its certificate names
         self.trust = TrustPolicy(settings.trusted_hosts)
         self._admission = Admission(settings.max_connections, settings.max_connections_per_source,
                                     exempt=self.trust.is_trusted)
@@ -435,8 +436,16 @@ class TransportLayer:
             return True
         return False
 
+    def expect_tls_name(self, addr: Address, name: str) -> None:
+        """A TLS connection to ``addr`` (an RFC 3263 target found for domain ``name``) must present a
+        certificate for ``name`` (RFC 5922 4.1), not for the address. Bounded: only config names get here."""
+        if len(self._tls_names) >= 1024:
+            self._tls_names.clear()
+        self._tls_names[(strip_brackets(addr[0]), addr[1])] = name
+
     async def _get_connection(self, transport: str, addr: Address) -> StreamConnection:
-        server_name = addr[0]  # what a TLS certificate must name (RFC 5922: the URI's host, not its address)
+        # what a TLS certificate must name (RFC 5922: the URI's host, not its address)
+        server_name = self._tls_names.get((strip_brackets(addr[0]), addr[1]), addr[0])
         if not is_ip_literal(addr[0]):
             addr = (await self.resolve(addr[0]), addr[1])
         key = (transport, addr)

@@ -250,6 +250,8 @@ class UserAgent:
         targets = await self.locator.locate(uri)
         for target in targets:  # the trunk's other servers are the trunk too (trust.py)
             self.transport.trust.note_resolved(uri.host, target.host)
+            if target.transport == "tls":  # RFC 5922 4.1: its certificate must name the domain we looked up
+                self.transport.expect_tls_name((target.host, target.port), uri.host)
         return [t for t in targets if t.transport != "udp" or self.transport.can_send_udp(t.host)]
 
     def retarget(self, request: Request, target: Target, *, contact: bool = False) -> Request:

@@ -286,3 +286,40 @@ async def test_naptr_choosing_tcp_sends_the_invite_over_tcp_with_a_tcp_contact(t
             await call.dialog.bye()
         finally:
             await dns.stop()
+
+
+@pytest.mark.parametrize("cert_name,expected", [("provider.example", 200), ("other.example", "refused")])
+async def test_sips_srv_target_must_present_a_certificate_for_the_domain_looked_up(
+        tmp_path: Path, cert_name: str, expected: int | str) -> None:
+    """RFC 5922 4.1: the certificate of a target found by SRV names the domain of the URI (not the SRV target's
+    name nor its address: this leaf has neither as a SAN)."""
+    from bridge.sip.errors import SipTransportError
+    from tests.harness.tls_certs import TestCa
+
+    ca = TestCa(tmp_path)
+    leaf = ca.leaf(cert_name)
+
+    async def on_invite(inv: ServerInvite) -> None:
+        await inv.respond(200, body=SDP_ANSWER, headers=[("Content-Type", "application/sdp")])
+
+    async with running_ua(fast_settings("tls", tls_certfile=leaf.cert, tls_keyfile=leaf.key),
+                          on_invite=on_invite) as live, \
+            running_ua(fast_settings("udp", tls_cafile=ca.cert)) as client:
+        dns = await Dnsmasq(tmp_path / "dns", [
+            f"srv-host=_sips._tcp.provider.example,live.provider.example,{live.bound_address('tls')[1]},10,100",
+            "host-record=live.provider.example,127.0.0.1",
+        ]).start()
+        try:
+            client.locator = _locator(dns)
+            call = client.invite("sips:+15551234567@provider.example", from_uri="sip:bridge@bridge.example",
+                                 outbound_proxy="sips:provider.example", sdp=SDP_OFFER)
+            if expected == 200:
+                final = await asyncio.wait_for(call.wait_final(), 10)
+                assert final.status == 200 and call.next_hop[0] == "tls"
+                assert call.dialog is not None
+                await call.dialog.bye()
+            else:
+                with pytest.raises(SipTransportError, match="certificate of provider.example refused"):
+                    await asyncio.wait_for(call.wait_final(), 10)
+        finally:
+            await dns.stop()
