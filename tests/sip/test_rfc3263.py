@@ -319,7 +319,7 @@ async def test_sips_srv_target_must_present_a_certificate_for_the_domain_looked_
                 assert call.dialog is not None
                 await call.dialog.bye()
             else:
-                with pytest.raises(SipTransportError, match="certificate of provider.example refused"):
+                with pytest.raises(SipTransportError, match=r"certificate of provider\.example refused"):
                     await asyncio.wait_for(call.wait_final(), 10)
         finally:
             await dns.stop()
