@@ -153,6 +153,14 @@ async def test_the_provisioning_api_logs_in_and_out_like_the_bot(
     assert status == 200 and who["logins"][0]["state"]["state_event"] == "CONNECTED"
     assert who["logins"][0]["sip"]["expires_at"] > 0
 
+    # unregister removes the binding but keeps the account; register brings the binding back
+    status, body = await provision(e2e, "POST", "/unregister/all", alice.access_token)
+    assert status == 200 and body["sip"]["state"] == "unregistered"
+    assert set(await kamailio.location()) == {"bob"} and bridge.accounts.status("@alice:bridge.test") is not None
+    status, body = await provision(e2e, "POST", "/register/sip:alice@acc.test", alice.access_token)
+    assert status == 200 and body["state"]["state_event"] == "CONNECTED"
+    assert set(await kamailio.location()) == {"alice", "bob"}
+
     status, _ = await provision(e2e, "POST", "/logout/all", alice.access_token)
     assert status == 200 and bridge.accounts.status("@alice:bridge.test") is None
     assert set(await kamailio.location()) == {"bob"}
