@@ -151,7 +151,8 @@ class AccountManager:
             account = _Account(record, request.password)
             registration = self._registration(account)
             try:
-                await asyncio.wait_for(registration.start(), self.settings.login_timeout_s)
+                # no retry: a refused login is answered now, not retried in the background
+                await asyncio.wait_for(registration.start(retry=False), self.settings.login_timeout_s)
             except TimeoutError:
                 registration.last_error = "timeout"
             except Exception:
