@@ -83,3 +83,34 @@ def test_config_keys_parse_and_reject_mistakes() -> None:
         with pytest.raises(ConfigError) as err:
             parse_config(bad)
         assert err.value.key == key
+
+
+def test_check_anyone_refuses_only_what_no_user_may_dial() -> None:
+    """For /thirdparty look-ups (no user named): a number resolves if some user or level may dial it."""
+    p = perms()
+    assert p.check_anyone("442071234567") is None  # blocked for users, but admins may
+    assert p.check_anyone("15551234567") is None
+    strict = perms({"*": DialPermissionRule(blocked=("^44",)), "@bob:x": DialPermissionRule(allowed=("^1555",))})
+    assert strict.check_anyone("442071234567") == "+442071234567 is blocked by your dial permissions"
+    assert strict.check_anyone("16175550100") is None  # bob may not, everybody else may
+    unblocked = perms({"*": DialPermissionRule(blocked=("^44",)), "@eve:x": DialPermissionRule(blocked=())})
+    assert unblocked.check_anyone("442071234567") is None  # eve may
+
+
+def test_thirdparty_lookup_applies_dial_permissions_that_hold_for_everybody() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from bridge.matrix.ghosts import Ghosts
+    from bridge.matrix.thirdparty import ThirdParty
+
+    data = yaml.safe_load((Path(__file__).resolve().parents[2] / "bridge" / "example-config.yaml").read_text())
+    data["homeserver"]["domain"] = "x"
+    data["bridge"]["dial_permissions"] = {"*": {"blocked": ["^44"]}, "admin": {"blocked": []}}
+    tp = ThirdParty(parse_config(data), Ghosts(None, parse_config(data), None))  # type: ignore[arg-type]
+    assert tp.lookup("m.protocol.pstn", "+44 20 7946 0000") != []  # admins may dial it
+    data["bridge"]["dial_permissions"] = {"*": {"blocked": ["^44"]}}
+    tp = ThirdParty(parse_config(data), Ghosts(None, parse_config(data), None))  # type: ignore[arg-type]
+    assert tp.lookup("m.protocol.pstn", "+44 20 7946 0000") == []  # nobody may
+    assert tp.lookup("m.protocol.pstn", "+1 555 123 4567")[0]["fields"] == {"m.id.phone": "+15551234567"}
