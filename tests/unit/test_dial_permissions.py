@@ -75,11 +75,13 @@ def test_config_keys_parse_and_reject_mistakes() -> None:
     key = generate_key()
     keyed = parse_config(base(accounts={"encryption_key": key, "previous_keys": [generate_key()]}))
     assert keyed.bridge.accounts.key_configured and key not in repr(keyed.bridge.accounts)
+    assert parse_config(base(accounts={"register_expires": 5})).bridge.accounts.register_expires == 5  # tests
     for bad, key in [(base(dial_permissions={"users": {}}), "bridge.dial_permissions.users"),
                      (base(dial_permissions={"user": {"blocked": ["("]}}), "bridge.dial_permissions.user.blocked[0]"),
                      (base(dial_permissions={"user": {"limit": 1}}), "bridge.dial_permissions.user.limit"),
                      (base(accounts={"shared_trunk": "everyone"}), "bridge.accounts.shared_trunk"),
-                     (base(accounts={"encryption_key": "short"}), "bridge.accounts.encryption_key")]:
+                     (base(accounts={"encryption_key": "short"}), "bridge.accounts.encryption_key"),
+                     (base(accounts={"register_expires": 4}), "bridge.accounts.register_expires")]:
         with pytest.raises(ConfigError) as err:
             parse_config(bad)
         assert err.value.key == key
