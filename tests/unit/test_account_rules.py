@@ -189,3 +189,12 @@ async def test_a_refused_login_is_not_retried_and_the_log_does_not_say_it_is(cap
     assert refuser.requests == 1
     failed = [r.getMessage() for r in caplog.records if "registration of" in r.getMessage()]
     assert failed and all("retrying in" not in m for m in failed), failed
+
+
+async def test_listens_on_tells_whether_an_accounts_transport_has_a_listener() -> None:
+    from tests.harness.sip_ua import fast_settings, running_ua
+
+    async with running_ua(fast_settings("udp", "tcp")) as ua:
+        acc = AccountManager(ua_ref=lambda: ua, store=MemoryStore(), cipher=None, settings=AccountSettings(),
+                             shared_trunk=SHARED, dialplan=DialplanConfig(), permission_level=lambda m: "user")
+        assert acc.listens_on("udp") and acc.listens_on("tcp") and not acc.listens_on("tls")
