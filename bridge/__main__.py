@@ -73,6 +73,12 @@ def generate_registration(config_path: Path, registration_path: Path) -> None:
     as_token, hs_token = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
     registration = build_registration(config, as_token, hs_token)
     new_text = replace_tokens(config_path.read_text(encoding="utf-8"), as_token, hs_token)
+    upgraded = upgrade_text(new_text, name=str(config_path))
+    old_file = upgraded.changed and not isinstance((yaml.safe_load(new_text) or {}).get("provisioning"), dict)
+    if old_file:
+        # a file older than the provisioning API: write the upgrade now (as a start would, keeping a .bak) so the
+        # block exists and gets its secret (and the accounts block its key) in this same run
+        new_text = upgraded.text
     new_text = replace_provisioning_secret(new_text, secrets.token_urlsafe(32))  # only if still a placeholder
     # Re-validate the rewritten text before touching any file, so a failed rewrite leaves both files as they were.
     # (Through the in-memory upgrade, as load_config does: an old file with a renamed key is valid.)
@@ -80,7 +86,12 @@ def generate_registration(config_path: Path, registration_path: Path) -> None:
     if (updated.appservice.as_token, updated.appservice.hs_token) != (as_token, hs_token):
         raise ConfigError("appservice", "could not rewrite the token lines; set as_token/hs_token by hand")
     registration_path.write_text(yaml.safe_dump(registration, sort_keys=False), encoding="utf-8")
-    config_path.write_text(new_text, encoding="utf-8")
+    if old_file:
+        from bridge.config_upgrade import write_upgrade
+
+        write_upgrade(config_path, Upgrade(data=None, text=new_text))
+    else:
+        config_path.write_text(new_text, encoding="utf-8")
 
 
 _ACCOUNT_KEY_RE = re.compile(r'^(\s+encryption_key\s*:\s*)(["\']?)(generate|changeme|CHANGE_ME|)\2([ \t]*(?:#.*)?)$',

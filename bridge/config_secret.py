@@ -13,8 +13,7 @@ _KEY_RE = re.compile(r"^(\s+)shared_secret(\s*:\s*)([^#\n]*?)(\s*#.*)?(\r?\n)?$"
 
 def replace_provisioning_secret(text: str, secret: str) -> str:
     """The text with the placeholder secret replaced; unchanged if the admin already set a real one, and unchanged
-    for a file without the ``provisioning`` block (older versions: -g leaves the upgrade to the next start, which
-    adds the block with the placeholder; set a secret there by hand to use one)."""
+    for a file without the ``provisioning`` block (``-g`` upgrades such an older file first, see __main__)."""
     lines = text.splitlines(keepends=True)
     start = next((i for i, ln in enumerate(lines) if _BLOCK_RE.match(ln)), None)
     if start is None:

@@ -17,7 +17,8 @@ So a key added to example-config.yaml later is picked up without code changes he
 one line in :data:`RENAMES`.
 
 The upgraded data always feeds validation (``load_config``), so ``--check-config`` and ``-g`` accept an old file.
-Only a start writes it back (:func:`write_upgrade`), atomically (temporary file in the same directory, then
+Only a start writes it back (:func:`write_upgrade`; ``-g`` too, for a file without the ``provisioning`` block, so it
+can fill that block's secret), atomically (temporary file in the same directory, then
 rename, keeping the file's mode), and only when something changed; the previous text is kept as ``<file>.bak``.
 Values from ``MATRIX_SIP_BRIDGE_*`` variables are applied after this step, so they are never written to the file.
 """

@@ -41,6 +41,8 @@ command -v sipp >/dev/null 2>&1 || apt_missing+=(sip-tester)
 command -v tcpdump >/dev/null 2>&1 || [ -x /usr/bin/tcpdump ] || apt_missing+=(tcpdump)
 command -v kamailio >/dev/null 2>&1 || [ -x /usr/sbin/kamailio ] || apt_missing+=(kamailio)
 command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || apt_missing+=(dnsmasq-base)  # tests: a local DNS server (RFC 3263)
+# per-user SIP accounts over TLS: Kamailio's TLS listener (tls.so is packaged apart from kamailio)
+compgen -G "/usr/lib/*/kamailio/modules/tls.so" >/dev/null || apt_missing+=(kamailio-tls-modules)
 # PostgreSQL server binaries: the database tests run every table on a throwaway cluster as well as SQLite.
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || apt_missing+=(postgresql)
 PY=$(pick_python || true)
@@ -72,7 +74,7 @@ if [ ${#apt_missing[@]} -gt 0 ]; then
     fi
     PY=$(pick_python || true)
 else
-    say "system packages present: sipp, kamailio, postgresql, python venv"
+    say "system packages present: sipp, kamailio (+ tls module), postgresql, python venv"
 fi
 if [ -z "$PY" ]; then
     say "ERROR: no Python 3.11 or 3.12 found (set PYTHON=/path/to/python3.11)"

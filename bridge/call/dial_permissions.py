@@ -67,6 +67,17 @@ class DialPermissions:
             return f"+{number} is not allowed by {whose}"
         return None
 
+    def check_anyone(self, number: str) -> str | None:
+        """None if at least one user of the bridge (any listed user ID, or anyone else, at level user or admin) may
+        dial ``number``; else the reason a plain user gets. For look-ups that do not say who asks (/thirdparty)."""
+        reason = self.check("", "user", number)
+        if reason is None:
+            return None
+        who = ["", *(k for k in self._rules if k.startswith("@"))]
+        if any(self.check(mxid, level, number) is None for mxid in who for level in ("user", "admin")):
+            return None
+        return reason
+
     def concurrent_calls(self, mxid: str, level: str) -> int:
         return self.rule_for(mxid, level).concurrent_calls
 

@@ -151,7 +151,8 @@ class AccountManager:
             account = _Account(record, request.password)
             registration = self._registration(account)
             try:
-                await asyncio.wait_for(registration.start(), self.settings.login_timeout_s)
+                # no retry: a refused login is answered now, not retried in the background
+                await asyncio.wait_for(registration.start(retry=False), self.settings.login_timeout_s)
             except TimeoutError:
                 registration.last_error = "timeout"
             except Exception:
@@ -179,7 +180,16 @@ class AccountManager:
                 if old.registration is not None:
                     await old.registration.stop()  # the old account's binding goes; it is replaced
         log.info("SIP account %s logged in for %s", record.aor, request.mxid)
+        if not self.listens_on(record.transport):
+            log.warning("SIP account %s of %s uses %s but the bridge has no sip.listen entry for it: its Contact names "
+                        "another listener, so calls to the account may not reach the bridge", record.aor,
+                        request.mxid, record.transport)
         return self._status(account)
+
+    def listens_on(self, transport: str) -> bool:
+        """Whether the bridge has a listener for ``transport``: an account's Contact (where the registrar sends its
+        calls) names one; without it the Contact falls back to the UDP listener's address."""
+        return self._ua().transport.has_transport(transport)
 
     async def logout(self, mxid: str) -> bool:
         async with self._lock(mxid):

@@ -16,7 +16,7 @@ from mautrix.appservice import AppServiceAPI, IntentAPI
 from mautrix.errors import MatrixRequestError, MNotFound
 from mautrix.types import EventType, Membership, RoomCreatePreset, RoomID, UserID
 
-from bridge.call.dialplan import check_dial
+from bridge.call.dial_permissions import dial_permissions_for
 from bridge.config import Config
 from bridge.db.portal import Portal, PortalTable
 from bridge.matrix.ghosts import UNKNOWN_NUMBER, Ghosts
@@ -36,6 +36,7 @@ class Portals:
         self.table = table
         self.ghosts = ghosts
         self.permissions = permissions
+        self.dial_rules = dial_permissions_for(config)  # bridge.dial_permissions over the dial plan
         self._waiters: dict[tuple[str, str], list[asyncio.Future[bool]]] = defaultdict(list)
         self._pair_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self.outbox = Outbox(self.deliver)
@@ -136,7 +137,8 @@ class Portals:
             return NOT_ALLOWED
         if number == UNKNOWN_NUMBER:
             return "This user stands for withheld caller IDs and cannot be called"
-        reason = check_dial(number, self.config.dialplan)
+        # the inviter's own dial permissions (as for their calls and the bot's dial), else the dial plan
+        reason = self.dial_rules.check(inviter, self.permissions.level(inviter), number)
         if reason:
             return reason
         existing = await self.get(room_id)

@@ -6,6 +6,8 @@ web front ends to log users in to their own SIP accounts.
     POST v3/login/start/password                     -> {"login_id", "type": "user_input", "step_id", "user_input"}
     POST v3/login/step/{login_id}/{step_id}/user_input   {"uri", "password", ...} -> {"type": "complete", ...}
     POST v3/logout/{login_id}                        the login's ID (its SIP address) or "all"
+    POST v3/register/{login_id}                      re-enable and REGISTER now (the login's ID or "all")
+    POST v3/unregister/{login_id}                    remove the binding, keep the account (its calls still use it)
     GET  v3/logins                                   {"login_ids": [...]}
 
 Every request is authorized (provisioning_auth.py), then permission-checked (``user`` and above), then handed to
@@ -124,6 +126,8 @@ class ProvisioningAPI:
         app.router.add_post("/v3/login/start/{flow_id}", self._authed(self.start))
         app.router.add_post("/v3/login/step/{login_id}/{step_id}/{step_type}", self._authed(self.step))
         app.router.add_post("/v3/logout/{login_id}", self._authed(self.logout))
+        app.router.add_post("/v3/register/{login_id}", self._authed(self.register))
+        app.router.add_post("/v3/unregister/{login_id}", self._authed(self.unregister))
         app.router.add_get("/v3/logins", self._authed(self.logins))
         return app
 
@@ -285,6 +289,33 @@ class ProvisioningAPI:
         await service.logout(mxid)
         log.info("provisioning: %s logged out of %s", mxid, status.aor)
         return web.json_response({})
+
+    async def register(self, request: web.Request, mxid: str) -> web.Response:
+        """Like the bot's ``register``: 200 with the state it reached (``registered``, or ``failed`` with the
+        registrar's error; a failing registration keeps retrying in the background)."""
+        service, status = self._own_login(request, mxid)
+        try:
+            status = await service.register(mxid)
+        except KeyError:  # logged out meanwhile
+            raise ApiError(404, "M_NOT_FOUND", "No such login") from None
+        log.info("provisioning: %s registered %s: %s", mxid, status.aor, status.state)
+        return web.json_response({"state": login_state(status), "sip": status_json(status)})
+
+    async def unregister(self, request: web.Request, mxid: str) -> web.Response:
+        service, status = self._own_login(request, mxid)
+        try:
+            status = await service.unregister(mxid)
+        except KeyError:
+            raise ApiError(404, "M_NOT_FOUND", "No such login") from None
+        log.info("provisioning: %s unregistered %s", mxid, status.aor)
+        return web.json_response({"state": login_state(status), "sip": status_json(status)})
+
+    def _own_login(self, request: web.Request, mxid: str) -> tuple[AccountService, AccountStatus]:
+        service = self._service()
+        status = service.status(mxid)
+        if status is None or request.match_info["login_id"] not in ("all", status.aor):
+            raise ApiError(404, "M_NOT_FOUND", "No such login")
+        return service, status
 
     def _prune(self, now: float) -> None:
         for key in [k for k, v in self._logins.items() if v.expires_at <= now]:

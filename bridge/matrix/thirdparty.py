@@ -4,10 +4,12 @@ Element asks the homeserver for ``/thirdparty/protocols``; when ``m.protocol.pst
 is listed, it shows a dial pad and resolves a dialled number with ``/thirdparty/user/<protocol>?m.id.phone=...``,
 then opens a DM with the returned user. The homeserver forwards both to us (the registration lists the protocols).
 
-Permissions: the homeserver does not tell us which user is looking a number up, so no per-user permission can be
-applied here; any user of the homeserver can learn a number's ghost ID (which is derivable from the username
-template anyway). Dialling stays permission-checked: the ghost declines invites from users who may not use the
-bridge, and calls from them are refused. The dial plan is applied: a blocked or not allowed number gives [].
+Permissions: the homeserver does not tell us which user is looking a number up (Synapse forwards only the fields),
+so the user's own dial permissions cannot be applied here; any user of the homeserver can learn a number's ghost
+ID (which is derivable from the username template anyway). What is applied: the dial plan with
+bridge.dial_permissions, as far as they hold for everybody: a number no user of the bridge may dial gives [].
+Dialling stays checked per user: the ghost declines an invite from a user whose dial permissions refuse the
+number (portals.py), and their calls to it are refused.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import Any
 
 from aiohttp import web
 
-from bridge.call.dialplan import check_dial, normalize_number
+from bridge.call.dial_permissions import dial_permissions_for
+from bridge.call.dialplan import normalize_number
 from bridge.config import PSTN_PROTOCOLS, Config
 from bridge.matrix.ghosts import UNKNOWN_NUMBER, Ghosts
 
@@ -36,6 +39,7 @@ class ThirdParty:
     def __init__(self, config: Config, ghosts: Ghosts) -> None:
         self.config = config
         self.ghosts = ghosts
+        self.dial_rules = dial_permissions_for(config)
 
     def add_routes(self, app: web.Application) -> None:
         for prefix in PREFIXES:
@@ -67,11 +71,11 @@ class ThirdParty:
         return web.json_response(self.protocol())
 
     def lookup(self, protocol: str, raw: str) -> list[dict[str, Any]]:
-        """The ghost for a dialled number, or [] when it is not a number or the dial plan refuses it."""
+        """The ghost for a dialled number, or [] when it is not a number or no user of the bridge may dial it."""
         number = normalize_number(raw, self.config.dialplan)
         if number is None:
             return []
-        reason = check_dial(number, self.config.dialplan)
+        reason = self.dial_rules.check_anyone(number)
         if reason:
             log.info("thirdparty lookup of +%s: %s", number, reason)
             return []

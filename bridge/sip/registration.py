@@ -71,9 +71,12 @@ class Registration:
             except Exception:
                 self.log.exception("on_state callback failed")
 
-    async def start(self) -> None:
-        """Register once now (raises nothing; see `state`), then keep refreshing in the background."""
-        delay = await self._attempt()
+    async def start(self, *, retry: bool = True) -> None:
+        """Register once now (raises nothing; see `state`), then keep refreshing in the background.
+        ``retry=False`` (a login trying credentials): after a failed first attempt nothing more is sent."""
+        delay = await self._attempt(retry=retry)
+        if not retry and self.state != "registered":
+            return
         self._task = asyncio.get_running_loop().create_task(self._refresh_loop(delay), name="sip registration")
 
     async def stop(self, *, unregister: bool = True) -> None:
@@ -100,7 +103,7 @@ class Registration:
             await asyncio.sleep(delay)
             delay = await self._attempt()
 
-    async def _attempt(self) -> float:
+    async def _attempt(self, *, retry: bool = True) -> float:
         """One registration; returns how long to wait before the next one."""
         if self.state != "registered":
             self._set_state("registering")
@@ -114,7 +117,10 @@ class Registration:
             self._failures += 1
             backoff = min(self.retry_cap, self.retry_base * 2 ** (self._failures - 1))
             backoff *= random.uniform(0.8, 1.0)  # spread many bridges restarting at once
-            self.log.warning("registration of %s failed (%s); retrying in %.1f s", self.aor, exc, backoff)
+            if retry:
+                self.log.warning("registration of %s failed (%s); retrying in %.1f s", self.aor, exc, backoff)
+            else:
+                self.log.info("registration of %s failed (%s); not retrying", self.aor, exc)
             self._set_state("failed")
             return backoff
         self._failures = 0

@@ -61,7 +61,7 @@ class BotUser:
         event_id = await self.client.send_text(room, text)
         return event_id, await wait_new_notice(self.client, room, before)
 
-    async def login(self, kam: KamailioProcess, user: str, password: str) -> tuple[str, str]:
+    async def login(self, kam: KamailioProcess, user: str, password: str, transport: str = "udp") -> tuple[str, str]:
         """Run the conversation; returns (the password message's event ID, the bot's final answer)."""
         self.dm = await self.client.create_dm(BOT)
         await wait_notice(self.client, self.dm, "help")
@@ -74,7 +74,7 @@ class BotUser:
         password_event, _ = await self.say(self.room, password)
         await self.say(self.room, kam.uri)  # outbound proxy: acc.test does not resolve
         before = len(bot_notices(self.client, self.room))
-        await self.client.send_text(self.room, "udp")
+        await self.client.send_text(self.room, transport)
         await wait_new_notice(self.client, self.room, before)  # "Logging in…"
         final = await wait_new_notice(self.client, self.room, before + 1)
         return password_event, final
@@ -153,6 +153,14 @@ async def test_the_provisioning_api_logs_in_and_out_like_the_bot(
     assert status == 200 and who["logins"][0]["state"]["state_event"] == "CONNECTED"
     assert who["logins"][0]["sip"]["expires_at"] > 0
 
+    # unregister removes the binding but keeps the account; register brings the binding back
+    status, body = await provision(e2e, "POST", "/unregister/all", alice.access_token)
+    assert status == 200 and body["sip"]["state"] == "unregistered"
+    assert set(await kamailio.location()) == {"bob"} and bridge.accounts.status("@alice:bridge.test") is not None
+    status, body = await provision(e2e, "POST", "/register/sip:alice@acc.test", alice.access_token)
+    assert status == 200 and body["state"]["state_event"] == "CONNECTED"
+    assert set(await kamailio.location()) == {"alice", "bob"}
+
     status, _ = await provision(e2e, "POST", "/logout/all", alice.access_token)
     assert status == 200 and bridge.accounts.status("@alice:bridge.test") is None
     assert set(await kamailio.location()) == {"bob"}
@@ -184,3 +192,33 @@ async def test_registration_failure_and_recovery_are_told_in_the_management_room
     recovered = await wait_notice(alice.client, alice.room, "works again", timeout=40)
     assert "Registration: registered" in recovered
     assert set(await kamailio.location()) == {"alice"}
+
+
+async def test_registrar_outage_while_running_gives_one_failing_notice_and_one_recovery_notice(
+        e2e: E2E, kamailio: KamailioProcess, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="bridge.sip")
+
+    def short_binding(data: dict[str, Any]) -> None:
+        accounts_on(data)
+        data["bridge"]["accounts"]["register_expires"] = 5  # refreshed every 3 s (Kamailio's min_expires is 1)
+
+    await e2e.bridge(short_binding)
+    alice = BotUser(await e2e.client("alice"))
+    # TCP: with the registrar gone a refresh fails at once (connection refused), not after a 32 s UDP timeout
+    _, final = await alice.login(kamailio, "alice", PASSWORDS["alice"], "tcp")
+    assert final.startswith("Logged in as sip:alice@acc.test")
+
+    def failed_refreshes() -> int:
+        return sum("registration of sip:alice@acc.test failed" in r.getMessage() for r in caplog.records)
+
+    await kamailio.stop()
+    failing = await wait_notice(alice.client, alice.room, "is failing", timeout=15)
+    assert "sip:alice@acc.test" in failing and "Last error:" in failing
+    # the retry (about 5 s later) fails too: still one notice
+    await alice.client.wait_for(lambda: failed_refreshes() >= 2 or None, timeout=15, what="a second failed REGISTER")
+    await kamailio.start()
+    recovered = await wait_notice(alice.client, alice.room, "works again", timeout=20)
+    assert "Registration: registered" in recovered
+    assert set(await kamailio.location()) == {"alice"}
+    notices = bot_notices(alice.client, alice.room)
+    assert sum("is failing" in n for n in notices) == 1 and sum("works again" in n for n in notices) == 1

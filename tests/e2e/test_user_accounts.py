@@ -19,6 +19,7 @@ from tests.harness.bridge_stack import SERVER_NAME
 from tests.harness.kamailio import KamailioProcess
 from tests.harness.matrix_client import MatrixTestClient
 from tests.harness.sipp import SippProcess, free_port
+from tests.harness.tls_certs import TestCa
 
 pytestmark = pytest.mark.e2e
 
@@ -34,8 +35,15 @@ async def far_end_port() -> int:
 
 
 @pytest.fixture
-async def kamailio(tmp_path: Path, far_end_port: int) -> AsyncIterator[KamailioProcess]:
-    kam = KamailioProcess(tmp_path, relay_to=("127.0.0.1", far_end_port), accounts=PASSWORDS)
+def ca(tmp_path: Path) -> TestCa:
+    return TestCa(tmp_path)
+
+
+@pytest.fixture
+async def kamailio(tmp_path: Path, far_end_port: int, ca: TestCa) -> AsyncIterator[KamailioProcess]:
+    # with a TLS listener too (its certificate for "localhost", signed by the test CA the bridge trusts)
+    kam = KamailioProcess(tmp_path, relay_to=("127.0.0.1", far_end_port), accounts=PASSWORDS,
+                          tls=ca.leaf("localhost"))
     await kam.start()
     try:
         yield kam
@@ -43,20 +51,26 @@ async def kamailio(tmp_path: Path, far_end_port: int) -> AsyncIterator[KamailioP
         await kam.stop()
 
 
-def accounts_config(key: str, db: Path, **bridge: Any) -> Callable[[dict[str, Any]], None]:
+def accounts_config(key: str, db: Path, tls: TestCa | None = None, **bridge: Any) -> Callable[[dict[str, Any]], None]:
     def apply(data: dict[str, Any]) -> None:
         data["appservice"]["database"] = f"sqlite:{db}"  # the same file across the restart
         # nobody may use the shared trunk: a call without an account must be refused
         data["bridge"]["accounts"] = {"encryption_key": key, "shared_trunk": "none", "register_expires": 60}
         data["bridge"].update(bridge)
         data["sip"]["listen"].append({"transport": "tcp", "host": "127.0.0.1", "port": 0})  # bob's account uses TCP
+        if tls is not None:
+            # a TLS listener (the Contact a TLS account registers) and the CA that signed Kamailio's certificate
+            leaf = tls.leaf("127.0.0.1")
+            data["sip"]["listen"].append({"transport": "tls", "host": "127.0.0.1", "port": 0})
+            data["sip"].update(tls_cert=leaf.cert, tls_key=leaf.key, tls_ca=tls.cert)
 
     return apply
 
 
-def login(kam: KamailioProcess, mxid: str, user: str, password: str) -> LoginRequest:
-    return LoginRequest(mxid=mxid, uri=f"sip:{user}@acc.test", password=password, outbound_proxy=kam.uri,
-                        transport="tcp" if user == "bob" else None)
+def login(kam: KamailioProcess, mxid: str, user: str, password: str, transport: str | None = None) -> LoginRequest:
+    proxy = kam.tls_uri() if transport == "tls" else kam.uri
+    return LoginRequest(mxid=mxid, uri=f"sip:{user}@acc.test", password=password, outbound_proxy=proxy,
+                        transport=transport or ("tcp" if user == "bob" else None))
 
 
 async def portal_room(client: MatrixTestClient) -> str:
@@ -176,6 +190,46 @@ async def test_accounts_register_call_out_and_in_with_their_own_identity(
         assert password not in text
     stored = b"".join(p.read_bytes() for p in db.parent.glob(db.name + "*"))
     assert stored and all(p.encode() not in stored for p in PASSWORDS.values())
+
+
+async def test_an_account_over_tls_registers_calls_out_and_is_rung_through_kamailio(
+    e2e: E2E, kamailio: KamailioProcess, far_end_port: int, ca: TestCa
+) -> None:
+    bridge = await e2e.bridge(accounts_config(generate_key(), e2e.tmp / "accounts.db", tls=ca))
+    status = await bridge.accounts.login(login(kamailio, ALICE, "alice", PASSWORDS["alice"], "tls"))
+    assert status.state == "registered" and status.transport == "tls"
+    # the binding is the bridge's TLS listener, registered over TLS (Kamailio's certificate checked with sip.tls_ca)
+    token = await contact_of(bridge, ALICE)
+    [contact] = (await kamailio.location())["alice"]
+    assert contact.startswith(f"sip:{token}@127.0.0.1:") and contact.endswith(";transport=tls")
+    assert "REQ REGISTER sip:acc.test from 127.0.0.1" in kamailio.log
+    assert "proto=tls fu=sip:alice@acc.test" in kamailio.log and "proto=udp fu=sip:alice" not in kamailio.log
+
+    # her call crosses Kamailio over TLS (407 answered there) and reaches the far end with her From
+    far_end = SippProcess(_scenario(e2e.tmp, "trunk_reject.xml", {"STATUS PHRASE": "486 Busy Here"}),
+                          local_port=far_end_port, timeout=60, workdir=e2e.tmp / "sipp")
+    await e2e.own(far_end).start()
+    alice = await e2e.client("alice")
+    call = await alice.place_call(await portal_room(alice), GHOST)
+    end = await call.wait_hangup_or_reject(timeout=30)
+    assert end["type"] == "m.call.reject" and end["content"]["reason"] == "user_busy"
+    assert await far_end.wait() == 0, far_end.report()
+    assert "From: <sip:alice@acc.test>" in far_end.messages
+    assert "INVITE auth OK for alice to 15551234567" in kamailio.log
+    assert "REQ INVITE sip:15551234567@acc.test from 127.0.0.1" in kamailio.log
+
+    # a phone calling her AOR (UDP into Kamailio): Kamailio forwards to her TLS Contact and she is rung
+    await alice.start_sync(auto_join=True)
+    phone = SippProcess(_scenario(e2e.tmp, "caller_expect_final.xml", {"STATUS": "603", "BODY": GOOD_SDP}),
+                        remote=kamailio.address, service="alice", timeout=60, workdir=e2e.tmp / "sipp",
+                        extra_args=["-key", "caller", "15557654321", "-key", "caller_name", "Phone"])
+    await e2e.own(phone).start()
+    incoming = await alice.wait_incoming_call(timeout=30)
+    assert [s.callee for s in bridge.calls.inbound.values()] == [ALICE]
+    assert f"INVITE for alice to contact {contact}" in kamailio.log
+    await incoming.reject()
+    assert await phone.wait() == 0, phone.report()
+    await assert_released(bridge)
 
 
 def _scenario(tmp: Path, name: str, replace: dict[str, str]) -> Path:

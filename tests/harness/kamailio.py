@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from tests.harness.sipp import free_port
+from tests.harness.tls_certs import Leaf
 
 KAMAILIO = shutil.which("kamailio") or "/usr/sbin/kamailio"
 REFERENCE_CFG = Path(__file__).parent / "kamailio.cfg"
@@ -43,6 +44,25 @@ def render_config(reference: str, *, port: int, relay_to: tuple[str, int]) -> st
     return cfg
 
 
+def render_tls(cfg: str, *, port: int, tls_cfg: Path) -> str:
+    """Add a TLS listener on ``port`` (Debian kamailio-tls-modules) configured by the file ``tls_cfg``."""
+    anchor = re.search(r"^listen=tcp:\S+$", cfg, re.MULTILINE)
+    if anchor is None or "mpath=" not in cfg:
+        raise RuntimeError("kamailio.cfg has no tcp listen line or no mpath: cannot add TLS")
+    cfg = cfg[:anchor.end()] + f"\nenable_tls=yes\nlisten=tls:127.0.0.1:{port}" + cfg[anchor.end():]
+    cfg = re.sub(r'^(mpath=.*)$', lambda m: f'{m.group(1)}\nloadmodule "tls.so"\nmodparam("tls", "config", '
+                 f'"{tls_cfg}")', cfg, count=1, flags=re.MULTILINE)
+    return cfg
+
+
+def tls_profile(leaf: Leaf) -> str:
+    """Kamailio's tls.cfg: the test certificate for the server side; no client certificates asked or checked
+    (the bridge's TLS listener is reached without one, as most PBXs do)."""
+    return (f"[server:default]\nmethod = TLSv1.2+\nverify_certificate = no\nrequire_certificate = no\n"
+            f"certificate = {leaf.cert}\nprivate_key = {leaf.key}\n\n"
+            f"[client:default]\nmethod = TLSv1.2+\nverify_certificate = no\nrequire_certificate = no\n")
+
+
 def render_accounts(cfg: str, accounts: Mapping[str, str]) -> str:
     """One ``if ($au == user) $var(pw) = password;`` per account in route[PASSWORD]."""
     for text in (*accounts, *accounts.values()):
@@ -57,9 +77,10 @@ def render_accounts(cfg: str, accounts: Mapping[str, str]) -> str:
 class KamailioProcess:
     def __init__(self, workdir: str | os.PathLike[str], *, relay_to: tuple[str, int] = ("127.0.0.1", 9),
                  port: int | None = None, reference: Path = REFERENCE_CFG,
-                 accounts: Mapping[str, str] | None = None) -> None:
+                 accounts: Mapping[str, str] | None = None, tls: Leaf | None = None) -> None:
         """``accounts`` (user -> password) selects the accounts PBX (kamailio_accounts.cfg) unless ``reference``
-        names another file that has the ACCOUNTS_RULES line."""
+        names another file that has the ACCOUNTS_RULES line. ``tls`` (a tls_certs leaf) adds a TLS listener on
+        ``tls_port`` presenting that certificate."""
         self.workdir = Path(workdir) / "kamailio"
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port(socket.SOCK_DGRAM)
@@ -71,6 +92,12 @@ class KamailioProcess:
         cfg = render_config(reference.read_text(), port=self.port, relay_to=relay_to)
         if accounts is not None:
             cfg = render_accounts(cfg, accounts).replace("CTL_SOCKET", str(self.ctl_socket))
+        self.tls_port: int | None = None
+        if tls is not None:
+            self.tls_port = free_port(socket.SOCK_STREAM)
+            tls_cfg = self.workdir / "tls.cfg"
+            tls_cfg.write_text(tls_profile(tls))
+            cfg = render_tls(cfg, port=self.tls_port, tls_cfg=tls_cfg)
         self.config_path.write_text(cfg)
         self.pid_file = self.workdir / "kamailio.pid"
         self.log_path = self.workdir / "kamailio.log"
@@ -83,6 +110,12 @@ class KamailioProcess:
     @property
     def uri(self) -> str:
         return f"sip:127.0.0.1:{self.port}"
+
+    def tls_uri(self, host: str = "localhost") -> str:
+        """The TLS listener as an outbound proxy (``host`` must be the certificate's name)."""
+        if self.tls_port is None:
+            raise RuntimeError("started without tls=")
+        return f"sip:{host}:{self.tls_port};transport=tls"
 
     @property
     def log(self) -> str:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 from typing import Any
 
 import pytest
 
+from bridge.call.dial_permissions import dial_permissions_for
+from bridge.config import parse_config
 from tests.harness.matrix_client import MatrixHttpError, MatrixTestClient
 from tests.matrix.matrix_env import SERVER, MatrixEnv, eventually
 
@@ -48,6 +51,21 @@ async def test_invite_to_a_blocked_number_is_declined_with_the_dial_plan_reason(
                              what="ghost declines")
     assert "blocked" in state["reason"]
     assert await env.side.portals.get(room) is None
+
+
+async def test_invite_refused_by_the_inviters_own_dial_permissions_is_declined(env: MatrixEnv) -> None:
+    data = copy.deepcopy(env.config_data)
+    data["bridge"]["dial_permissions"] = {f"@alice:{SERVER}": {"blocked": ["^1555999"]}}
+    portals = env.side.portals
+    saved, portals.dial_rules = portals.dial_rules, dial_permissions_for(parse_config(data))
+    try:
+        ghost = env.ghost("15559990001")
+        room = await env.alice.create_dm(ghost)
+        state = await eventually(lambda: membership_is(env.alice, room, ghost, "leave"), what="ghost declines")
+        assert state["reason"] == "+15559990001 is blocked by your dial permissions"
+        assert await portals.get(room) is None
+    finally:
+        portals.dial_rules = saved
 
 
 async def test_ghost_leaves_a_group_room_that_is_not_a_direct_chat(env: MatrixEnv) -> None:

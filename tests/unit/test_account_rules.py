@@ -4,6 +4,7 @@ user's account trunk uses, and that registration trouble is reported once when i
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
@@ -148,3 +149,52 @@ async def test_login_to_a_registrar_that_never_answers_fails_in_time_and_stores_
 def test_login_request_repr_hides_the_password() -> None:
     request = LoginRequest("@user:x", "sip:alice@pbx.test", "Very-Secret-1")
     assert "Very-Secret-1" not in repr(request) and "Very-Secret-1" not in str(request)
+
+
+class Refuser(asyncio.DatagramProtocol):
+    """A registrar that answers every request 403, once per request."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.requests += 1
+        head = data.decode().split("\r\n\r\n", 1)[0].split("\r\n")[1:]
+        copied = [h for h in head if h.split(":", 1)[0].lower() in ("via", "from", "to", "call-id", "cseq")]
+        reply = "\r\n".join(["SIP/2.0 403 Forbidden", *copied, "Content-Length: 0", "", ""])
+        self.transport.sendto(reply.encode(), addr)  # type: ignore[attr-defined]
+
+
+async def test_a_refused_login_is_not_retried_and_the_log_does_not_say_it_is(caplog: pytest.LogCaptureFixture) -> None:
+    from tests.harness.sip_ua import fast_settings, running_ua
+
+    caplog.set_level(logging.DEBUG, logger="bridge")
+    loop = asyncio.get_running_loop()
+    transport, refuser = await loop.create_datagram_endpoint(Refuser, local_addr=("127.0.0.1", 0))
+    port = transport.get_extra_info("sockname")[1]
+    try:
+        async with running_ua(fast_settings("udp")) as ua:
+            acc = AccountManager(ua_ref=lambda: ua, store=MemoryStore(), cipher=CredentialCipher(generate_key()),
+                                 settings=AccountSettings(login_timeout_s=5.0, retry_base_s=0.1), shared_trunk=SHARED,
+                                 dialplan=DialplanConfig(), permission_level=lambda m: "user")
+            with pytest.raises(LoginError) as err:
+                await acc.login(LoginRequest("@user:x", f"sip:alice@127.0.0.1:{port}", "pw"))
+            await asyncio.sleep(0.5)  # a retry (base 0.1 s) would have been sent by now
+    finally:
+        transport.close()
+    assert err.value.code == "M_FORBIDDEN" and "403" in str(err.value)
+    assert refuser.requests == 1
+    failed = [r.getMessage() for r in caplog.records if "registration of" in r.getMessage()]
+    assert failed and all("retrying in" not in m for m in failed), failed
+
+
+async def test_listens_on_tells_whether_an_accounts_transport_has_a_listener() -> None:
+    from tests.harness.sip_ua import fast_settings, running_ua
+
+    async with running_ua(fast_settings("udp", "tcp")) as ua:
+        acc = AccountManager(ua_ref=lambda: ua, store=MemoryStore(), cipher=None, settings=AccountSettings(),
+                             shared_trunk=SHARED, dialplan=DialplanConfig(), permission_level=lambda m: "user")
+        assert acc.listens_on("udp") and acc.listens_on("tcp") and not acc.listens_on("tls")

@@ -75,11 +75,44 @@ def test_config_keys_parse_and_reject_mistakes() -> None:
     key = generate_key()
     keyed = parse_config(base(accounts={"encryption_key": key, "previous_keys": [generate_key()]}))
     assert keyed.bridge.accounts.key_configured and key not in repr(keyed.bridge.accounts)
+    assert parse_config(base(accounts={"register_expires": 5})).bridge.accounts.register_expires == 5  # tests
     for bad, key in [(base(dial_permissions={"users": {}}), "bridge.dial_permissions.users"),
                      (base(dial_permissions={"user": {"blocked": ["("]}}), "bridge.dial_permissions.user.blocked[0]"),
                      (base(dial_permissions={"user": {"limit": 1}}), "bridge.dial_permissions.user.limit"),
                      (base(accounts={"shared_trunk": "everyone"}), "bridge.accounts.shared_trunk"),
-                     (base(accounts={"encryption_key": "short"}), "bridge.accounts.encryption_key")]:
+                     (base(accounts={"encryption_key": "short"}), "bridge.accounts.encryption_key"),
+                     (base(accounts={"register_expires": 4}), "bridge.accounts.register_expires")]:
         with pytest.raises(ConfigError) as err:
             parse_config(bad)
         assert err.value.key == key
+
+
+def test_check_anyone_refuses_only_what_no_user_may_dial() -> None:
+    """For /thirdparty look-ups (no user named): a number resolves if some user or level may dial it."""
+    p = perms()
+    assert p.check_anyone("442071234567") is None  # blocked for users, but admins may
+    assert p.check_anyone("15551234567") is None
+    strict = perms({"*": DialPermissionRule(blocked=("^44",)), "@bob:x": DialPermissionRule(allowed=("^1555",))})
+    assert strict.check_anyone("442071234567") == "+442071234567 is blocked by your dial permissions"
+    assert strict.check_anyone("16175550100") is None  # bob may not, everybody else may
+    unblocked = perms({"*": DialPermissionRule(blocked=("^44",)), "@eve:x": DialPermissionRule(blocked=())})
+    assert unblocked.check_anyone("442071234567") is None  # eve may
+
+
+def test_thirdparty_lookup_applies_dial_permissions_that_hold_for_everybody() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from bridge.matrix.ghosts import Ghosts
+    from bridge.matrix.thirdparty import ThirdParty
+
+    data = yaml.safe_load((Path(__file__).resolve().parents[2] / "bridge" / "example-config.yaml").read_text())
+    data["homeserver"]["domain"] = "x"
+    data["bridge"]["dial_permissions"] = {"*": {"blocked": ["^44"]}, "admin": {"blocked": []}}
+    tp = ThirdParty(parse_config(data), Ghosts(None, parse_config(data), None))  # type: ignore[arg-type]
+    assert tp.lookup("m.protocol.pstn", "+44 20 7946 0000") != []  # admins may dial it
+    data["bridge"]["dial_permissions"] = {"*": {"blocked": ["^44"]}}
+    tp = ThirdParty(parse_config(data), Ghosts(None, parse_config(data), None))  # type: ignore[arg-type]
+    assert tp.lookup("m.protocol.pstn", "+44 20 7946 0000") == []  # nobody may
+    assert tp.lookup("m.protocol.pstn", "+1 555 123 4567")[0]["fields"] == {"m.id.phone": "+15551234567"}

@@ -229,6 +229,25 @@ async def test_logout_removes_the_account(env: Env) -> None:
     assert (status, body) == (200, {}) and env.accounts.status(ALICE) is None
 
 
+async def test_unregister_keeps_the_account_and_register_brings_the_binding_back(env: Env) -> None:
+    for path in ("/register/all", "/unregister/all"):  # no account yet
+        status, body = await env.call("POST", path)
+        assert (status, body["errcode"]) == (404, "M_NOT_FOUND")
+    await env.login({"uri": "sip:alice@pbx.test", "password": "right-password"})
+    status, body = await env.call("POST", "/unregister/sip:bob@pbx.test")  # not alice's login
+    assert status == 404 and env.accounts.calls[-1] == ("login", ALICE)
+    status, body = await env.call("POST", "/unregister/sip:alice@pbx.test")
+    assert status == 200 and env.accounts.calls[-1] == ("unregister", ALICE)
+    assert body["sip"]["state"] == "unregistered" and not body["sip"]["registration_enabled"]
+    assert body["state"]["state_event"] == "UNCONFIGURED" and env.accounts.status(ALICE) is not None
+    status, body = await env.call("POST", "/register/all")
+    assert status == 200 and env.accounts.calls[-1] == ("register", ALICE)
+    assert body["sip"]["state"] == "registered" and body["state"]["state_event"] == "CONNECTED"
+    # another user's secret-authorized request cannot touch alice's login
+    status, body = await env.call("POST", "/unregister/all", user=BOB)
+    assert status == 404 and env.accounts.calls[-1] == ("register", ALICE)
+
+
 async def test_cors_preflight_and_headers(env: Env) -> None:
     resp = await env.client.options(P + "/login/start/password", headers={"Origin": "https://im.example",
                                                                          "Access-Control-Request-Method": "POST"})

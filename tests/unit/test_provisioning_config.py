@@ -60,3 +60,29 @@ def test_generate_registration_writes_a_provisioning_secret(tmp_path: Path) -> N
     cli.generate_registration(cfg, tmp_path / "registration.yaml")
     prov = load_config(cfg).provisioning
     assert prov.secret is not None and len(prov.secret) >= 32
+
+
+def test_an_older_config_without_the_block_is_upgraded_and_g_fills_the_secret(tmp_path: Path) -> None:
+    from bridge.config_upgrade import upgrade_text
+
+    text = EXAMPLE.read_text()
+    start, end = text.index("\nprovisioning:\n"), text.index("\nmetrics:\n")
+    old = text[:start] + text[end:]  # a config written before the provisioning API existed
+    assert "provisioning" not in yaml.safe_load(old)
+    # a start's upgrade adds the block with the example's defaults
+    upgraded = upgrade_text(old)
+    assert any("provisioning" in change for change in upgraded.changes)
+    assert upgraded.data["provisioning"] == {"enabled": True, "prefix": "/_matrix/provision",
+                                             "shared_secret": "generate"}
+    # -g on the old file: the block is added and its secret generated in the same run; the old text is kept
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(old)
+    assert cli.main(["-c", str(cfg), "-g", "-r", str(tmp_path / "registration.yaml")]) == 0
+    config = load_config(cfg)
+    assert config.provisioning.secret is not None and len(config.provisioning.secret) >= 32
+    assert config.appservice.as_token != "generate" and config.bridge.accounts.key_configured
+    assert (tmp_path / "config.yaml.bak").read_text() == old
+    # a second -g keeps the secret
+    secret = config.provisioning.secret
+    assert cli.main(["-c", str(cfg), "-g", "-r", str(tmp_path / "registration.yaml")]) == 0
+    assert load_config(cfg).provisioning.secret == secret
