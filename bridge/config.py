@@ -210,6 +210,7 @@ class MediaConfig:
     ice_timeout_s: float = 30.0  # a WebRTC leg not connected this long after negotiation has failed
     rtp_source: str = "signalling"  # strict | signalling | any: who may send the SIP-side RTP
     rtp_latch_packets: int = 4  # consistent packets before a NATed source (signalling mode) is taken
+    workers: int | None = None  # media worker processes; None: "auto" (one per core); 0: media in the bridge process
 
 
 @dataclass(frozen=True)
@@ -742,9 +743,10 @@ def _media(s: _Section) -> MediaConfig:
     ice_timeout = s.number("ice_timeout_s", 30.0, lo=1)
     rtp_source = s.choice("rtp_source", "signalling", ("strict", "signalling", "any"))
     latch = s.integer("rtp_latch_packets", 4, lo=1, hi=50)
+    workers = None if s.raw("workers", "auto") == "auto" else s.integer("workers", lo=0, hi=256)
     out = MediaConfig(rtp_host=rtp_host, advertised_ip=advertised_ip, port_start=start, port_end=end,
                       codecs=codecs, ice_servers=tuple(ice), ice_host_addresses=ice_hosts,
-                      ice_timeout_s=ice_timeout, rtp_source=rtp_source, rtp_latch_packets=latch)
+                      ice_timeout_s=ice_timeout, rtp_source=rtp_source, rtp_latch_packets=latch, workers=workers)
     s.finish()
     return out
 
