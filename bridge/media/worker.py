@@ -62,7 +62,10 @@ class WorkerCall:
                     self.log.warning("media command %s failed: %s", method, exc)
             else:
                 if req:
-                    self.worker.send(("reply", req, True, value))
+                    # the counters ride along: codecs and the like are current the moment a step completes
+                    state = self.media.webrtc_connection_state if self.media is not None else "new"
+                    stats = self.media.stats() if self.media is not None else None
+                    self.worker.send(("reply", req, True, value, self.key, stats, state))
             if method == "close":
                 self.worker.calls.pop(self.key, None)
                 return

@@ -8,7 +8,8 @@ from the network is unpickled: SDP and candidates travel as str / bytes / dicts 
 Messages are tuples whose first item names them:
   bridge -> worker  ("init", WorkerInit) once, then ("cmd", call, req, method, args) where ``req`` is 0 for a
                     command nobody waits for (the sync facade methods) and a request id otherwise.
-  worker -> bridge  ("ready", pid), ("reply", req, ok, value), ("failure", call, reason, stats),
+  worker -> bridge  ("ready", pid), ("reply", req, ok, value[, call, stats, webrtc state]),
+                    ("failure", call, reason, stats),
                     ("dtmf", call, digit, direction), ("stats", {call: (MediaStats, webrtc state)}).
 """
 

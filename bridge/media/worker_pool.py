@@ -131,7 +131,11 @@ class MediaWorkerProcess:
     def _dispatch(self, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == "reply":
-            _, req, ok, value = message
+            req, ok, value = message[1:4]
+            if len(message) > 5 and message[5] is not None:
+                listener = self.calls.get(message[4])
+                if listener is not None:
+                    listener.worker_stats(message[5], message[6])
             future = self._pending.get(req)
             if future is not None and not future.done():
                 if ok:
