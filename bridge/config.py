@@ -743,7 +743,11 @@ def _media(s: _Section) -> MediaConfig:
     ice_timeout = s.number("ice_timeout_s", 30.0, lo=1)
     rtp_source = s.choice("rtp_source", "signalling", ("strict", "signalling", "any"))
     latch = s.integer("rtp_latch_packets", 4, lo=1, hi=50)
-    workers = None if s.raw("workers", "auto") == "auto" else s.integer("workers", lo=0, hi=256)
+    raw_workers = s.raw("workers", "auto")
+    if isinstance(raw_workers, str) and raw_workers.lower() != "auto":
+        raise ConfigError(s.key("workers"), f'{raw_workers!r}: use "auto" (one per core), 0 (media in the bridge '
+                          "process) or a number of worker processes")
+    workers = None if isinstance(raw_workers, str) else s.integer("workers", lo=0, hi=256)
     out = MediaConfig(rtp_host=rtp_host, advertised_ip=advertised_ip, port_start=start, port_end=end,
                       codecs=codecs, ice_servers=tuple(ice), ice_host_addresses=ice_hosts,
                       ice_timeout_s=ice_timeout, rtp_source=rtp_source, rtp_latch_packets=latch, workers=workers)

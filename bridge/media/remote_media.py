@@ -25,6 +25,7 @@ from .errors import MediaError
 from .ports import QUARANTINE_S, PortAllocator
 from .rtp_leg import RtpLeg
 from .settings import MediaSettings
+from .worker_ipc import MediaView
 from .worker_pool import WorkerPool
 
 WORKER_CRASHED = "media_worker_crashed"
@@ -35,6 +36,15 @@ class _ForwardingRtpLeg(RtpLeg):
     type); ``leave_far_end`` must reach the worker's real leg."""
 
     forward: Any = None
+    view: MediaView | None = None  # the worker's leg, as last reported
+
+    @property
+    def latched(self) -> bool:
+        return self.view.latched if self.view is not None else super().latched
+
+    @property
+    def remote(self) -> tuple[str, int] | None:
+        return self.view.remote if self.view is not None else super().remote
 
     def leave_far_end(self) -> None:
         super().leave_far_end()
@@ -51,7 +61,7 @@ class RemoteCallMedia(CallMedia):
             source_mode=settings.rtp_source, latch_packets=settings.rtp_latch_packets,
         )
         shadow.forward = self._send
-        self._rtp = self._relay.rtp = shadow
+        self._rtp = self._relay.rtp = self._shadow = shadow
         self._worker, self._key = pool.place(self)
         self._lost = False
         self._stats = MediaStats()
@@ -85,9 +95,10 @@ class RemoteCallMedia(CallMedia):
     def worker_dtmf(self, digit: str, direction: str) -> None:
         self._dtmf(digit, direction)
 
-    def worker_stats(self, stats: MediaStats, webrtc_state: str) -> None:
-        self._stats = stats
-        self._webrtc_state = webrtc_state
+    def worker_view(self, view: MediaView) -> None:
+        self._stats = view.stats
+        self._webrtc_state = view.webrtc_state
+        self._shadow.view = view
 
     def worker_lost(self) -> None:
         self._lost = True

@@ -23,7 +23,7 @@ from .errors import MediaError
 from .ice import restrict_host_addresses
 from .ports import PortAllocator
 from .settings import MediaSettings
-from .worker_ipc import WorkerInit, frame, read_message
+from .worker_ipc import MediaView, WorkerInit, frame, read_message
 
 log = logging.getLogger("bridge.media.worker")
 _NO_PORTS = PortAllocator("127.0.0.1", 1024, 1026)  # replaced by the call's own port at open_rtp
@@ -63,9 +63,8 @@ class WorkerCall:
             else:
                 if req:
                     # the counters ride along: codecs and the like are current the moment a step completes
-                    state = self.media.webrtc_connection_state if self.media is not None else "new"
-                    stats = self.media.stats() if self.media is not None else None
-                    self.worker.send(("reply", req, True, value, self.key, stats, state))
+                    view = media_view(self.media) if self.media is not None else None
+                    self.worker.send(("reply", req, True, value, self.key, view))
             if method == "close":
                 self.worker.calls.pop(self.key, None)
                 return
@@ -110,6 +109,37 @@ class WorkerCall:
         self.worker.send(("dtmf", self.key, digit, direction))
 
 
+def media_view(media: CallMedia) -> MediaView:
+    """What the bridge process keeps of a call's media between reports."""
+    leg = media.rtp_leg
+    return MediaView(media.stats(), media.webrtc_connection_state, leg.latched, leg.remote)
+
+
+class ForwardLogs(logging.Handler):
+    """Sends this process's log records to the bridge, which logs them with its own handlers (format, file,
+    rotation: one log for the whole bridge). The message is formatted here; the bridge's formatter escapes it."""
+
+    def __init__(self, worker: MediaWorker) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields = {
+                "name": record.name, "levelno": record.levelno, "levelname": record.levelname,
+                "msg": record.getMessage(), "pathname": record.pathname, "lineno": record.lineno,
+                "funcName": record.funcName, "created": record.created, "msecs": record.msecs,
+                "process": record.process, "threadName": record.threadName,
+                "exc_text": logging.Formatter().formatException(record.exc_info) if record.exc_info else None,
+            }
+            for key in ("call_id", "sip_call_id"):
+                if hasattr(record, key):
+                    fields[key] = getattr(record, key)
+            self.worker.send(("log", fields))
+        except Exception:
+            self.handleError(record)
+
+
 class MediaWorker:
     def __init__(self, init: WorkerInit, writer: asyncio.StreamWriter) -> None:
         self.init = init
@@ -134,8 +164,7 @@ class MediaWorker:
     async def report_stats(self) -> None:
         while True:
             await asyncio.sleep(self.init.stats_interval_s)
-            snapshot = {key: (c.media.stats(), c.media.webrtc_connection_state)
-                        for key, c in self.calls.items() if c.media is not None}
+            snapshot = {key: media_view(c.media) for key, c in self.calls.items() if c.media is not None}
             if snapshot:
                 self.send(("stats", snapshot))
 
@@ -153,9 +182,10 @@ async def serve(fd: int) -> int:
     if first is None or first[0] != "init" or not isinstance(first[1], WorkerInit):
         return 2
     init: WorkerInit = first[1]
-    setup_logging(init.log_level, init.log_format, loggers=init.log_loggers)
+    setup_logging(init.log_level, init.log_format, loggers=init.log_loggers)  # levels as in the bridge
     restrict_host_addresses(init.ice_host_addresses)  # a process-wide aioice setting: made here too
     worker = MediaWorker(init, writer)
+    logging.getLogger().handlers[:] = [ForwardLogs(worker)]
     worker.send(("ready", os.getpid()))
     stats = asyncio.get_running_loop().create_task(worker.report_stats())
     log.info("media worker %d running (pid %d)", init.index, os.getpid())
@@ -169,6 +199,7 @@ async def serve(fd: int) -> int:
                 worker.command(key, req, method, args)
     finally:
         stats.cancel()
+        logging.getLogger().handlers[:] = [logging.StreamHandler(sys.stderr)]  # the bridge no longer listens
         await worker.close_all()
         writer.close()
     log.info("media worker %d stopped", init.index)

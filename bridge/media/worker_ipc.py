@@ -8,9 +8,9 @@ from the network is unpickled: SDP and candidates travel as str / bytes / dicts 
 Messages are tuples whose first item names them:
   bridge -> worker  ("init", WorkerInit) once, then ("cmd", call, req, method, args) where ``req`` is 0 for a
                     command nobody waits for (the sync facade methods) and a request id otherwise.
-  worker -> bridge  ("ready", pid), ("reply", req, ok, value[, call, stats, webrtc state]),
-                    ("failure", call, reason, stats),
-                    ("dtmf", call, digit, direction), ("stats", {call: (MediaStats, webrtc state)}).
+  worker -> bridge  ("ready", pid), ("reply", req, ok, value[, call, MediaView]),
+                    ("failure", call, reason, stats), ("log", LogRecord fields),
+                    ("dtmf", call, digit, direction), ("stats", {call: MediaView}).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
+from .call_media import MediaStats
 from .settings import MediaSettings
 
 _HEADER = struct.Struct(">I")
@@ -36,6 +37,16 @@ class WorkerInit:
     log_format: str = "text"
     log_loggers: dict[str, str] = field(default_factory=dict)
     stats_interval_s: float = 1.0
+
+
+@dataclass
+class MediaView:
+    """A call's media as last reported by its worker: counters, WebRTC state, the RTP leg's source lock."""
+
+    stats: MediaStats
+    webrtc_state: str
+    latched: bool
+    remote: tuple[str, int] | None
 
 
 def frame(message: tuple[Any, ...]) -> bytes:

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from .call_media import MediaStats
 from .errors import MediaError
 from .settings import MediaSettings
-from .worker_ipc import WorkerInit, frame, read_message
+from .worker_ipc import MediaView, WorkerInit, frame, read_message
 
 log = logging.getLogger("bridge.media.worker_pool")
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding the ``bridge`` package
@@ -39,7 +39,7 @@ class WorkerCallListener(Protocol):
 
     def worker_failure(self, reason: str, stats: MediaStats | None) -> None: ...
     def worker_dtmf(self, digit: str, direction: str) -> None: ...
-    def worker_stats(self, stats: MediaStats, webrtc_state: str) -> None: ...
+    def worker_view(self, view: MediaView) -> None: ...
     def worker_lost(self) -> None: ...
 
 
@@ -135,7 +135,7 @@ class MediaWorkerProcess:
             if len(message) > 5 and message[5] is not None:
                 listener = self.calls.get(message[4])
                 if listener is not None:
-                    listener.worker_stats(message[5], message[6])
+                    listener.worker_view(message[5])
             future = self._pending.get(req)
             if future is not None and not future.done():
                 if ok:
@@ -143,15 +143,19 @@ class MediaWorkerProcess:
                 else:
                     future.set_exception(value)
         elif kind == "stats":
-            for key, (stats, state) in message[1].items():
+            for key, view in message[1].items():
                 listener = self.calls.get(key)
                 if listener is not None:
-                    listener.worker_stats(stats, state)
+                    listener.worker_view(view)
         elif kind == "failure":
             _, key, reason, stats = message
             listener = self.calls.get(key)
             if listener is not None:
                 listener.worker_failure(reason, stats)
+        elif kind == "log":
+            record = logging.makeLogRecord(message[1])
+            record.media_worker = self.index
+            logging.getLogger(record.name).handle(record)
         elif kind == "dtmf":
             _, key, digit, direction = message
             listener = self.calls.get(key)

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from bridge.media.call_media import CallMedia
 from bridge.media.remote_media import RemoteCallMedia
 from tests.e2e.conftest import E2E, GHOST, assert_released, eventually
 from tests.e2e.test_inbound_calls import alice_client, phone, routes
@@ -90,3 +91,26 @@ async def test_killed_media_worker_ends_its_call_on_both_sides_and_spares_the_ot
     finally:
         for peer in peers:
             await peer.close()
+
+
+async def test_media_workers_zero_keeps_calls_in_the_bridge_process(e2e: E2E, rtp_peer: RtpPeer) -> None:
+    """The default is a worker pool, which the rest of the e2e suite exercises; this is the in-process mode."""
+
+    def in_process(data: dict[str, Any]) -> None:
+        data["media"]["workers"] = 0
+
+    bridge = await e2e.bridge(in_process)
+    assert getattr(bridge.media, "pool", None) is None
+    rtp_peer.start_sending(seconds=60)
+    sipp = await trunk(e2e, "trunk_answer.xml", "-key", "rtp_port", str(rtp_peer.port))
+    bob = await e2e.client("bob")
+    room = await portal_room(bob)
+    call = await bob.place_call(room, GHOST)
+    await call.wait_answer(timeout=30)
+    await call.wait_for_tone(1000.0, timeout=30, min_frames=25)
+    await eventually(lambda: rtp_peer.received >= 25, 20, "RTP packets at the trunk")
+    media = bridge.calls.outbound[call.call_id].media
+    assert type(media) is CallMedia and media.stats().passthrough
+    await call.hangup()
+    assert await sipp.wait() == 0, sipp.report()
+    await assert_released(bridge)
