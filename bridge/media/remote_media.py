@@ -67,6 +67,7 @@ class RemoteCallMedia(CallMedia):
         self._stats = MediaStats()
         self._webrtc_state = "new"
         self._pending_reoffer = False
+        self._sent_ids: dict[str, str] = {}
 
     @property
     def worker_index(self) -> int:
@@ -77,13 +78,22 @@ class RemoteCallMedia(CallMedia):
         extra = getattr(self.log, "extra", None) or {}
         return {k: str(v) for k, v in extra.items() if k in ("call_id", "sip_call_id")}
 
+    def _sync_ids(self) -> None:
+        # the driver learns the SIP Call-ID during the call: the worker's log lines must carry it too
+        ids = self._ids()
+        if ids != self._sent_ids:
+            self._sent_ids = ids
+            self._worker.send(self._key, "ids", (ids,))
+
     def _send(self, method: str, *args: Any) -> None:
         if not self._lost and not self._closed:
+            self._sync_ids()
             self._worker.send(self._key, method, args)
 
     async def _call(self, method: str, *args: Any) -> Any:
         if self._lost:
             raise MediaError("the call's media worker crashed")
+        self._sync_ids()
         return await self._worker.request(self._key, method, args)
 
     # -- what the worker reports (WorkerCallListener) ----------------------------------------------
@@ -112,7 +122,7 @@ class RemoteCallMedia(CallMedia):
         for _ in range(self.ports.capacity):
             port = self.ports.allocate()
             try:
-                await self._call("open_rtp", port, self._ids())
+                await self._call("open_rtp", port)
             except MediaError as exc:
                 self.ports.release(port)
                 if self._lost:
@@ -211,7 +221,6 @@ class RemoteCallMedia(CallMedia):
     def start(self) -> None:
         if self._closed:
             return
-        self._send("ids", self._ids())  # the SIP Call-ID is known by now: the worker's lines carry it
         self._send("start")
 
     def set_hold(self, on_hold: bool) -> None:

@@ -81,8 +81,7 @@ class WorkerCall:
             self.media.on_dtmf = self._dtmf
         media = self.media
         if method == "open_rtp":
-            port, ids = args
-            self.log.set_ids(**ids)
+            (port,) = args
             # a one-port range: the bridge allocated the port, this process only binds it
             media.ports = PortAllocator(self.worker.settings.rtp_host, port, port + 1)
             await media.open_rtp()
