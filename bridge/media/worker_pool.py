@@ -44,7 +44,11 @@ class WorkerCallListener(Protocol):
 
 
 def default_workers() -> int:
-    return max(1, os.cpu_count() or 1)
+    """One per core this process may run on (a cpuset / ``taskset`` limits it; a CPU quota does not)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 class MediaWorkerProcess:
@@ -248,9 +252,9 @@ class WorkerPool:
 
     def place(self, listener: WorkerCallListener) -> tuple[MediaWorkerProcess, int]:
         """The running worker with the fewest calls (the first of equals) takes ``listener``'s call."""
-        running = [w for w in self.workers if w.alive]
-        if not running:
-            raise MediaError("no media worker is running")
+        # every worker down at once (restarting): the call gets one and fails at its first step (open_rtp raises
+        # MediaError), which the driver handles like a full port range
+        running = [w for w in self.workers if w.alive] or self.workers
         worker = min(running, key=lambda w: w.load)
         key = next(self._keys)
         worker.calls[key] = listener

@@ -200,3 +200,24 @@ async def test_stop_leaves_no_worker_process() -> None:
     await pool.stop()
     assert all(w.process is not None and w.process.returncode == 0 for w in pool.workers)
     assert not any(_alive(p) for p in pids)
+
+
+async def test_a_call_placed_while_every_worker_restarts_fails_with_media_error() -> None:
+    settings = MediaSettings()
+    settings.port_start, settings.port_end = free_port_range(20)
+    pool = WorkerPool(settings, 1)
+    await pool.start()
+    try:
+        ports = PortAllocator(settings.rtp_host, settings.port_start, settings.port_end)
+        pid = pool.workers[0].pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        await wait_for(lambda: not pool.workers[0].alive, what="the pool noticing the death")
+        media = RemoteCallMedia(settings, ports, pool, log=log)  # placed, though nothing runs right now
+        with pytest.raises(MediaError):
+            await media.open_rtp()  # the driver handles this like a full port range
+        await media.close()
+        assert ports.in_use == frozenset()
+        await wait_for(lambda: pool.workers[0].alive, what="the worker restarted")
+    finally:
+        await pool.stop()

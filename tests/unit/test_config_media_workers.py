@@ -19,7 +19,7 @@ def test_workers_default_to_auto_in_code_and_example() -> None:
     for cfg in (parse_config(DOMAIN), load_config(EXAMPLE)):
         assert cfg.media.workers is None
         factory = media_factory(cfg, media_settings(cfg))
-        assert isinstance(factory, WorkerMedia) and len(factory.pool.workers) == (os.cpu_count() or 1)
+        assert isinstance(factory, WorkerMedia) and len(factory.pool.workers) == len(os.sched_getaffinity(0))
 
 
 def test_zero_workers_keeps_media_in_the_bridge_process() -> None:
