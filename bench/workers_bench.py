@@ -7,7 +7,7 @@ Same far ends and call set-up as media_bench.py (a second process runs N aiortc 
 phones); the bridge side here builds each call's media with the factory the bridge uses for ``media.workers``.
 Printed: CPU of the bridge process and of each worker over the window (from /proc: user + system time, the
 decoder threads included), the busiest process's load (the one that saturates first: capacity is reached when
-it nears 100 % of a core), the calls per core that implies, and the share of packets delivered each way.
+it nears 100 % of a core) and the capacity that implies, and the share of packets delivered each way.
 """
 
 from __future__ import annotations
@@ -116,9 +116,10 @@ async def bridge_main(args: argparse.Namespace) -> None:
     print(f"connected: {states.count('connected')}/{len(states)}  passthrough: {sum(s.passthrough for s in stats)}")
     print("CPU (% of one core): " + "  ".join(f"{k} {100 * v:.1f}" for k, v in load.items())
           + f"  total {100 * total:.1f} ({100 * total / args.calls:.2f} per call)")
-    print(f"busiest process {100 * busiest:.1f} % of a core -> that process saturates at about "
-          f"{args.calls / busiest:.0f} calls; all {os.cpu_count()} cores: about "
-          f"{args.calls / total * (os.cpu_count() or 1):.0f} calls when the media is spread over them")
+    # the calls are spread evenly, so the busiest process reaches a full core first: that is the capacity (with
+    # workers: as long as there are as many free cores as workers)
+    print(f"busiest process {100 * busiest:.1f} % of a core -> capacity about {args.calls / busiest:.0f} calls "
+          f"(media in {max(1, args.workers)} process(es), {os.cpu_count()} cores here)")
     print(
         f"delivered SIP->Matrix: {100 * sip_to_matrix:.2f} % of {end['rtp_sent']}   "
         f"Matrix->SIP: {100 * matrix_to_sip:.2f} % of {end['matrix_sent']}"
