@@ -3,9 +3,10 @@
 The SIP-side SDP work is pure and the call driver expects it at once (``sip_offer``, ``apply_sip_answer``,
 ``answer_sip_offer`` ... return synchronously), so it runs here with the very code of ``CallMedia`` (this class
 inherits it) and its outcome is authoritative: the SDP the phone sees, the negotiated codec and direction, the
-port (allocated here, so quarantine and the call-state record keep working; the worker only binds it). Every
-such call is also sent to the worker, in order, which repeats it on its own ``CallMedia`` to configure the RTP
-leg and the relay. The WebRTC side (aiortc) is asynchronous anyway and runs only in the worker.
+port (allocated here, so quarantine and the call-state record keep working; the worker only binds it). The
+outcome of each such step (our offer, the ``Negotiated`` result) is sent to the worker, in order, which applies
+it to its own ``CallMedia`` to configure the RTP leg and the relay. The WebRTC side (aiortc) is asynchronous
+anyway and runs only in the worker.
 
 Counters (``stats()``) are the last ones the worker pushed (every second, and with a failure and the close).
 A phone-to-phone relay after a Matrix user transfers (calls/matrix_transfer.py) uses ``RtpBridge`` in the
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+
+from bridge.sip import sdp as sip_sdp
 
 from . import webrtc_leg
 from .call_media import CallMedia, MediaStats
@@ -135,26 +138,24 @@ class RemoteCallMedia(CallMedia):
 
     def sip_offer(self) -> bytes:
         sdp = super().sip_offer()
-        self._send("sip_offer")
+        self._send("set_sip_offer", self._sip_offer)
         return sdp
 
     def sip_reoffer(self, direction: str) -> bytes:
         sdp = super().sip_reoffer(direction)
-        self._send("sip_reoffer", direction)
+        self._send("set_sip_offer", self._sip_offer)
         return sdp
 
     def set_signalling_peer(self, ip: str | None) -> None:
         super().set_signalling_peer(ip)
         self._send("set_signalling_peer", ip)
 
-    def apply_sip_answer(self, sdp: bytes) -> None:
-        super().apply_sip_answer(sdp)  # raises here on an unusable answer; the worker sees only good ones
-        self._send("apply_sip_answer", sdp)
-
-    def answer_sip_offer(self, sdp: bytes) -> bytes:
-        answer = super().answer_sip_offer(sdp)
-        self._send("answer_sip_offer", sdp)
-        return answer
+    def _apply_negotiated(self, negotiated: sip_sdp.Negotiated) -> None:
+        # apply_sip_answer / answer_sip_offer ran here (raising here on unusable SDP); the worker applies this
+        # outcome as it is rather than negotiating again, so whatever the negotiation drew (the o= session id,
+        # keys) is the same on both sides
+        super()._apply_negotiated(negotiated)
+        self._send("apply_negotiated", negotiated)
 
     def record_early_audio(self, max_seconds: float = 30.0) -> bool:
         ok = super().record_early_audio(max_seconds)

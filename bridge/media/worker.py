@@ -35,7 +35,7 @@ ASYNC_COMMANDS = frozenset({
     "create_webrtc_offer", "set_webrtc_answer", "add_webrtc_candidates", "close",
 })
 SYNC_COMMANDS = frozenset({
-    "sip_offer", "sip_reoffer", "apply_sip_answer", "answer_sip_offer", "set_signalling_peer",
+    "set_signalling_peer",
     "record_early_audio", "take_early_audio", "rollback_webrtc_offer", "start", "set_hold", "send_dtmf",
     "leave_far_end",
 })
@@ -89,6 +89,13 @@ class WorkerCall:
         if method == "close":
             await media.close()
             return media.stats()
+        # the bridge process negotiated the SIP side (remote_media.py): its outcome is adopted as it is
+        if method == "set_sip_offer":
+            media._sip_offer = args[0]
+            return None
+        if method == "apply_negotiated":
+            media._apply_negotiated(args[0])
+            return None
         if method == "collect_early_audio":
             return media.take_early_audio()
         if method == "leave_far_end":
