@@ -57,7 +57,7 @@ class WorkerCall:
                 value = await self._apply(method, args)
             except Exception as exc:  # reported to the bridge, which raises it where the facade was awaited
                 if req:
-                    self.worker.send(("reply", req, False, exc))
+                    self.worker.send_error(req, exc)
                 else:
                     self.log.warning("media command %s failed: %s", method, exc)
             else:
@@ -156,6 +156,14 @@ class MediaWorker:
     def send(self, message: tuple[Any, ...]) -> None:
         if not self.writer.is_closing():
             self.writer.write(frame(message))
+
+    def send_error(self, req: int, exc: Exception) -> None:
+        try:
+            message = frame(("reply", req, False, exc))
+        except Exception:  # an exception that does not pickle (a library's own type) still ends the wait
+            message = frame(("reply", req, False, MediaError(f"{type(exc).__name__}: {exc}")))
+        if not self.writer.is_closing():
+            self.writer.write(message)
 
     def command(self, key: int, req: int, method: str, args: tuple[Any, ...]) -> None:
         call = self.calls.get(key)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import signal
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -18,6 +19,8 @@ from bridge.media.errors import MediaError
 from bridge.media.ports import PortAllocator
 from bridge.media.remote_media import WORKER_CRASHED, RemoteCallMedia
 from bridge.media.settings import MediaSettings
+from bridge.media.worker import MediaWorker
+from bridge.media.worker_ipc import WorkerInit
 from bridge.media.worker_pool import WorkerPool
 from bridge.sip.sdp import SdpError
 
@@ -221,3 +224,26 @@ async def test_a_call_placed_while_every_worker_restarts_fails_with_media_error(
         await wait_for(lambda: pool.workers[0].alive, what="the worker restarted")
     finally:
         await pool.stop()
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.data = b""
+
+    def is_closing(self) -> bool:
+        return False
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+
+def test_an_exception_that_does_not_pickle_still_answers_the_request() -> None:
+    class LibraryError(Exception):  # a local class: pickle cannot name it
+        pass
+
+    writer = _Writer()
+    worker = MediaWorker(WorkerInit(index=0, settings=MediaSettings()), writer)  # type: ignore[arg-type]
+    worker.send_error(7, LibraryError("boom"))
+    message = pickle.loads(writer.data[4:])
+    assert message[:3] == ("reply", 7, False)
+    assert isinstance(message[3], MediaError) and "LibraryError: boom" in str(message[3])
