@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import socket
 import sys
 from typing import Any
@@ -224,6 +225,10 @@ def main() -> int:
     if len(sys.argv) != 2:
         print("usage: python -m bridge.media.worker FD", file=sys.stderr)
         return 2
+    # Ctrl-C or a service manager signals the whole process group: the bridge ends its calls first and then
+    # closes our socket, which is when we exit (also when the bridge is killed outright)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     return asyncio.run(serve(int(sys.argv[1])))
 
 

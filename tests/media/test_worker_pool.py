@@ -3,6 +3,7 @@ worker, a killed worker ending only its calls and coming back, and a stop that l
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import pickle
@@ -190,13 +191,18 @@ async def test_killed_worker_ends_only_its_calls_and_is_replaced(pool: WorkerPoo
     await assert_audio_both_ways(fresh, packets=20)
 
 
-async def test_stop_leaves_no_worker_process() -> None:
+async def test_stop_leaves_no_worker_process_and_signals_do_not_stop_workers() -> None:
     settings = MediaSettings()
     settings.port_start, settings.port_end = free_port_range(20)
     pool = WorkerPool(settings, 2)
     await pool.start()
     pids = [p for p in pool.pids if p is not None]
     assert len(pids) == 2 and all(_alive(p) for p in pids)
+    for pid in pids:  # Ctrl-C / a service manager signal the process group: workers wait for the bridge
+        os.kill(pid, signal.SIGINT)
+        os.kill(pid, signal.SIGTERM)
+    await asyncio.sleep(0.5)
+    assert all(w.alive for w in pool.workers) and pool.restarts == 0
     ports = PortAllocator(settings.rtp_host, settings.port_start, settings.port_end)
     media = RemoteCallMedia(settings, ports, pool, log=log)
     await media.open_rtp()  # a call still open at stop: the worker closes it on its way out
