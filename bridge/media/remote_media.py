@@ -157,6 +157,14 @@ class RemoteCallMedia(CallMedia):
         super()._apply_negotiated(negotiated)
         self._send("apply_negotiated", negotiated)
 
+    def _set_srtp(self, keys: Any) -> None:
+        """SDES-SRTP (media.srtp, from the h-srtp branch) calls this after ``_apply_negotiated`` with the keys
+        negotiated here; the worker's RTP leg must use these very keys. Inert until that code is merged."""
+        parent = getattr(super(), "_set_srtp", None)
+        if parent is not None:
+            parent(keys)
+        self._send("set_srtp", keys)
+
     def record_early_audio(self, max_seconds: float = 30.0) -> bool:
         ok = super().record_early_audio(max_seconds)
         if ok:

@@ -97,6 +97,9 @@ class WorkerCall:
         if method == "apply_negotiated":
             media._apply_negotiated(args[0])
             return None
+        if method == "set_srtp":  # SDES keys negotiated in the bridge process (see RemoteCallMedia._set_srtp)
+            getattr(media, "_set_srtp")(args[0])  # noqa: B009 (absent before the SRTP code is merged)
+            return None
         if method == "collect_early_audio":
             return media.take_early_audio()
         if method == "leave_far_end":
