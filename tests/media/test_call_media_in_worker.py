@@ -34,8 +34,8 @@ async def pool() -> AsyncIterator[WorkerPool]:
     await p.stop()
 
 
-@pytest.fixture
-async def make_call(pool: WorkerPool) -> AsyncIterator[Callable[..., Any]]:  # type: ignore[no-redef]
+@pytest.fixture  # type: ignore[no-redef]
+async def make_call(pool: WorkerPool) -> AsyncIterator[Callable[..., Any]]:
     calls: list[Call] = []
     extra: list[RtpPeer] = []
     ports = PortAllocator(pool.settings.rtp_host, pool.settings.port_start, pool.settings.port_end)
