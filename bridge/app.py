@@ -34,8 +34,10 @@ from .logs import call_logger, configure_logging
 from .matrix.connector import MatrixSide
 from .matrix.ghosts import UNKNOWN_NUMBER
 from .matrix.outbox import NotDelivered, OutboxItem
+from .media.factory import InProcessMedia, MediaFactory, WorkerMedia
 from .media.ice import restrict_host_addresses
 from .media.settings import IceServer, MediaSettings
+from .media.worker_pool import WorkerPool, default_workers
 from .metrics import Metrics
 from .observability import HomeserverProbe, Listen, ObservabilityServer
 from .preflight import run_preflight
@@ -80,6 +82,16 @@ def media_settings(config: Config) -> MediaSettings:
         srtp=m.srtp,
         rtcp_interval_s=m.rtcp_interval_s,
     )
+
+
+def media_factory(config: Config, settings: MediaSettings) -> MediaFactory:
+    """In-process media (``media.workers: 0``) or a pool of worker processes (one per core for "auto")."""
+    count = default_workers() if config.media.workers is None else config.media.workers
+    if count == 0:
+        return InProcessMedia()
+    lg = config.logging
+    return WorkerMedia(WorkerPool(settings, count, ice_host_addresses=list(config.media.ice_host_addresses),
+                                  log_level=lg.level, log_format=lg.format, log_loggers=dict(lg.loggers)))
 
 
 def trunk_target(config: Config) -> TrunkTarget:
@@ -247,6 +259,7 @@ class Bridge:
         plan = config.dialplan
         inbound = config.sip.inbound
         call_state = CallStateAdapter(self.matrix.tables.call_state)
+        self.media = media_factory(config, media_settings(config))
         self.calls = CallManager(
             settings=CallSettings(
                 trunk=trunk_target(config),
@@ -276,6 +289,7 @@ class Bridge:
             call_log=self.metrics.wrap_call_log(CallLogAdapter(self.matrix.call_log)),
             call_state=call_state,
             observer=self.metrics,
+            media_factory=self.media,
         )
         self.matrix.handler = self.calls
         self.ua = UserAgent(sip_settings(config), on_invite=self.calls.on_invite)
@@ -359,8 +373,8 @@ class Bridge:
             # release what was opened: an open database thread (aiosqlite) would keep the process from exiting
             registration, monitoring = self.registration, self.monitoring
             for step in (self.recovery.stop, self.accounts.stop, registration.stop if registration else None,
-                         self.matrix.stop,
-                         self.ua.stop, self.homeserver_probe.stop, monitoring.stop if monitoring else None):
+                         self.matrix.stop, self.ua.stop, self.media.stop, self.homeserver_probe.stop,
+                         monitoring.stop if monitoring else None):
                 if step is not None:
                     with contextlib.suppress(Exception):
                         await step()
@@ -369,6 +383,7 @@ class Bridge:
     async def _start(self) -> None:
         await self.matrix.open()
         await self.recovery.load()  # dialogs a crash left are back in the UA before it listens
+        await self.media.start()  # media workers run before a call can arrive
         await self.ua.start()
         # calls a crash left open: the SIP side is ended now, even with the homeserver down; the Matrix
         # events go out from tasks through the MatrixPort
@@ -397,6 +412,7 @@ class Bridge:
         await self.recovery.stop()
         await self.calls.stop()
         await self.accounts.stop()  # refreshes stop; bindings are kept for the restart (see AccountManager.stop)
+        await self.media.stop()
         if self.registration is not None:
             await self.registration.stop()
         await self.matrix.stop()

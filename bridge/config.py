@@ -266,6 +266,7 @@ class MediaConfig:
     rtp_latch_packets: int = 4  # consistent packets before a NATed source (signalling mode) is taken
     srtp: str = "off"  # off | optional | required: SDES-SRTP on the SIP leg (sip/sdp_crypto.py)
     rtcp_interval_s: float = 5.0  # SIP-leg RTCP report interval (RFC 3550 minimum); 0 = no RTCP
+    workers: int | None = None  # media worker processes; None: "auto" (one per core); 0: media in the bridge process
 
 
 @dataclass(frozen=True)
@@ -933,10 +934,15 @@ def _media(s: _Section) -> MediaConfig:
     if 0 < rtcp_interval < 1:
         raise ConfigError(s.key("rtcp_interval_s"), f"{rtcp_interval:g} must be 0 (no RTCP) or at least 1 second "
                           "(RFC 3550's minimum is 5)")
+    raw_workers = s.raw("workers", "auto")
+    if isinstance(raw_workers, str) and raw_workers.lower() != "auto":
+        raise ConfigError(s.key("workers"), f'{raw_workers!r}: use "auto" (one per core), 0 (media in the bridge '
+                          "process) or a number of worker processes")
+    workers = None if isinstance(raw_workers, str) else s.integer("workers", lo=0, hi=256)
     out = MediaConfig(rtp_host=rtp_host, advertised_ip=advertised_ip, port_start=start, port_end=end,
                       codecs=codecs, ice_servers=tuple(ice), ice_host_addresses=ice_hosts,
                       ice_timeout_s=ice_timeout, rtp_source=rtp_source, rtp_latch_packets=latch,
-                      srtp=srtp, rtcp_interval_s=rtcp_interval)
+                      srtp=srtp, rtcp_interval_s=rtcp_interval, workers=workers)
     s.finish()
     return out
 

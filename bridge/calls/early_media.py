@@ -65,7 +65,7 @@ class EarlyMedia:
 
     async def announcement(self, post: Callable[[bytes, int], Awaitable[None]]) -> None:
         """The call failed: post what was recorded (if it is long enough to be an announcement)."""
-        recorder = self.media.take_early_audio()
+        recorder = await self.media.collect_early_audio()
         if recorder is None or recorder.duration_ms < MIN_ANNOUNCEMENT_MS:
             return
         data = recorder.wav()

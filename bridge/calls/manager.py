@@ -28,6 +28,7 @@ from ..call.replaces import parse_call_replaces
 from ..config import DialplanConfig, InboundRoute
 from ..logs import CallLogger, call_logger
 from ..media.call_media import CallMedia
+from ..media.factory import InProcessMedia, MediaFactory
 from ..media.ports import PortAllocator
 from ..media.settings import MediaSettings
 from ..sip import digest
@@ -116,8 +117,9 @@ class _NonceStore:
 class CallManager:
     def __init__(self, *, settings: CallSettings, ua_ref: Callable[[], UserAgent], matrix: MatrixPort,
                  call_log: CallLogPort, call_state: CallStatePort | None = None,
-                 observer: CallObserver | None = None) -> None:
+                 observer: CallObserver | None = None, media_factory: MediaFactory | None = None) -> None:
         self.settings = settings
+        self.media_factory: MediaFactory = media_factory or InProcessMedia()
         self._ua = ua_ref
         self.matrix = matrix
         self.call_log = call_log
@@ -148,7 +150,7 @@ class CallManager:
         return [*self.outbound.values(), *self.inbound.values()]
 
     def _new_media(self, log: CallLogger) -> CallMedia:
-        return CallMedia(self.settings.media, self.ports, log=log)
+        return self.media_factory.new(self.settings.media, self.ports, log)
 
     def _finished(self, session: CallSession) -> None:
         if isinstance(session, OutboundSession):

@@ -300,6 +300,10 @@ class CallMedia:
         self._relay.early_sink = None
         return recorder if recorder is not None and recorder.packets else None
 
+    async def collect_early_audio(self) -> EarlyAudioRecorder | None:
+        """:meth:`take_early_audio` for a caller that wants the recording (it may live in a media worker)."""
+        return self.take_early_audio()
+
     # -- WebRTC leg ---------------------------------------------------------------------------
     async def set_webrtc_offer(self, sdp: str) -> None:
         """Keep the Matrix offer; it is applied in create_webrtc_answer once the SIP codec is

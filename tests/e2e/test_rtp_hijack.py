@@ -84,6 +84,8 @@ async def test_rtp_sprayed_at_the_whole_port_range_is_never_heard_nor_answered(
         assert len(attack_share) >= 50 and max(attack_share) < 0.2, max(attack_share)
 
         media = bridge.calls.outbound[call.call_id].media
+        # counters of a call in a media worker reach the bridge process once a second
+        await eventually(lambda: media.stats().rtp_refused >= 100, 5, "refusals counted")
         stats = media.stats()
         assert stats.rtp_refused >= 100 and stats.rtp_refused_sources == len(attackers)
         assert not media.rtp_leg.latched  # still the trunk's SDP address
@@ -135,6 +137,7 @@ async def test_a_natted_trunk_sending_from_another_port_is_latched_while_a_spray
         rtp_peer.send_to(("127.0.0.1", media.rtp_port))  # a NATed phone just starts talking
         await call.wait_for_tone(TRUNK_HZ, timeout=30, min_frames=50)
         await eventually(lambda: rtp_peer.received_payload_types.get(0, 0) >= 50, 20, "Matrix audio at the trunk")
+        await eventually(lambda: media.rtp_leg.latched, 5, "the NATed source latched (as reported by a worker)")
         assert media.rtp_leg.latched and media.rtp_leg.remote == ("127.0.0.1", rtp_peer.port)
         assert call.tone_ratio(ATTACK_HZ) < 0.2
         stats = media.stats()

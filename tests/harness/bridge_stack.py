@@ -78,7 +78,9 @@ class StackPlan:
                 "trunk": {"proxy": f"sip:127.0.0.1:{self.trunk_port}", "from_user": "bridge"},
                 "inbound": {"trusted_sources": ["127.0.0.1/32"], "routes": [], "default_route": []},
             },
-            "media": {"rtp_host": "127.0.0.1", "port_start": self.rtp_range[0], "port_end": self.rtp_range[1]},
+            # loopback ICE in the bridge process is patched by tests/conftest.py; media workers need the key
+            "media": {"rtp_host": "127.0.0.1", "port_start": self.rtp_range[0], "port_end": self.rtp_range[1],
+                      "ice_host_addresses": ["127.0.0.1"]},
             "logging": {"level": "DEBUG"},
             # a free port: tests (and engineers) run bridges side by side; tests that scrape it read bridge.monitoring
             "metrics": {"listen_port": 0},
