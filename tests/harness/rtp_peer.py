@@ -81,6 +81,7 @@ class RtpPeer(asyncio.DatagramProtocol):
     sent: int = 0
     ssrc: int = 0  # of the stream it sends (set when sending starts)
     received_seqs: list[int] = field(default_factory=list)  # RTP sequence numbers as they arrived
+    received_ssrcs: set[int] = field(default_factory=set)  # SSRCs of the RTP that arrived
     remote: tuple[str, int] | None = None
     transport: asyncio.DatagramTransport | None = None
     decode_audio: bool = False  # decode received PCMU/PCMA for tone_ratio() (off: costs CPU in load tests)
@@ -106,6 +107,7 @@ class RtpPeer(asyncio.DatagramProtocol):
         pt = data[1] & 0x7F
         self.received += 1
         self.received_seqs.append(int.from_bytes(data[2:4], "big"))
+        self.received_ssrcs.add(int.from_bytes(data[8:12], "big"))
         self.received_payload_types[pt] = self.received_payload_types.get(pt, 0) + 1
         if pt == 101 and len(data) >= 16:
             self.dtmf_events.append(data[12])
