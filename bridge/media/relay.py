@@ -1,9 +1,12 @@
 """Joins the RTP leg and the WebRTC leg of one call.
 
-Passthrough (same G.711/G.722 codec on both legs): SIP payloads go into the outgoing aiortc
-track as pre-encoded ``av.Packet``s, and Matrix payloads are taken from the RTP tap straight
-to the RTP leg; nothing is decoded. Otherwise SIP payloads are decoded to PCM for aiortc to
-encode (Opus), and decoded Matrix frames are re-encoded for the SIP codec.
+Passthrough (same G.711/G.722 codec on both legs): SIP payloads go out on the WebRTC leg as they are, and
+Matrix payloads are taken from the RTP tap straight to the RTP leg; nothing is decoded. Otherwise both directions
+are transcoded inline (inline_codec.py): SIP payload -> PCM -> Opus -> WebRTC leg, and Matrix payload (from the
+tap, through a jitter buffer) -> PCM -> SIP codec -> RTP leg.
+
+With the fast path (webrtc_fastpath.py) every step runs synchronously in a datagram callback: no task, queue or
+thread per packet. Without it (another aiortc) the relay falls back to aiortc's track and decoder.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from av import AudioFrame
 from . import webrtc_leg
 from .codecs import SipDecoder, SipEncoder, WebRtcEncoder, encoded_packet
 from .dtmf import DtmfDetector, DtmfError, DtmfEvent, decode_event, encode_event
+from .inline_codec import OPUS_CLOCK, packet_decoder, packet_encoder
+from .jitter import JitterBuffer
 from .rtcp_feed import ReceiverReportFeed
 from .rtp_leg import RtpLeg
 from .rtp_packet import RtpPacket, RtpParseError, parse_rtp
@@ -58,6 +63,11 @@ class Relay:
         self._encoder: SipEncoder | None = None
         self._pump: asyncio.Task[None] | None = None
         self._ts_base: int | None = None
+        # inline transcoding (fast path only)
+        self._packet_encoder: Any = None  # PCM -> WebRTC codec payloads
+        self._packet_decoder: Any = None  # WebRTC codec payloads -> PCM
+        self._webrtc_jitter = JitterBuffer(3, 50)
+        self._webrtc_ts_base: int | None = None
         self._rr_feed: ReceiverReportFeed | None = None
         self._dtmf_in = DtmfDetector()
         rtp.on_audio = self._from_sip
@@ -70,11 +80,19 @@ class Relay:
         self.plan = plan
         self._decoder = None if plan.passthrough else SipDecoder(plan.sip_codec)
         self._webrtc_encoder = None
-        if not plan.passthrough and webrtc_leg.AIORTC_INTERNALS_OK:
+        self._packet_encoder = self._packet_decoder = None
+        self._webrtc_jitter.reset()
+        self._webrtc_ts_base = None
+        if not plan.passthrough and self.webrtc.direct is not None:
+            self._packet_encoder = packet_encoder(plan.webrtc_codec, plan.webrtc_pt)
+            self._packet_decoder = packet_decoder(plan.webrtc_codec, plan.webrtc_pt)
+        elif not plan.passthrough and webrtc_leg.AIORTC_INTERNALS_OK:
             self._webrtc_encoder = WebRtcEncoder(plan.webrtc_codec, plan.webrtc_pt)
         self._encoder = None if plan.passthrough else SipEncoder(plan.sip_codec)
-        # passthrough: the tap bypasses aiortc's receiver, which would then send no RTCP RR (rtcp_feed.py)
-        self._rr_feed = self.webrtc.receiver_report_feed(8000) if plan.passthrough else None
+        # the tap bypasses aiortc's receiver, which would then send no RTCP RR (rtcp_feed.py)
+        tapped = plan.passthrough or self._packet_decoder is not None
+        clock = OPUS_CLOCK if plan.webrtc_codec.lower() == "opus" else 8000
+        self._rr_feed = self.webrtc.receiver_report_feed(clock) if tapped else None
         self.log.info(
             "media plan: SIP %s <-> WebRTC %s (%s), telephone-event %s",
             plan.sip_codec,
@@ -92,7 +110,7 @@ class Relay:
         self._ensure_pump()
 
     def _ensure_pump(self) -> None:
-        if self.plan is None or self.plan.passthrough or self._pump is not None:
+        if self.plan is None or self.plan.passthrough or self._packet_decoder is not None or self._pump is not None:
             return
         self._pump = asyncio.get_running_loop().create_task(self._pump_webrtc_to_sip())
 
@@ -107,17 +125,29 @@ class Relay:
         if self._ts_base is None:
             self._ts_base = packet.timestamp
         pts = (packet.timestamp - self._ts_base) & 0xFFFFFFFF
-        track = self.webrtc.outgoing
+        direct = self.webrtc.direct
         if self._decoder is None:
-            track.push(encoded_packet(packet.payload, pts))
+            if direct is not None:
+                direct.send(self.plan.webrtc_pt, packet.payload, pts, direct.last_seq is None)
+                self.webrtc_frames_out += 1  # handed to the WebRTC leg (which drops it while Matrix holds)
+                return
+            self.webrtc.outgoing.push(encoded_packet(packet.payload, pts))
             self.webrtc_frames_out += 1
             return
         try:
             frames = self._decoder.decode(packet.payload, pts)
+            if self._packet_encoder is not None and direct is not None:
+                pt = self.plan.webrtc_pt
+                for frame in frames:
+                    for payload, timestamp in self._packet_encoder.encode(frame):
+                        direct.send(pt, payload, timestamp, direct.last_seq is None)
+                        self.webrtc_frames_out += 1
+                return
         except Exception as exc:  # a corrupt payload must not stop the stream
             self.dropped += 1
-            self.log.debug("cannot decode SIP payload: %s", exc)
+            self.log.debug("cannot transcode SIP payload: %s", exc)
             return
+        track = self.webrtc.outgoing
         encoder = self._webrtc_encoder
         for frame in frames:
             if encoder is None:
@@ -167,7 +197,37 @@ class Relay:
             else:
                 self.dropped += 1
             return True
+        if pt == plan.webrtc_pt and self._packet_decoder is not None:
+            if self._rr_feed is not None:
+                self._rr_feed.feed(packet.ssrc, packet.sequence, packet.timestamp)
+            if self.running and not self.hold:
+                for ready in self._webrtc_jitter.push(packet):
+                    self._transcode_to_sip(ready)
+            else:
+                self.dropped += 1
+            return True
         return False
+
+    def _transcode_to_sip(self, packet: RtpPacket) -> None:
+        """Inline transcoding, Matrix -> SIP: WebRTC payload -> PCM -> SIP codec -> RTP leg."""
+        if self._webrtc_ts_base is None:
+            self._webrtc_ts_base = packet.timestamp
+        pts = (packet.timestamp - self._webrtc_ts_base) & 0xFFFFFFFF
+        encoder = self._encoder
+        if encoder is None:
+            return
+        try:
+            frames = self._packet_decoder.decode(packet.payload, pts)
+            for frame in frames:
+                self.webrtc_frames_in += 1
+                payloads, timestamp = encoder.encode(frame)
+                for payload in payloads:
+                    self.rtp.send_audio(payload, source_ts=timestamp)
+                    if timestamp is not None:
+                        timestamp += len(payload)  # G.711/G.722: one byte per 8 kHz tick
+        except Exception as exc:  # a corrupt payload must not stop the stream
+            self.dropped += 1
+            self.log.debug("cannot transcode WebRTC payload: %s", exc)
 
     def _webrtc_dtmf(self, packet: RtpPacket, plan: RelayPlan) -> None:
         try:
