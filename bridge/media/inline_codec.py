@@ -1,10 +1,11 @@
 """Transcoding between the WebRTC codec and the SIP codec inline, on the event loop: no executor, no thread.
 
 aiortc encodes in the default thread pool and decodes on a thread per receiver, and its Opus encoder resamples
-every 8 kHz frame to 48 kHz stereo first (~450 us per 20 ms frame). Here Opus is encoded mono straight from the
-SIP leg's rate (8 or 16 kHz: libopus takes those natively; ~100 us per frame) and decoded mono; every PyAV codec
-context is opened with ``thread_count = 1``. Cost per call for Opus <-> PCMU: about 200 us of CPU per 20 ms of
-audio both ways (bench/scale_bench.py --mode transcode).
+every 8 kHz frame to 48 kHz stereo first (~450 us per 20 ms frame). :class:`OpusG711Transcoder` (the common case,
+Opus from Element <-> PCMU/PCMA to the trunk) uses libopus at 8 kHz mono both ways through ctypes (libopus.py) and
+G.711 tables (g711.py): no PyAV object, no resampler, no thread; ~150 us of CPU per 20 ms of audio both ways.
+Other pairs (G.722 on the SIP leg, or no system libopus) use :class:`AvTranscoder`: PyAV codec contexts called
+inline; PyAV runs every audio encoder's input through a filter graph, which starts one thread per core.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from av import AudioFrame, AudioResampler, CodecContext, Packet
 
-from .codecs import aiortc_parameters
+from . import g711, libopus
+from .codecs import SipDecoder, SipEncoder, aiortc_parameters
 
 OPUS_CLOCK = 48000
 OPUS_TIME_BASE = fractions.Fraction(1, OPUS_CLOCK)
@@ -100,8 +102,9 @@ class AiortcPacketDecoder:
     """G.711 / G.722 payloads -> frames, with aiortc's decoder called inline (no decoder thread)."""
 
     def __init__(self, params: RTCRtpCodecParameters) -> None:
-        self._decoder: Any = get_decoder(params)
-        _single_thread(self._decoder.codec)
+        decoder: Any = get_decoder(params)
+        _single_thread(decoder.codec)
+        self._decoder = decoder
 
     def decode(self, payload: bytes, timestamp: int) -> list[AudioFrame]:
         frames = self._decoder.decode(JitterFrame(data=payload, timestamp=timestamp))
@@ -112,8 +115,9 @@ class AiortcPacketEncoder:
     """Frames -> (payload, RTP timestamp) with aiortc's encoder called inline (no executor)."""
 
     def __init__(self, params: RTCRtpCodecParameters) -> None:
-        self._encoder: Any = get_encoder(params)
-        _single_thread(self._encoder.codec)
+        encoder: Any = get_encoder(params)
+        _single_thread(encoder.codec)
+        self._encoder = encoder
         self._step = params.clockRate // 50
 
     def encode(self, frame: AudioFrame) -> list[tuple[bytes, int]]:
@@ -137,3 +141,77 @@ def packet_encoder(name: str, payload_type: int) -> OpusPacketEncoder | AiortcPa
 def packet_decoder(name: str, payload_type: int) -> OpusPacketDecoder | AiortcPacketDecoder:
     """Decoder for the WebRTC leg's codec (Matrix -> SIP)."""
     return OpusPacketDecoder() if name.lower() == "opus" else AiortcPacketDecoder(webrtc_params(name, payload_type))
+
+
+class OpusG711Transcoder:
+    """Opus (WebRTC, 48 kHz RTP clock) <-> PCMU/PCMA (SIP, 8 kHz), all at 8 kHz mono: libopus + G.711 tables."""
+
+    webrtc_clock = OPUS_CLOCK
+
+    def __init__(self, sip_codec: str, ptime_ms: int = 20) -> None:
+        self._sip = sip_codec.upper()
+        self._encoder = libopus.Encoder(8000)
+        self._decoder = libopus.Decoder(8000)
+        self._chunk = 8 * ptime_ms  # samples per SIP packet
+        self._pending = b""  # PCM not yet encoded (SIP packets of another size than 20 ms)
+        self._pending_pts = 0
+        self._pending_end = 0
+
+    def to_webrtc(self, payload: bytes, pts: int) -> list[tuple[bytes, int]]:
+        """A SIP payload (``pts`` on the 8 kHz clock) -> Opus packets of 20 ms (timestamp on the 48 kHz clock)."""
+        pcm = g711.decode(self._sip, payload)
+        if not self._pending and len(payload) == 160:
+            return [(self._encoder.encode(pcm, 160), pts * 6)]  # the usual case: one 20 ms packet in, one out
+        if not self._pending or pts != self._pending_end:
+            self._pending, self._pending_pts = b"", pts  # first packet, or a gap: start afresh
+        self._pending += pcm
+        self._pending_end = pts + len(payload)
+        out = []
+        while len(self._pending) >= 320:
+            out.append((self._encoder.encode(self._pending[:320], 160), self._pending_pts * 6))
+            self._pending = self._pending[320:]
+            self._pending_pts += 160
+        return out
+
+    def to_sip(self, payload: bytes, pts: int) -> list[tuple[bytes, int | None]]:
+        """An Opus packet (``pts`` on the 48 kHz clock) -> SIP payloads of ptime (timestamp on the 8 kHz clock)."""
+        pcm = self._decoder.decode(payload)
+        base = pts // 6
+        chunk = 2 * self._chunk
+        return [(g711.encode(self._sip, pcm[i : i + chunk]), base + i // 2) for i in range(0, len(pcm), chunk)]
+
+
+class AvTranscoder:
+    """Any other pair, with PyAV codec contexts called inline (see the module docstring about threads)."""
+
+    def __init__(self, webrtc_codec: str, webrtc_pt: int, sip_codec: str) -> None:
+        self.webrtc_clock = OPUS_CLOCK if webrtc_codec.lower() == "opus" else 8000
+        self._sip_decoder = SipDecoder(sip_codec)
+        self._sip_encoder = SipEncoder(sip_codec)
+        self._encoder = packet_encoder(webrtc_codec, webrtc_pt)
+        self._decoder = packet_decoder(webrtc_codec, webrtc_pt)
+
+    def to_webrtc(self, payload: bytes, pts: int) -> list[tuple[bytes, int]]:
+        out: list[tuple[bytes, int]] = []
+        for frame in self._sip_decoder.decode(payload, pts):
+            out += self._encoder.encode(frame)
+        return out
+
+    def to_sip(self, payload: bytes, pts: int) -> list[tuple[bytes, int | None]]:
+        out: list[tuple[bytes, int | None]] = []
+        for frame in self._decoder.decode(payload, pts):
+            payloads, timestamp = self._sip_encoder.encode(frame)
+            for item in payloads:
+                out.append((item, timestamp))
+                if timestamp is not None:
+                    timestamp += len(item)  # G.711/G.722: one byte per 8 kHz tick
+        return out
+
+
+Transcoder = OpusG711Transcoder | AvTranscoder
+
+
+def make_transcoder(webrtc_codec: str, webrtc_pt: int, sip_codec: str, ptime_ms: int = 20) -> Transcoder:
+    if webrtc_codec.lower() == "opus" and sip_codec.upper() in ("PCMU", "PCMA") and libopus.AVAILABLE:
+        return OpusG711Transcoder(sip_codec, ptime_ms)
+    return AvTranscoder(webrtc_codec, webrtc_pt, sip_codec)

@@ -23,7 +23,7 @@ from av import AudioFrame
 from . import webrtc_leg
 from .codecs import SipDecoder, SipEncoder, WebRtcEncoder, encoded_packet
 from .dtmf import DtmfDetector, DtmfError, DtmfEvent, decode_event, encode_event
-from .inline_codec import OPUS_CLOCK, packet_decoder, packet_encoder
+from .inline_codec import OPUS_CLOCK, Transcoder, make_transcoder
 from .jitter import JitterBuffer
 from .rtcp_feed import ReceiverReportFeed
 from .rtp_leg import RtpLeg
@@ -63,9 +63,8 @@ class Relay:
         self._encoder: SipEncoder | None = None
         self._pump: asyncio.Task[None] | None = None
         self._ts_base: int | None = None
-        # inline transcoding (fast path only)
-        self._packet_encoder: Any = None  # PCM -> WebRTC codec payloads
-        self._packet_decoder: Any = None  # WebRTC codec payloads -> PCM
+        self._transcoder: Transcoder | None = None
+        """Inline transcoding (fast path only): both directions, synchronously."""
         self._webrtc_jitter = JitterBuffer(3, 50)
         self._webrtc_ts_base: int | None = None
         self._rr_feed: ReceiverReportFeed | None = None
@@ -78,19 +77,18 @@ class Relay:
 
     def configure(self, plan: RelayPlan) -> None:
         self.plan = plan
-        self._decoder = None if plan.passthrough else SipDecoder(plan.sip_codec)
-        self._webrtc_encoder = None
-        self._packet_encoder = self._packet_decoder = None
+        self._decoder = self._encoder = self._webrtc_encoder = self._transcoder = None
         self._webrtc_jitter.reset()
         self._webrtc_ts_base = None
         if not plan.passthrough and self.webrtc.direct is not None:
-            self._packet_encoder = packet_encoder(plan.webrtc_codec, plan.webrtc_pt)
-            self._packet_decoder = packet_decoder(plan.webrtc_codec, plan.webrtc_pt)
-        elif not plan.passthrough and webrtc_leg.AIORTC_INTERNALS_OK:
-            self._webrtc_encoder = WebRtcEncoder(plan.webrtc_codec, plan.webrtc_pt)
-        self._encoder = None if plan.passthrough else SipEncoder(plan.sip_codec)
+            self._transcoder = make_transcoder(plan.webrtc_codec, plan.webrtc_pt, plan.sip_codec, self.rtp.ptime)
+        elif not plan.passthrough:  # without the fast path: aiortc's track and decoder thread
+            self._decoder = SipDecoder(plan.sip_codec)
+            self._encoder = SipEncoder(plan.sip_codec)
+            if webrtc_leg.AIORTC_INTERNALS_OK:
+                self._webrtc_encoder = WebRtcEncoder(plan.webrtc_codec, plan.webrtc_pt)
         # the tap bypasses aiortc's receiver, which would then send no RTCP RR (rtcp_feed.py)
-        tapped = plan.passthrough or self._packet_decoder is not None
+        tapped = plan.passthrough or self._transcoder is not None
         clock = OPUS_CLOCK if plan.webrtc_codec.lower() == "opus" else 8000
         self._rr_feed = self.webrtc.receiver_report_feed(clock) if tapped else None
         self.log.info(
@@ -110,7 +108,7 @@ class Relay:
         self._ensure_pump()
 
     def _ensure_pump(self) -> None:
-        if self.plan is None or self.plan.passthrough or self._packet_decoder is not None or self._pump is not None:
+        if self.plan is None or self.plan.passthrough or self._transcoder is not None or self._pump is not None:
             return
         self._pump = asyncio.get_running_loop().create_task(self._pump_webrtc_to_sip())
 
@@ -126,6 +124,17 @@ class Relay:
             self._ts_base = packet.timestamp
         pts = (packet.timestamp - self._ts_base) & 0xFFFFFFFF
         direct = self.webrtc.direct
+        transcoder = self._transcoder
+        if transcoder is not None and direct is not None:
+            pt = self.plan.webrtc_pt
+            try:
+                for payload, timestamp in transcoder.to_webrtc(packet.payload, pts):
+                    direct.send(pt, payload, timestamp, direct.last_seq is None)
+                    self.webrtc_frames_out += 1
+            except Exception as exc:  # a corrupt payload must not stop the stream
+                self.dropped += 1
+                self.log.debug("cannot transcode SIP payload: %s", exc)
+            return
         if self._decoder is None:
             if direct is not None:
                 direct.send(self.plan.webrtc_pt, packet.payload, pts, direct.last_seq is None)
@@ -136,16 +145,9 @@ class Relay:
             return
         try:
             frames = self._decoder.decode(packet.payload, pts)
-            if self._packet_encoder is not None and direct is not None:
-                pt = self.plan.webrtc_pt
-                for frame in frames:
-                    for payload, timestamp in self._packet_encoder.encode(frame):
-                        direct.send(pt, payload, timestamp, direct.last_seq is None)
-                        self.webrtc_frames_out += 1
-                return
         except Exception as exc:  # a corrupt payload must not stop the stream
             self.dropped += 1
-            self.log.debug("cannot transcode SIP payload: %s", exc)
+            self.log.debug("cannot decode SIP payload: %s", exc)
             return
         track = self.webrtc.outgoing
         encoder = self._webrtc_encoder
@@ -197,7 +199,7 @@ class Relay:
             else:
                 self.dropped += 1
             return True
-        if pt == plan.webrtc_pt and self._packet_decoder is not None:
+        if pt == plan.webrtc_pt and self._transcoder is not None:
             if self._rr_feed is not None:
                 self._rr_feed.feed(packet.ssrc, packet.sequence, packet.timestamp)
             if self.running and not self.hold:
@@ -213,18 +215,13 @@ class Relay:
         if self._webrtc_ts_base is None:
             self._webrtc_ts_base = packet.timestamp
         pts = (packet.timestamp - self._webrtc_ts_base) & 0xFFFFFFFF
-        encoder = self._encoder
-        if encoder is None:
+        transcoder = self._transcoder
+        if transcoder is None:
             return
         try:
-            frames = self._packet_decoder.decode(packet.payload, pts)
-            for frame in frames:
-                self.webrtc_frames_in += 1
-                payloads, timestamp = encoder.encode(frame)
-                for payload in payloads:
-                    self.rtp.send_audio(payload, source_ts=timestamp)
-                    if timestamp is not None:
-                        timestamp += len(payload)  # G.711/G.722: one byte per 8 kHz tick
+            self.webrtc_frames_in += 1
+            for payload, timestamp in transcoder.to_sip(packet.payload, pts):
+                self.rtp.send_audio(payload, source_ts=timestamp)
         except Exception as exc:  # a corrupt payload must not stop the stream
             self.dropped += 1
             self.log.debug("cannot transcode WebRTC payload: %s", exc)

@@ -24,7 +24,7 @@ import logging
 import random
 import struct
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aioice
@@ -164,12 +164,12 @@ class DirectSender:
         """Nothing owned: here for the injector interface."""
 
 
-def install_receive(dtls: RTCDtlsTransport, tap: Callable[[], RtpTap | None], fallback: Callable[[bytes, int],
-                    Coroutine[Any, Any, None]], *, log: logging.Logger | logging.LoggerAdapter[Any]) -> int:
+def install_receive(dtls: RTCDtlsTransport, tap: Callable[[], RtpTap | None], fallback: Callable[..., Awaitable[None]],
+                    *, log: logging.Logger | logging.LoggerAdapter[Any]) -> int:
     """Shadow ``datagram_received`` of this connection's ICE sockets (gathered already); returns how many."""
     connection: Any = dtls.transport._connection
     loop = asyncio.get_running_loop()
-    tasks: set[asyncio.Task[None]] = set()
+    tasks: set[asyncio.Future[None]] = set()
     dtls_any: Any = dtls
     installed = 0
     for protocol in list(connection._protocols):
@@ -192,7 +192,7 @@ def install_receive(dtls: RTCDtlsTransport, tap: Callable[[], RtpTap | None], fa
                             return
                     except Exception:
                         log.exception("RTP tap failed")
-                    task = loop.create_task(fallback(plain, int(time.time() * 1000)))
+                    task = asyncio.ensure_future(fallback(plain, int(time.time() * 1000)), loop=loop)
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                     return
