@@ -25,8 +25,9 @@ send for --seconds (counted from 1 s after they start), then stop; then the coun
   RSS, threads of the process (from /proc/<pid>/status) with the calls up.
   audio   Matrix->SIP: packets the echo got / packets the callers sent; SIP->Matrix: packets the callers got back /
           packets the echo sent; both must be >= 99.5 % for N to count towards capacity.
-Slopes are least-squares fits over N (0 = the idle process); "capacity" is the largest N measured with >= 99.5 %
-audio both ways, and "projected" is how many calls a fully used core would carry at the fitted slope.
+Slopes are least-squares fits over N (0 = the idle process; points with < 99.5 % audio left out: a saturated process
+under-reports its cost); "capacity" is the largest N measured with >= 99.5 % audio both ways, and "projected" is how
+many calls a fully used core would carry at the fitted slope.
 """
 
 from __future__ import annotations
@@ -303,8 +304,10 @@ class Result:
     note: str = ""
 
     def slope(self, attr: str) -> tuple[float, float]:
-        xs = [p.calls for p in self.points]
-        ys = [float(getattr(p, attr)) for p in self.points]
+        """Least squares over the points with good audio (a saturated process under-reports its cost)."""
+        points = [p for p in self.points if p.calls == 0 or p.audio_ok]
+        xs = [p.calls for p in points]
+        ys = [float(getattr(p, attr)) for p in points]
         if len(xs) < 2 or len(set(xs)) < 2:
             return float("nan"), float("nan")
         mx, my = statistics.fmean(xs), statistics.fmean(ys)
@@ -660,8 +663,9 @@ class Bench:
             rss, threads = proc_status(system.pid)
         point = Point(
             calls=n, cpu_pct=statistics.median(runs), cpu_runs=runs, rss_kib=rss, threads=threads,
-            to_sip_pct=100.0 * to_sip / sent if sent else (100.0 if n == 0 else 0.0),
-            to_matrix_pct=100.0 * to_matrix / echo_sent_total if echo_sent_total else (100.0 if n == 0 else 0.0),
+            # N=0: nothing is sent (stray echoes of the previous phase's last packets are not audio of this one)
+            to_sip_pct=100.0 if n == 0 else 100.0 * to_sip / sent if sent else 0.0,
+            to_matrix_pct=100.0 if n == 0 else 100.0 * to_matrix / echo_sent_total if echo_sent_total else 0.0,
             sent=sent, connected=sum(c.connected for c in callers))
         self.say(f"{system.name:>12} N={n:>3}: CPU {point.cpu_pct:6.2f} % of a core "
                  f"(runs {', '.join(f'{r:.2f}' for r in runs)}), RSS {rss / 1024:6.1f} MiB, threads {threads:>3}, "
@@ -762,7 +766,7 @@ def report(bench: Bench) -> dict[str, Any]:
         for p in r.points:
             print(f"{r.name:<22} {p.calls:>4} {p.cpu_pct:7.2f} {p.rss_kib / 1024:8.1f} {p.threads:>4} "
                   f"{p.to_sip_pct:8.2f} {p.to_matrix_pct:10.2f}{'' if p.audio_ok or p.calls == 0 else '  < 99.5'}")
-    print("\n== per call (least-squares slope over N)")
+    print("\n== per call (least-squares slope over N, points with >= 99.5 % audio)")
     for r in bench.results:
         cpu, idle = r.slope("cpu_pct")
         rss, _ = r.slope("rss_kib")
