@@ -29,6 +29,7 @@ from typing import Any
 
 import aioice
 import aiortc
+import pylibsrtp
 from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtcrtpsender import RTCRtpSender
@@ -39,6 +40,7 @@ RtpTap = Callable[[bytes], bool]
 FASTPATH_OK = (
     aiortc.__version__.startswith("1.16.")
     and aioice.__version__.startswith("0.13.")
+    and pylibsrtp.__version__.startswith("1.0.")
     and hasattr(aioice.ice.StunProtocol, "datagram_received")
     and hasattr(aioice.ice.Connection, "data_received")
     and callable(getattr(RTCRtpReceiver, "_RTCRtpReceiver__stop_decoder", None))
@@ -48,6 +50,55 @@ _HEADER = struct.Struct("!BBHII")
 _NTP_EPOCH_OFFSET = 2208988800  # seconds from 1900-01-01 to 1970-01-01
 _SEQ_MASK = 0xFFFF
 _TS_MASK = 0xFFFFFFFF
+
+
+class FastSrtp:
+    """``Session.protect`` / ``unprotect`` of one pylibsrtp 1.0 session without its per-call ``ffi.new`` and checks
+    (same C calls, same shared buffer; the length check that keeps a datagram inside the buffer stays)."""
+
+    __slots__ = ("_buffer", "_cdata", "_len", "_max", "_protect", "_srtp", "_unprotect", "session")
+
+    def __init__(self, session: Any) -> None:
+        from pylibsrtp._binding import ffi, lib
+
+        self.session = session
+        self._srtp = session._srtp[0]
+        self._cdata = session._cdata
+        self._buffer = session._buffer
+        self._max = len(session._cdata) - 16  # SRTP_MAX_TRAILER_LEN
+        self._len = ffi.new("int *")
+        self._protect = lib.srtp_protect
+        self._unprotect = lib.srtp_unprotect
+
+    def protect(self, data: bytes) -> bytes:
+        n = len(data)
+        if n > self._max:
+            raise ValueError("packet is too long")
+        self._buffer[0:n] = data
+        self._len[0] = n
+        if self._protect(self._srtp, self._cdata, self._len):
+            raise pylibsrtp.Error("srtp_protect failed")
+        return bytes(self._buffer[0 : self._len[0]])
+
+    def unprotect(self, data: bytes) -> bytes:
+        n = len(data)
+        if n > self._max + 16:
+            raise ValueError("packet is too long")
+        self._buffer[0:n] = data
+        self._len[0] = n
+        if self._unprotect(self._srtp, self._cdata, self._len):
+            raise pylibsrtp.Error("srtp_unprotect failed")  # replay, authentication
+        return bytes(self._buffer[0 : self._len[0]])
+
+
+def fast_srtp(cache: list[Any], session: Any) -> FastSrtp | None:
+    """The :class:`FastSrtp` of ``session`` (cached in ``cache[0]``; renewed when aiortc made a new session)."""
+    if session is None:
+        return None
+    current: FastSrtp | None = cache[0]
+    if current is None or current.session is not session:
+        current = cache[0] = FastSrtp(session)
+    return current
 
 
 def ntp_now() -> int:
@@ -62,14 +113,18 @@ class DirectSender:
         self,
         sender: RTCRtpSender,
         *,
-        paused: Callable[[], bool],
+        track: Any,
         log: logging.Logger | logging.LoggerAdapter[Any],
     ) -> None:
         self.log = log
         self._sender = sender
         self._sender_any: Any = sender
         self._dtls: Any = sender.transport
-        self._paused = paused
+        self._connection: Any = self._dtls.transport._connection
+        self._track = track  # its ``paused``: the Matrix party holds (wants none of our audio)
+        self._srtp: list[Any] = [None]
+        self._pair: Any = None
+        self._addr: tuple[str, int] = ("", 0)
         self._ssrc = sender._ssrc
         self._seq = random.getrandbits(15)  # lower half, like aiortc: no early wrap (breaks some SRTP stacks)
         self._ts_origin = random.getrandbits(32)
@@ -103,10 +158,6 @@ class DirectSender:
         return True
 
     # -- sending ----------------------------------------------------------------------------------------------
-    def ready(self) -> bool:
-        dtls = self._dtls
-        return dtls._state == State.CONNECTED and dtls._tx_srtp is not None and self._sender._enabled
-
     def send(self, payload_type: int, payload: bytes, timestamp: int, marker: bool = False) -> bool:
         """Send one payload; ``timestamp`` counts from the stream's start (the random origin is added here)."""
         ts = (self._ts_origin + timestamp) & _TS_MASK
@@ -122,9 +173,16 @@ class DirectSender:
         return self._send(payload_type, marker, timestamp, payload)
 
     def _send(self, payload_type: int, marker: bool, ts: int, payload: bytes) -> bool:
-        if self._paused() or not self.ready():
+        dtls = self._dtls
+        if self._track.paused or dtls._state != State.CONNECTED or not self._sender._enabled:
             self.dropped += 1
             return False
+        srtp = self._srtp[0]
+        if srtp is None or srtp.session is not dtls._tx_srtp:
+            srtp = fast_srtp(self._srtp, dtls._tx_srtp)
+            if srtp is None:
+                self.dropped += 1
+                return False
         ext = self._ext
         if ext is None:
             if not self._prepare():
@@ -132,11 +190,12 @@ class DirectSender:
                 return False
             ext = self._ext
             assert ext is not None
-        dtls = self._dtls
-        pair = dtls.transport._connection._nominated.get(1)
-        if pair is None:
-            self.dropped += 1
-            return False
+        pair = self._connection._nominated.get(1)
+        if pair is not self._pair:
+            if pair is None:
+                self.dropped += 1
+                return False
+            self._pair, self._addr = pair, pair.remote_addr
         seq = self._seq
         ntp = ntp_now()
         if ext:
@@ -147,8 +206,7 @@ class DirectSender:
             header = _HEADER.pack(0x90, (0x80 if marker else 0) | payload_type, seq, ts, self._ssrc) + ext
         else:
             header = _HEADER.pack(0x80, (0x80 if marker else 0) | payload_type, seq, ts, self._ssrc)
-        data = dtls._tx_srtp.protect(header + payload)
-        pair.protocol.transport.sendto(data, pair.remote_addr)
+        pair.protocol.transport.sendto(srtp.protect(header + payload), self._addr)
         self._seq = (seq + 1) & _SEQ_MASK
         self.last_seq = seq
         self.sent += 1
@@ -164,13 +222,15 @@ class DirectSender:
         """Nothing owned: here for the injector interface."""
 
 
-def install_receive(dtls: RTCDtlsTransport, tap: Callable[[], RtpTap | None], fallback: Callable[..., Awaitable[None]],
+def install_receive(dtls: RTCDtlsTransport, owner: Any, fallback: Callable[..., Awaitable[None]],
                     *, log: logging.Logger | logging.LoggerAdapter[Any]) -> int:
-    """Shadow ``datagram_received`` of this connection's ICE sockets (gathered already); returns how many."""
+    """Shadow ``datagram_received`` of this connection's ICE sockets (gathered already); returns how many.
+    ``owner._tap`` is the RTP tap (read per packet: the relay sets and clears it)."""
     connection: Any = dtls.transport._connection
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Future[None]] = set()
     dtls_any: Any = dtls
+    srtp_cache: list[Any] = [None]
     installed = 0
     for protocol in list(connection._protocols):
         if getattr(protocol, "_bridge_fastpath", False):
@@ -180,12 +240,14 @@ def install_receive(dtls: RTCDtlsTransport, tap: Callable[[], RtpTap | None], fa
         def fast(data: bytes, addr: tuple[Any, ...], original: Any = original) -> None:
             # SRTP: first byte 128..191 (RFC 7983), second byte not an RTCP type 192..223 (RFC 5761)
             if len(data) > 12 and 127 < data[0] < 192 and not 191 < data[1] < 224:
-                srtp = dtls_any._rx_srtp
-                consumer = tap()
+                srtp = srtp_cache[0]
+                if srtp is None or srtp.session is not dtls_any._rx_srtp:
+                    srtp = fast_srtp(srtp_cache, dtls_any._rx_srtp)
+                consumer = owner._tap
                 if srtp is not None and consumer is not None:
                     try:
                         plain = srtp.unprotect(data)
-                    except Exception:  # pylibsrtp.Error: replay, auth failure - aiortc drops those too
+                    except (pylibsrtp.Error, ValueError):  # replay, authentication, size: aiortc drops those too
                         return
                     try:
                         if consumer(plain):

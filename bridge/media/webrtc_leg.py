@@ -218,8 +218,7 @@ class WebRtcLeg:
         transport._handle_rtp_data = tapped  # type: ignore[method-assign]
         self._original_rtp_handler = original
         if FASTPATH_OK:
-            outgoing = self.outgoing
-            self.direct = DirectSender(self._transceiver.sender, paused=lambda: outgoing.paused, log=self.log)
+            self.direct = DirectSender(self._transceiver.sender, track=self.outgoing, log=self.log)
             self.injector = self.direct
             stop_decoder_thread(self._transceiver.receiver)
         else:
@@ -229,8 +228,7 @@ class WebRtcLeg:
         """After gathering (setLocalDescription): audio from Matrix goes to the tap without aiortc's queue."""
         if self.direct is None or self._transceiver is None or self._original_rtp_handler is None:
             return
-        install_receive(self._transceiver.receiver.transport, lambda: self._tap, self._original_rtp_handler,
-                        log=self.log)
+        install_receive(self._transceiver.receiver.transport, self, self._original_rtp_handler, log=self.log)
 
     async def answer(self, offer_sdp: str, codecs: list[str]) -> str:
         """Apply the remote offer and return our answer SDP (holding all our candidates)."""

@@ -35,7 +35,7 @@ def fake_sender(ext_ids: dict[str, int]) -> tuple[Any, list[tuple[bytes, tuple[s
     sent: list[tuple[bytes, tuple[str, int]]] = []
     socket = SimpleNamespace(sendto=lambda data, addr: sent.append((data, addr)))
     pair = SimpleNamespace(protocol=SimpleNamespace(transport=socket), remote_addr=("127.0.0.1", 5000))
-    dtls = SimpleNamespace(_state=State.CONNECTED, _tx_srtp=SimpleNamespace(protect=lambda data: data),
+    dtls = SimpleNamespace(_state=State.CONNECTED, _tx_srtp=object(),
                            _rtp_header_extensions_map=ext_map,
                            transport=SimpleNamespace(_connection=SimpleNamespace(_nominated={1: pair})))
     sender = SimpleNamespace(_ssrc=0x11223344, transport=dtls, _enabled=True, _RTCRtpSender__started=True,
@@ -47,7 +47,8 @@ def fake_sender(ext_ids: dict[str, int]) -> tuple[Any, list[tuple[bytes, tuple[s
 @pytest.mark.parametrize("ext_ids", [{"mid": 1, "abs": 3}, {"abs": 2}, {}])
 def test_direct_sender_writes_what_aiortc_would_with_one_sendto_per_payload(ext_ids: dict[str, int]) -> None:
     sender, sent, ext_map = fake_sender(ext_ids)
-    direct = DirectSender(sender, paused=lambda: False, log=logging.getLogger("test"))
+    direct = DirectSender(sender, track=SimpleNamespace(paused=False), log=logging.getLogger("test"))
+    direct._srtp[0] = SimpleNamespace(session=sender.transport._tx_srtp, protect=lambda data: data)  # no SRTP
     before = ntp_now()
     assert direct.send(0, b"\xff" * 160, 160, marker=True)
     assert direct.send(0, b"\x7f" * 160, 320)
@@ -70,11 +71,12 @@ def test_direct_sender_writes_what_aiortc_would_with_one_sendto_per_payload(ext_
 
 def test_direct_sender_drops_while_paused_or_not_connected_and_injects_in_the_same_sequence_space() -> None:
     sender, sent, ext_map = fake_sender({})
-    paused = [True]
-    direct = DirectSender(sender, paused=lambda: paused[0], log=logging.getLogger("test"))
+    track = SimpleNamespace(paused=True)
+    direct = DirectSender(sender, track=track, log=logging.getLogger("test"))
+    direct._srtp[0] = SimpleNamespace(session=sender.transport._tx_srtp, protect=lambda data: data)  # no SRTP
     assert not direct.inject(101, True, 0, b"\x01\x0a\x00\xa0")  # nothing sent yet: no stream to join
     assert not direct.send(0, b"\xff" * 160, 0) and direct.dropped == 1
-    paused[0] = False
+    track.paused = False
     sender.transport._state = State.CLOSED
     assert not direct.send(0, b"\xff" * 160, 0) and direct.dropped == 2
     sender.transport._state = State.CONNECTED
@@ -120,3 +122,25 @@ async def test_calls_run_on_the_fast_path_with_no_decoder_thread_in_the_bridge(m
         assert isinstance(relay._transcoder, OpusG711Transcoder)
     names = [t.name for t in threading.enumerate()]
     assert names.count("audio-decoder") <= 1  # the test's own MatrixPeer has one; the bridge none
+
+
+def test_fast_srtp_gives_the_same_bytes_as_pylibsrtp_and_refuses_oversized_and_replayed_packets() -> None:
+    from pylibsrtp import Error, Policy, Session
+
+    from bridge.media.webrtc_fastpath import FastSrtp
+
+    key = bytes(range(30))
+
+    def session(direction: int) -> Session:
+        return Session(Policy(key=key, ssrc_type=direction))
+
+    plain = bytes.fromhex("80000001000000a011223344") + b"\xff" * 160
+    reference = session(Policy.SSRC_ANY_OUTBOUND).protect(plain)
+    fast = FastSrtp(session(Policy.SSRC_ANY_OUTBOUND))
+    assert fast.protect(plain) == reference
+    receiver = FastSrtp(session(Policy.SSRC_ANY_INBOUND))
+    assert receiver.unprotect(reference) == plain
+    with pytest.raises(Error):
+        receiver.unprotect(reference)  # replayed
+    with pytest.raises(ValueError):
+        fast.protect(plain[:12] + b"\x00" * 1500)
