@@ -15,6 +15,11 @@ Two aiortc 1.16 internals are used, both behind :data:`AIORTC_INTERNALS_OK`:
 
 When the check fails (another aiortc version) the bridge transcodes and drops DTMF from
 Matrix with one warning.
+
+On top of these, when :data:`webrtc_fastpath.FASTPATH_OK` holds, :attr:`WebRtcLeg.direct` sends the relay's
+payloads straight to the ICE socket and the ICE sockets hand decrypted audio to the tap in their datagram callback
+(no aiortc queue, task or decoder thread per packet; see webrtc_fastpath.py). The pre-encoded send through
+:class:`RelayTrack` is then unused, and kept as the fallback.
 """
 
 from __future__ import annotations
