@@ -18,7 +18,10 @@ SIP plugin and the HTTP transport on loopback), driven by the same callers throu
 janus.plugin.sip, register type guest, call sip:<n>@trunk with the same offer) against the same trunk and echo.
 
 Calls are added step by step (N from --calls) and stay up; at each N, after the new calls connected: the callers
-send for --seconds (counted from 1 s after they start), then stop; then the counters are read. Per N:
+send for --seconds (counted from 1 s after they start), then stop; then the counters are read. The bridge
+(passthrough) and Janus are grown and measured side by side: at each N one system's window follows the other's
+while the other's callers are silent, so a change in the machine's load between phases stays out of the ratio.
+Per N:
   CPU     CPU time (utime+stime from /proc/<pid>/stat, all threads) of the bridge / Janus process over the window,
           as % of one core; with --repeat R the window is repeated and the median taken (the machine may be shared:
           CPU time, unlike wall-clock load, is not inflated by other processes, but cache and frequency effects are).
@@ -436,7 +439,7 @@ class JanusSystem(System):
         self.handles: dict[int, asyncio.Queue[dict[str, Any]]] = {}
         self.calls: list[tuple[int, RTCPeerConnection]] = []
         self._poll: asyncio.Task[None] | None = None
-        self._host_addresses: Any = None
+        self._gathering = asyncio.Lock()
         self.log_path = workdir / "janus.log"
 
     @property
@@ -473,10 +476,6 @@ class JanusSystem(System):
                 raise RuntimeError(f"janus HTTP API not up within 30 s:\n{self.log_tail()}")
             await asyncio.sleep(0.3)
         self._poll = asyncio.create_task(self._long_poll())
-        # Janus never gathers on a loopback interface (ice.c skips IFF_LOOPBACK): the callers of this phase gather
-        # on the same local address, so both ends of every WebRTC leg are this host (the kernel delivers locally)
-        self._host_addresses = aioice.ice.get_host_addresses
-        aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: [self.ice_ip]
 
     def log_tail(self, lines: int = 20) -> str:
         with contextlib.suppress(OSError):
@@ -534,7 +533,16 @@ class JanusSystem(System):
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         pc.addTransceiver(track, direction="sendrecv")
         caller = Caller(pc, track)
-        await pc.setLocalDescription(await pc.createOffer())
+        # Janus never gathers on a loopback interface (ice.c skips IFF_LOOPBACK): Janus's callers gather on the
+        # same local address, so both ends of its WebRTC legs are this host (the kernel delivers locally). Only
+        # while this offer gathers: the bridge's callers stay on 127.0.0.1.
+        async with self._gathering:
+            loopback = aioice.ice.get_host_addresses
+            aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: [self.ice_ip]
+            try:
+                await pc.setLocalDescription(await pc.createOffer())
+            finally:
+                aioice.ice.get_host_addresses = loopback
         self.calls.append((handle, pc))
         await self._post(f"/{self.session}/{handle}", {
             "janus": "message", "body": {"request": "call", "uri": f"sip:{number(index)}@127.0.0.1:{self.trunk_port}"},
@@ -552,8 +560,6 @@ class JanusSystem(System):
         self.calls.clear()
 
     async def stop(self) -> None:
-        if self._host_addresses is not None:
-            aioice.ice.get_host_addresses = self._host_addresses
         if self._poll is not None:
             self._poll.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -570,6 +576,22 @@ class JanusSystem(System):
 
 
 # ------------------------------------------------------------------------------------------------ the run
+@dataclass
+class Run:
+    """One system being measured: its callers, their gate, what they send and the codec they must end up with."""
+
+    system: System
+    clock: int
+    payloads: list[bytes]
+    expect_codec: str
+    gate: Gate = field(default_factory=Gate)
+    callers: list[Caller] = field(default_factory=list)
+    result: Result = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.result = Result(self.system.name)
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args = args
@@ -673,44 +695,54 @@ class Bench:
                  f"({point.connected}/{n} connected)")
         return point
 
-    async def run_system(self, system: System, clock: int, payloads: list[bytes], expect_codec: str) -> Result:
-        result = Result(system.name)
-        gate = Gate()
-        callers: list[Caller] = []
-        result.points.append(await self.measure(system, callers, gate, 0))
+    async def grow(self, run: Run, n: int) -> bool:
+        """Add calls to ``run.system`` until it has ``n``; False (and a note) when a set-up failed."""
         setup = asyncio.Semaphore(self.args.setup_concurrency)
 
         async def add(i: int) -> Caller:
             async with setup:
-                return await system.add_call(i, PreEncodedTrack(payloads, clock, gate))
+                return await run.system.add_call(i, PreEncodedTrack(run.payloads, run.clock, run.gate))
 
+        started = time.monotonic()
+        new = await asyncio.gather(*(add(i) for i in range(len(run.callers), n)), return_exceptions=True)
+        failures = [c for c in new if isinstance(c, BaseException)]
+        run.callers += [c for c in new if isinstance(c, Caller)]
+        if failures:
+            run.result.note = f"{len(failures)} call set-ups failed, first: {failures[0]!r}"[:400]
+            self.say(f"{run.system.name}: {run.result.note}")
+            return False
+        deadline = time.monotonic() + 30
+        while not all(c.connected for c in run.callers) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+        codecs = {answer_codec(c.pc.remoteDescription.sdp) for c in run.callers if c.pc.remoteDescription}
+        if codecs != {run.expect_codec}:
+            run.result.note = f"negotiated {codecs}, expected {run.expect_codec}"
+        self.say(f"{run.system.name}: {n} calls up in {time.monotonic() - started:.1f} s (codec {codecs})")
+        return True
+
+    async def run_systems(self, runs: list[Run]) -> None:
+        """Grow and measure the systems side by side: at each N every system is measured, one after the other, so
+        a change in the machine's load between the phases does not end up in the ratio."""
+        for run in runs:
+            self.results.append(run.result)
+            run.result.points.append(await self.measure(run.system, run.callers, run.gate, 0))
         try:
+            active = list(runs)
             for n in self.args.calls:
-                started = time.monotonic()
-                new = await asyncio.gather(*(add(i) for i in range(len(callers), n)), return_exceptions=True)
-                failures = [c for c in new if isinstance(c, BaseException)]
-                callers += [c for c in new if isinstance(c, Caller)]
-                if failures:
-                    result.note = f"{len(failures)} call set-ups failed, first: {failures[0]!r}"[:400]
-                    self.say(f"{system.name}: {result.note}")
+                active = [run for run in active if await self.grow(run, n)]
+                if not active:
                     break
-                deadline = time.monotonic() + 30
-                while not all(c.connected for c in callers) and time.monotonic() < deadline:  # noqa: ASYNC110
-                    await asyncio.sleep(0.2)
-                codecs = {answer_codec(c.pc.remoteDescription.sdp) for c in callers if c.pc.remoteDescription}
-                if codecs != {expect_codec}:
-                    result.note = f"negotiated {codecs}, expected {expect_codec}"
-                self.say(f"{system.name}: {n} calls up in {time.monotonic() - started:.1f} s (codec {codecs})")
                 await asyncio.sleep(2.0)  # ICE/DTLS of the last ones done, set-up work over
-                result.points.append(await self.measure(system, callers, gate, n))
+                for run in active:
+                    run.result.points.append(await self.measure(run.system, run.callers, run.gate, n))
         finally:
-            self.say(f"{system.name}: hanging up {len(callers)} calls ...")
-            await system.hangup_all()
-            for caller in callers:
-                with contextlib.suppress(Exception):
-                    await caller.pc.close()
+            for run in runs:
+                self.say(f"{run.system.name}: hanging up {len(run.callers)} calls ...")
+                await run.system.hangup_all()
+                for caller in run.callers:
+                    with contextlib.suppress(Exception):
+                        await caller.pc.close()
             await asyncio.sleep(3)
-        return result
 
     async def run(self) -> None:
         await self.start()
@@ -728,19 +760,22 @@ class Bench:
         await warm.hangup_all()
         await caller.pc.close()
         await asyncio.sleep(3)
-        for mode in modes if self.args.bridge else []:
-            codecs = ["opus"] if mode == "transcode" else None
-            system = BridgeSystem(self.client, self.bridge, self.rooms, codecs, f"bridge {mode}")
-            payloads, clock = (self.opus, 48000) if mode == "transcode" else (self.pcmu, 8000)
-            self.results.append(await self.run_system(system, clock, payloads, "opus" if mode == "transcode"
-                                                      else "PCMU"))
+        passthrough: list[Run] = []
+        if "passthrough" in modes and self.args.bridge:
+            passthrough.append(Run(BridgeSystem(self.client, self.bridge, self.rooms, None, "bridge passthrough"),
+                                   8000, self.pcmu, "PCMU"))
         if self.args.janus and "passthrough" in modes:
             self.janus = JanusSystem(self.dir / "janus", 0, local_ice_ip(self.args.janus_ip))
             sipp = await self.trunk(top)
             self.janus.trunk_port = sipp.port
             await self.janus.start()
             self.say(f"janus running as pid {self.janus.pid} (log {self.janus.log_path})")
-            self.results.append(await self.run_system(self.janus, 8000, self.pcmu, "PCMU"))
+            passthrough.append(Run(self.janus, 8000, self.pcmu, "PCMU"))
+        if passthrough:
+            await self.run_systems(passthrough)
+        if "transcode" in modes and self.args.bridge:
+            system = BridgeSystem(self.client, self.bridge, self.rooms, ["opus"], "bridge transcode")
+            await self.run_systems([Run(system, 48000, self.opus, "opus")])
 
     async def close(self) -> None:
         if self.client is not None:
