@@ -33,7 +33,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # tini: an init as PID 1 that forwards signals and reaps children. setpriv (dropping root) is in util-linux,
 # which the image already has.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends tini \
+    && apt-get install -y --no-install-recommends tini libopus0 \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 1000 bridge \
     && useradd --system --uid 1000 --gid 1000 --home-dir /data --shell /usr/sbin/nologin bridge \

@@ -232,8 +232,9 @@ class Sample:
 class BridgeProcess:
     """`python -m bridge -c config.yaml` as a child process, plus what /proc and SIGUSR1 tell about it."""
 
-    def __init__(self, workdir: Path, rtp_range: tuple[int, int]) -> None:
+    def __init__(self, workdir: Path, rtp_range: tuple[int, int], root: Path = ROOT) -> None:
         self.workdir = workdir
+        self.root = root  # the checkout whose `bridge` package runs
         self.log_path = workdir / "bridge.log"
         self.rtp_range = rtp_range
         self.proc: asyncio.subprocess.Process | None = None
@@ -247,7 +248,8 @@ class BridgeProcess:
         return self.proc.pid
 
     async def start(self) -> None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        path = os.pathsep.join(filter(None, [str(self.root), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PYTHONPATH": path}
         with self.log_path.open("wb") as out:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "bridge", "-c", "config.yaml", cwd=self.workdir, env=env,

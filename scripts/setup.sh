@@ -45,6 +45,8 @@ command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || apt_missing+=(
 compgen -G "/usr/lib/*/kamailio/modules/tls.so" >/dev/null || apt_missing+=(kamailio-tls-modules)
 # PostgreSQL server binaries: the database tests run every table on a throwaway cluster as well as SQLite.
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || apt_missing+=(postgresql)
+# libopus: inline Opus <-> G.711 transcoding without codec threads (bridge/media/libopus.py; falls back to PyAV)
+ldconfig -p 2>/dev/null | grep -q 'libopus\.so\.0' || apt_missing+=(libopus0)
 PY=$(pick_python || true)
 if [ -z "$PY" ]; then
     apt_missing+=(python3 python3-venv)

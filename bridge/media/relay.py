@@ -1,9 +1,12 @@
 """Joins the RTP leg and the WebRTC leg of one call.
 
-Passthrough (same G.711/G.722 codec on both legs): SIP payloads go into the outgoing aiortc
-track as pre-encoded ``av.Packet``s, and Matrix payloads are taken from the RTP tap straight
-to the RTP leg; nothing is decoded. Otherwise SIP payloads are decoded to PCM for aiortc to
-encode (Opus), and decoded Matrix frames are re-encoded for the SIP codec.
+Passthrough (same G.711/G.722 codec on both legs): SIP payloads go out on the WebRTC leg as they are, and
+Matrix payloads are taken from the RTP tap straight to the RTP leg; nothing is decoded. Otherwise both directions
+are transcoded inline (inline_codec.py): SIP payload -> PCM -> Opus -> WebRTC leg, and Matrix payload (from the
+tap, through a jitter buffer) -> PCM -> SIP codec -> RTP leg.
+
+With the fast path (webrtc_fastpath.py) every step runs synchronously in a datagram callback: no task, queue or
+thread per packet. Without it (another aiortc) the relay falls back to aiortc's track and decoder.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from av import AudioFrame
 from . import webrtc_leg
 from .codecs import SipDecoder, SipEncoder, WebRtcEncoder, encoded_packet
 from .dtmf import DtmfDetector, DtmfError, DtmfEvent, decode_event, encode_event
+from .inline_codec import OPUS_CLOCK, Transcoder, make_transcoder
+from .jitter import JitterBuffer
 from .rtcp_feed import ReceiverReportFeed
 from .rtp_leg import RtpLeg
 from .rtp_packet import RtpPacket, RtpParseError, parse_rtp
@@ -59,6 +64,10 @@ class Relay:
         self._encoder: SipEncoder | None = None
         self._pump: asyncio.Task[None] | None = None
         self._ts_base: int | None = None
+        self._transcoder: Transcoder | None = None
+        """Inline transcoding (fast path only): both directions, synchronously."""
+        self._webrtc_jitter = JitterBuffer(3, 50)
+        self._webrtc_ts_base: int | None = None
         self._rr_feed: ReceiverReportFeed | None = None
         self._dtmf_in = DtmfDetector()
         rtp.on_audio = self._from_sip
@@ -69,13 +78,21 @@ class Relay:
 
     def configure(self, plan: RelayPlan) -> None:
         self.plan = plan
-        self._decoder = None if plan.passthrough else SipDecoder(plan.sip_codec)
-        self._webrtc_encoder = None
-        if not plan.passthrough and webrtc_leg.AIORTC_INTERNALS_OK:
-            self._webrtc_encoder = WebRtcEncoder(plan.webrtc_codec, plan.webrtc_pt)
-        self._encoder = None if plan.passthrough else SipEncoder(plan.sip_codec, plan.sip_fmtp)
-        # passthrough: the tap bypasses aiortc's receiver, which would then send no RTCP RR (rtcp_feed.py)
-        self._rr_feed = self.webrtc.receiver_report_feed(self.rtp.clock_rate) if plan.passthrough else None
+        self._decoder = self._encoder = self._webrtc_encoder = self._transcoder = None
+        self._webrtc_jitter.reset()
+        self._webrtc_ts_base = None
+        if not plan.passthrough and self.webrtc.direct is not None:
+            self._transcoder = make_transcoder(plan.webrtc_codec, plan.webrtc_pt, plan.sip_codec, self.rtp.ptime,
+                                               sip_fmtp=plan.sip_fmtp)
+        elif not plan.passthrough:  # without the fast path: aiortc's track and decoder thread
+            self._decoder = SipDecoder(plan.sip_codec)
+            self._encoder = SipEncoder(plan.sip_codec, plan.sip_fmtp)
+            if webrtc_leg.AIORTC_INTERNALS_OK:
+                self._webrtc_encoder = WebRtcEncoder(plan.webrtc_codec, plan.webrtc_pt)
+        # the tap bypasses aiortc's receiver, which would then send no RTCP RR (rtcp_feed.py)
+        tapped = plan.passthrough or self._transcoder is not None
+        clock = OPUS_CLOCK if plan.webrtc_codec.lower() == "opus" else 8000
+        self._rr_feed = self.webrtc.receiver_report_feed(clock) if tapped else None
         self.log.info(
             "media plan: SIP %s <-> WebRTC %s (%s), telephone-event %s",
             plan.sip_codec,
@@ -93,7 +110,7 @@ class Relay:
         self._ensure_pump()
 
     def _ensure_pump(self) -> None:
-        if self.plan is None or self.plan.passthrough or self._pump is not None:
+        if self.plan is None or self.plan.passthrough or self._transcoder is not None or self._pump is not None:
             return
         self._pump = asyncio.get_running_loop().create_task(self._pump_webrtc_to_sip())
 
@@ -108,9 +125,24 @@ class Relay:
         if self._ts_base is None:
             self._ts_base = packet.timestamp
         pts = (packet.timestamp - self._ts_base) & 0xFFFFFFFF
-        track = self.webrtc.outgoing
+        direct = self.webrtc.direct
+        transcoder = self._transcoder
+        if transcoder is not None and direct is not None:
+            pt = self.plan.webrtc_pt
+            try:
+                for payload, timestamp in transcoder.to_webrtc(packet.payload, pts):
+                    direct.send(pt, payload, timestamp, direct.last_seq is None)
+                    self.webrtc_frames_out += 1
+            except Exception as exc:  # a corrupt payload must not stop the stream
+                self.dropped += 1
+                self.log.debug("cannot transcode SIP payload: %s", exc)
+            return
         if self._decoder is None:
-            track.push(encoded_packet(packet.payload, pts, self.rtp.clock_rate))
+            if direct is not None:
+                direct.send(self.plan.webrtc_pt, packet.payload, pts, direct.last_seq is None)
+                self.webrtc_frames_out += 1  # handed to the WebRTC leg (which drops it while Matrix holds)
+                return
+            self.webrtc.outgoing.push(encoded_packet(packet.payload, pts, self.rtp.clock_rate))
             self.webrtc_frames_out += 1
             return
         try:
@@ -119,6 +151,7 @@ class Relay:
             self.dropped += 1
             self.log.debug("cannot decode SIP payload: %s", exc)
             return
+        track = self.webrtc.outgoing
         encoder = self._webrtc_encoder
         for frame in frames:
             if encoder is None:
@@ -168,7 +201,32 @@ class Relay:
             else:
                 self.dropped += 1
             return True
+        if pt == plan.webrtc_pt and self._transcoder is not None:
+            if self._rr_feed is not None:
+                self._rr_feed.feed(packet.ssrc, packet.sequence, packet.timestamp)
+            if self.running and not self.hold:
+                for ready in self._webrtc_jitter.push(packet):
+                    self._transcode_to_sip(ready)
+            else:
+                self.dropped += 1
+            return True
         return False
+
+    def _transcode_to_sip(self, packet: RtpPacket) -> None:
+        """Inline transcoding, Matrix -> SIP: WebRTC payload -> PCM -> SIP codec -> RTP leg."""
+        if self._webrtc_ts_base is None:
+            self._webrtc_ts_base = packet.timestamp
+        pts = (packet.timestamp - self._webrtc_ts_base) & 0xFFFFFFFF
+        transcoder = self._transcoder
+        if transcoder is None:
+            return
+        try:
+            self.webrtc_frames_in += 1
+            for payload, timestamp in transcoder.to_sip(packet.payload, pts):
+                self.rtp.send_audio(payload, source_ts=timestamp)
+        except Exception as exc:  # a corrupt payload must not stop the stream
+            self.dropped += 1
+            self.log.debug("cannot transcode WebRTC payload: %s", exc)
 
     def _webrtc_dtmf(self, packet: RtpPacket, plan: RelayPlan) -> None:
         try:

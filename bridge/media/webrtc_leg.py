@@ -15,6 +15,11 @@ Two aiortc 1.16 internals are used, both behind :data:`AIORTC_INTERNALS_OK`:
 
 When the check fails (another aiortc version) the bridge transcodes and drops DTMF from
 Matrix with one warning.
+
+On top of these, when :data:`webrtc_fastpath.FASTPATH_OK` holds, :attr:`WebRtcLeg.direct` sends the relay's
+payloads straight to the ICE socket and the ICE sockets hand decrypted audio to the tap in their datagram callback
+(no aiortc queue, task or decoder thread per packet; see webrtc_fastpath.py). The pre-encoded send through
+:class:`RelayTrack` is then unused, and kept as the fallback.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from .errors import MediaError
 from .rtcp_feed import ReceiverReportFeed
 from .rtp_packet import build_rtp, is_rtcp
 from .settings import IceServer
+from .webrtc_fastpath import FASTPATH_OK, DirectSender, install_receive, stop_decoder_thread
 
 AIORTC_INTERNALS_OK = (
     aiortc.__version__.startswith("1.16.")
@@ -158,8 +164,12 @@ class WebRtcLeg:
         self.on_failure: Callable[[str], None] | None = None
         self._transceiver: RTCRtpTransceiver | None = None
         self._tap: RtpTap | None = None
-        self.injector: RtpInjector | None = None
+        self.injector: RtpInjector | DirectSender | None = None
         """Set when the aiortc internals are usable: adds packets to our outgoing stream."""
+        self.direct: DirectSender | None = None
+        """Set when the fast path is usable (webrtc_fastpath.py): sends encoded payloads straight to the socket,
+        and every audio packet from Matrix reaches the RTP tap (nothing is decoded by aiortc)."""
+        self._original_rtp_handler: Callable[..., Awaitable[None]] | None = None
         self._pending_candidates: list[dict[str, Any]] = []
         self._closed = False
         self.pc.on("track", self._track_received)
@@ -211,7 +221,19 @@ class WebRtcLeg:
             await original(data, arrival_time_ms=arrival_time_ms)
 
         transport._handle_rtp_data = tapped  # type: ignore[method-assign]
-        self.injector = RtpInjector(transport, self._transceiver.sender._ssrc, log=self.log)
+        self._original_rtp_handler = original
+        if FASTPATH_OK:
+            self.direct = DirectSender(self._transceiver.sender, track=self.outgoing, log=self.log)
+            self.injector = self.direct
+            stop_decoder_thread(self._transceiver.receiver)
+        else:
+            self.injector = RtpInjector(transport, self._transceiver.sender._ssrc, log=self.log)
+
+    def _install_fast_receive(self) -> None:
+        """After gathering (setLocalDescription): audio from Matrix goes to the tap without aiortc's queue."""
+        if self.direct is None or self._transceiver is None or self._original_rtp_handler is None:
+            return
+        install_receive(self._transceiver.receiver.transport, self, self._original_rtp_handler, log=self.log)
 
     async def answer(self, offer_sdp: str, codecs: list[str]) -> str:
         """Apply the remote offer and return our answer SDP (holding all our candidates)."""
@@ -222,6 +244,7 @@ class WebRtcLeg:
             raise MediaError(f"unusable WebRTC offer: {exc}") from exc
         await self._apply_pending_candidates()
         await self.pc.setLocalDescription(await self.pc.createAnswer())
+        self._install_fast_receive()
         return self.pc.localDescription.sdp
 
     async def reanswer(self, offer_sdp: str) -> str:
@@ -290,6 +313,7 @@ class WebRtcLeg:
     async def offer(self, codecs: list[str]) -> str:
         self._prepare(codecs)
         await self.pc.setLocalDescription(await self.pc.createOffer())
+        self._install_fast_receive()
         return self.pc.localDescription.sdp
 
     async def accept_answer(self, answer_sdp: str) -> None:
