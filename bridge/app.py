@@ -31,6 +31,8 @@ from .matrix.connector import MatrixSide
 from .matrix.ghosts import UNKNOWN_NUMBER
 from .matrix.outbox import NotDelivered, OutboxItem
 from .media.ice import restrict_host_addresses
+from .media.rtpengine_media import RtpengineBackend, RtpengineSettings
+from .media.rtpengine_nodes import NodeSpec
 from .media.settings import IceServer, MediaSettings
 from .metrics import Metrics
 from .observability import HomeserverProbe, Listen, ObservabilityServer
@@ -67,6 +69,15 @@ def media_settings(config: Config) -> MediaSettings:
         ice_servers=[IceServer(list(s.urls), s.username, s.credential) for s in m.ice_servers],
         ice_timeout_s=m.ice_timeout_s, rtp_source=m.rtp_source, rtp_latch_packets=m.rtp_latch_packets,
     )
+
+
+def rtpengine_backend(config: Config) -> RtpengineBackend | None:
+    r = config.media.rtpengine
+    if config.media.backend != "rtpengine" or r is None:
+        return None
+    nodes = [NodeSpec(n.url, n.weight) for n in r.nodes]
+    return RtpengineBackend(RtpengineSettings(nodes, timeout_s=r.timeout_s, retry_after_s=r.retry_after_s,
+                                              call_id_prefix=r.call_id_prefix), media_settings(config))
 
 
 def trunk_target(config: Config) -> TrunkTarget:
@@ -222,6 +233,12 @@ class Bridge:
         plan = config.dialplan
         inbound = config.sip.inbound
         call_state = CallStateAdapter(self.matrix.tables.call_state)
+        self.rtpengine = rtpengine_backend(config)  # None: embedded media
+        early_media = config.bridge.early_media
+        if self.rtpengine is not None and early_media == "announce":
+            log.warning("bridge.early_media announce needs embedded media (it records the audio): off with "
+                        "media.backend rtpengine")
+            early_media = "off"
         self.calls = CallManager(
             settings=CallSettings(
                 trunk=trunk_target(config),
@@ -238,7 +255,7 @@ class Bridge:
                 media=media_settings(config),
                 dialplan=plan,
                 failure_notices=config.bridge.failure_notices,
-                early_media=config.bridge.early_media,
+                early_media=early_media,
                 limits=CallLimits(
                     attempts_per_minute=config.bridge.limits.attempts_per_minute,
                     concurrent_calls=config.bridge.limits.concurrent_calls,
@@ -251,6 +268,7 @@ class Bridge:
             call_log=self.metrics.wrap_call_log(CallLogAdapter(self.matrix.call_log)),
             call_state=call_state,
             observer=self.metrics,
+            media_factory=self.rtpengine.factory if self.rtpengine is not None else None,
         )
         self.matrix.handler = self.calls
         self.ua = UserAgent(sip_settings(config), on_invite=self.calls.on_invite)
@@ -325,6 +343,8 @@ class Bridge:
 
     async def _start(self) -> None:
         await self.matrix.open()
+        if self.rtpengine is not None:
+            await self.rtpengine.start()  # ng socket; calls an earlier run left on the nodes are deleted
         await self.recovery.load()  # dialogs a crash left are back in the UA before it listens
         await self.ua.start()
         # calls a crash left open: the SIP side is ended now, even with the homeserver down; the Matrix
@@ -352,6 +372,8 @@ class Bridge:
         self._started = False  # /ready: 503 from now on
         await self.recovery.stop()
         await self.calls.stop()
+        if self.rtpengine is not None:
+            await self.rtpengine.close()
         if self.registration is not None:
             await self.registration.stop()
         await self.matrix.stop()

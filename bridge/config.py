@@ -210,6 +210,22 @@ class MediaConfig:
     ice_timeout_s: float = 30.0  # a WebRTC leg not connected this long after negotiation has failed
     rtp_source: str = "signalling"  # strict | signalling | any: who may send the SIP-side RTP
     rtp_latch_packets: int = 4  # consistent packets before a NATed source (signalling mode) is taken
+    backend: str = "embedded"  # embedded (aiortc + RTP in the bridge) | rtpengine (media.rtpengine.nodes)
+    rtpengine: RtpengineConfig | None = None  # set when backend is rtpengine
+
+
+@dataclass(frozen=True)
+class RtpengineNodeConfig:
+    url: str  # ng control endpoint, udp:HOST:PORT
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class RtpengineConfig:
+    nodes: tuple[RtpengineNodeConfig, ...]
+    timeout_s: float = 1.0  # one ng request's deadline; a silent node is taken out of rotation
+    retry_after_s: float = 30.0  # a failed node gets new calls again after this long
+    call_id_prefix: str = "mxsb-"  # ng call-ids; orphans with it are deleted at startup
 
 
 @dataclass(frozen=True)
@@ -742,9 +758,37 @@ def _media(s: _Section) -> MediaConfig:
     ice_timeout = s.number("ice_timeout_s", 30.0, lo=1)
     rtp_source = s.choice("rtp_source", "signalling", ("strict", "signalling", "any"))
     latch = s.integer("rtp_latch_packets", 4, lo=1, hi=50)
+    backend = s.choice("backend", "embedded", ("embedded", "rtpengine"))
+    rtpengine = _rtpengine(s.section("rtpengine"), required=backend == "rtpengine")
     out = MediaConfig(rtp_host=rtp_host, advertised_ip=advertised_ip, port_start=start, port_end=end,
                       codecs=codecs, ice_servers=tuple(ice), ice_host_addresses=ice_hosts,
-                      ice_timeout_s=ice_timeout, rtp_source=rtp_source, rtp_latch_packets=latch)
+                      ice_timeout_s=ice_timeout, rtp_source=rtp_source, rtp_latch_packets=latch,
+                      backend=backend, rtpengine=rtpengine if backend == "rtpengine" else None)
+    s.finish()
+    return out
+
+
+def _rtpengine(s: _Section, *, required: bool) -> RtpengineConfig:
+    from .media.rtpengine_nodes import parse_ng_url
+
+    nodes = []
+    for i, item in enumerate(s.items("nodes", [])):
+        e = _Section(item, f"{s.key('nodes')}[{i}]")
+        url = e.string("url")
+        try:
+            parse_ng_url(url)
+        except ValueError as exc:
+            raise ConfigError(e.key("url"), f"{exc} (e.g. udp:127.0.0.1:2223)") from None
+        nodes.append(RtpengineNodeConfig(url=url, weight=e.integer("weight", 1, lo=0, hi=1000)))
+        e.finish()
+    if required and not any(n.weight > 0 for n in nodes):
+        raise ConfigError(s.key("nodes"), "media.backend is rtpengine: list at least one node with weight > 0, "
+                          'e.g. [{url: "udp:127.0.0.1:2223", weight: 1}]')
+    prefix = s.string("call_id_prefix", "mxsb-")
+    if not re.match(r"^[A-Za-z0-9._-]{1,32}$", prefix):
+        raise ConfigError(s.key("call_id_prefix"), "must be 1-32 letters, digits, '.', '_' or '-'")
+    out = RtpengineConfig(nodes=tuple(nodes), timeout_s=s.number("timeout_s", 1.0, lo=0.05),
+                          retry_after_s=s.number("retry_after_s", 30.0, lo=0), call_id_prefix=prefix)
     s.finish()
     return out
 

@@ -115,8 +115,10 @@ class _NonceStore:
 class CallManager:
     def __init__(self, *, settings: CallSettings, ua_ref: Callable[[], UserAgent], matrix: MatrixPort,
                  call_log: CallLogPort, call_state: CallStatePort | None = None,
-                 observer: CallObserver | None = None) -> None:
+                 observer: CallObserver | None = None,
+                 media_factory: Callable[[CallLogger], CallMedia] | None = None) -> None:
         self.settings = settings
+        self._media_factory = media_factory  # another media backend (bridge/app.py); None: embedded CallMedia
         self._ua = ua_ref
         self.matrix = matrix
         self.call_log = call_log
@@ -141,6 +143,8 @@ class CallManager:
         return [*self.outbound.values(), *self.inbound.values()]
 
     def _new_media(self, log: CallLogger) -> CallMedia:
+        if self._media_factory is not None:
+            return self._media_factory(log)
         return CallMedia(self.settings.media, self.ports, log=log)
 
     def _finished(self, session: CallSession) -> None:
