@@ -31,7 +31,15 @@ from .call_media import CallMedia, MediaStats
 from .errors import MediaError
 from .rtpengine_ng import NgClient, NgError, NgTimeout
 from .rtpengine_nodes import NodePool, NodeSpec
-from .rtpengine_sdp import ANSWER_DIRECTION, audio_direction, bump_origin, first_codec, set_direction
+from .rtpengine_sdp import (
+    ANSWER_DIRECTION,
+    audio_direction,
+    bump_origin,
+    first_codec,
+    origin,
+    set_direction,
+    set_origin,
+)
 from .settings import MediaSettings
 
 log = logging.getLogger(__name__)
@@ -136,6 +144,7 @@ class RtpengineCallMedia:
         self._sip_codec: str | None = None
         self._webrtc_codec: str | None = None
         self._sip_sdp_out: str | None = None  # last SDP we gave the SIP side (rtpengine's)
+        self._sip_origin: tuple[str, int] | None = None  # o= of our SIP SDPs: one session id, version + 1 each
         self._sip_sdp_in: str | None = None  # last SDP the phone gave us
         self._webrtc_sdp_out: str | None = None
         self._webrtc_sdp_in: str | None = None  # the Matrix client's last SDP
@@ -219,6 +228,16 @@ class RtpengineCallMedia:
             self.log.warning("rtpengine %s failed: %s", what, exc)
             self._failed("ice_failed")
 
+    def _emit_sip(self, sdp: str) -> str:
+        """Our next SIP SDP: rtpengine writes a fresh o= per offer; RFC 3264 8 wants one session id with the
+        version bumped by one per changed SDP, so the o= line is ours."""
+        if self._sip_origin is None:
+            self._sip_origin = origin(sdp) or ("1", 1)
+        else:
+            self._sip_origin = (self._sip_origin[0], self._sip_origin[1] + 1)
+        self._sip_sdp_out = set_origin(sdp, *self._sip_origin)
+        return self._sip_sdp_out
+
     # -- SIP leg ----------------------------------------------------------------------------------
     async def open_rtp(self) -> tuple[str, int]:
         """No local socket: the media address is the node's and is known from the first offer on."""
@@ -233,13 +252,13 @@ class RtpengineCallMedia:
         reply = await self._first_offer(
             **{"from-tag": TAG_MATRIX, "sdp": webrtc_offer, **TO_SIP,
                "codec": {"mask": ["all"], "transcode": [*codecs, "telephone-event"]}})
-        self._sip_sdp_out = reply["sdp"]
+        self._emit_sip(reply["sdp"])
 
     def sip_offer(self) -> bytes:
         if self._sip_sdp_out is None:
             raise MediaError("rtpengine backend: prepare_sip_offer() first")
         if self._sip_sdp_in is not None:  # in a dialog already (offerless re-INVITE): our current SDP again
-            self._sip_sdp_out = bump_origin(self._sip_sdp_out)
+            self._emit_sip(self._sip_sdp_out)
         return self._sip_sdp_out.encode()
 
     def sip_reoffer(self, direction: str) -> bytes:
@@ -248,8 +267,7 @@ class RtpengineCallMedia:
             raise MediaError(f"bad SDP direction {direction!r}")
         if self._sip_sdp_out is None:
             raise MediaError("no SIP session to re-offer")
-        self._sip_sdp_out = set_direction(self._sip_sdp_out, direction)
-        return self._sip_sdp_out.encode()
+        return self._emit_sip(set_direction(self._sip_sdp_out, direction)).encode()
 
     def set_signalling_peer(self, ip: str | None) -> None:
         """rtpengine learns the far end's RTP source itself (symmetric RTP)."""
@@ -325,8 +343,7 @@ class RtpengineCallMedia:
         # codecs with the RFC 3264 direction; rtpengine hears the phone's new SDP as a re-offer from the SIP side
         self._sip_sdp_in = text
         self._note_sip(negotiated)
-        ours = set_direction(bump_origin(self._sip_sdp_out), negotiated.direction)
-        self._sip_sdp_out = ours
+        ours = self._emit_sip(set_direction(self._sip_sdp_out, negotiated.direction))
         matrix_sdp = self._webrtc_sdp_in or ""
         self._chain(self._phone_reoffer(text, matrix_sdp, ANSWER_DIRECTION[audio_direction(text)]), "phone-reoffer")
         return ours.encode()
@@ -372,8 +389,7 @@ class RtpengineCallMedia:
         self._webrtc_sdp_in = sdp
         self._webrtc_codec = first_codec(sdp)
         reply = await self._ng("answer", **{"from-tag": TAG_SIP, "to-tag": TAG_MATRIX, "sdp": sdp, **TO_SIP})
-        self._sip_sdp_out = reply["sdp"]
-        self._final_sip = reply["sdp"].encode()
+        self._final_sip = self._emit_sip(reply["sdp"]).encode()
         if self._offerless:
             self._sip_sdp_in = None  # the phone's answer comes in the ACK
         elif self._sip_sdp_out is not None:
@@ -444,16 +460,22 @@ class RtpengineCallMedia:
             self._ice_timer = self._spawn(self._check_connected(), "ice-check")
 
     async def _check_connected(self) -> None:
-        await asyncio.sleep(self.settings.ice_timeout_s)
-        try:
-            await self._refresh_stats()
-        except MediaError as exc:
-            self.log.warning("rtpengine query failed: %s", exc)
-            self._failed("ice_failed")
-            return
-        if self._stats.webrtc_frames_in == 0:
-            self.log.warning("no media from Matrix through rtpengine after %.0f s", self.settings.ice_timeout_s)
-            self._failed("ice_timeout")
+        """Poll ``query`` (1/s) until media from the Matrix client arrived: that is "connected" for the driver;
+        none within ice_timeout_s is an ICE/DTLS failure, as with embedded media."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.ice_timeout_s
+        while loop.time() < deadline:
+            await asyncio.sleep(min(1.0, max(0.0, deadline - loop.time())))
+            try:
+                await self._refresh_stats()
+            except MediaError as exc:
+                self.log.warning("rtpengine query failed: %s", exc)
+                self._failed("ice_failed")
+                return
+            if self._stats.webrtc_frames_in > 0:
+                return
+        self.log.warning("no media from Matrix through rtpengine after %.0f s", self.settings.ice_timeout_s)
+        self._failed("ice_timeout")
 
     def set_hold(self, on_hold: bool) -> None:
         self._leg.hold = on_hold

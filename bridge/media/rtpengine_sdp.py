@@ -73,6 +73,28 @@ def bump_origin(sdp: str) -> str:
     return _join(out)
 
 
+def origin(sdp: str) -> tuple[str, int] | None:
+    """(session id, version) of the o= line."""
+    for line in _lines(sdp):
+        if line.startswith("o="):
+            parts = line[2:].split()
+            if len(parts) == 6 and parts[2].isdigit():
+                return parts[1], int(parts[2])
+    return None
+
+
+def set_origin(sdp: str, session_id: str, version: int) -> str:
+    out = []
+    for line in _lines(sdp):
+        if line.startswith("o="):
+            parts = line[2:].split()
+            if len(parts) == 6:
+                parts[1], parts[2] = session_id, str(version)
+                line = "o=" + " ".join(parts)
+        out.append(line)
+    return _join(out)
+
+
 def first_codec(sdp: str) -> str | None:
     """Encoding name of the first audio format that is not telephone-event/CN (None if unknown)."""
     formats: list[str] = []

@@ -106,7 +106,9 @@ class RtpPeer(asyncio.DatagramProtocol):
         self.received += 1
         self.received_seqs.append(int.from_bytes(data[2:4], "big"))
         self.received_payload_types[pt] = self.received_payload_types.get(pt, 0) + 1
-        if pt == 101 and len(data) >= 16:
+        # RFC 4733 events: PT 101 (what the embedded bridge offers) or any dynamic PT carrying one 4-byte event
+        # (rtpengine keeps the Matrix client's own number)
+        if (pt == 101 and len(data) >= 16) or (pt >= 96 and len(data) == 16):
             self.dtmf_events.append(data[12])
         elif self.decode_audio and pt in G711_DECODE:
             table = G711_DECODE[pt]
