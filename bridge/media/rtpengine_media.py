@@ -437,9 +437,25 @@ class RtpengineCallMedia:
         return True  # our re-offers are applied only with the answer: nothing to withdraw
 
     async def add_webrtc_candidates(self, candidates: list[dict[str, Any]]) -> None:
-        # rtpengine is a full ICE agent: the client's checks reach it and it learns the client's addresses as
-        # peer-reflexive candidates, so trickled candidates are not needed (and not sent: no trickle over ng)
-        self.log.debug("%d trickled Matrix candidates left to ICE connectivity checks", len(candidates))
+        """Trickled Matrix candidates reach rtpengine as a trickle ICE SDP fragment (RFC 8840, ng flag
+        ``fragment``); the Matrix tag is the side they belong to."""
+        sdp = self._webrtc_sdp_in
+        if not candidates or sdp is None or self.node is None:
+            return
+        ice = [line for line in sdp.replace("\r\n", "\n").split("\n") if line.startswith(("a=ice-ufrag:", "a=ice-pwd:"))]
+        lines = [*ice[:2]]
+        for cand in candidates:
+            text = str(cand.get("candidate") or "")
+            if not text:
+                continue
+            mid = cand.get("sdpMid")
+            lines.append(f"a=mid:{mid}" if mid is not None else "a=mid:0")
+            lines.append("a=" + text.removeprefix("a="))
+        try:
+            await self._ng("offer", **{"from-tag": TAG_MATRIX, "to-tag": TAG_SIP, "sdp": "\r\n".join(lines) + "\r\n",
+                                       "flags": ["fragment"]})
+        except MediaError as exc:
+            self.log.info("rtpengine did not take trickled candidates (%s): left to ICE checks", exc)
 
     # -- media gating (hold) --------------------------------------------------------------------
     async def _apply_blocks(self) -> None:
