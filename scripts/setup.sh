@@ -37,6 +37,7 @@ pick_python() {
 apt_missing=()
 command -v sipp >/dev/null 2>&1 || apt_missing+=(sip-tester)
 command -v kamailio >/dev/null 2>&1 || [ -x /usr/sbin/kamailio ] || apt_missing+=(kamailio)
+command -v rtpengine >/dev/null 2>&1 || [ -x /usr/bin/rtpengine ] || apt_missing+=(rtpengine-daemon)  # media.backend rtpengine tests
 # PostgreSQL server binaries: the database tests run every table on a throwaway cluster as well as SQLite.
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || apt_missing+=(postgresql)
 PY=$(pick_python || true)

@@ -442,7 +442,8 @@ class RtpengineCallMedia:
         sdp = self._webrtc_sdp_in
         if not candidates or sdp is None or self.node is None:
             return
-        ice = [line for line in sdp.replace("\r\n", "\n").split("\n") if line.startswith(("a=ice-ufrag:", "a=ice-pwd:"))]
+        ice = [line for line in sdp.replace("\r\n", "\n").split("\n")
+               if line.startswith(("a=ice-ufrag:", "a=ice-pwd:"))]
         lines = [*ice[:2]]
         for cand in candidates:
             text = str(cand.get("candidate") or "")

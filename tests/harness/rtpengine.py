@@ -30,6 +30,12 @@ def free_udp_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def free_port_range(size: int) -> tuple[int, int]:
     """``size`` consecutive free UDP ports (even start) above the range the bridge's own tests draw from."""
     for _ in range(100):
@@ -65,6 +71,7 @@ class RtpengineProcess:
         self.workdir = Path(workdir) / f"rtpengine-{os.getpid()}-{random.randrange(1 << 20)}"
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.ng_port = free_udp_port()
+        self.cli_port = free_tcp_port()  # rtpengine's CLI listens on 127.0.0.1:2224 unless told
         self.port_min, self.port_max = free_port_range(ports)
         self.threads = threads
         self.log_path = self.workdir / "rtpengine.log"
@@ -80,9 +87,10 @@ class RtpengineProcess:
 
     def command(self) -> list[str]:
         return [
-            RTPENGINE, "--foreground", "--log-stderr", "--log-level=6",
+            RTPENGINE, "--config-file=none", "--foreground", "--log-stderr", "--log-level=6",
             "--table=-1",  # no kernel forwarding: the xt_RTPENGINE module is not loaded here (userspace only)
             "--interface=127.0.0.1", f"--listen-ng=127.0.0.1:{self.ng_port}",
+            f"--listen-cli=127.0.0.1:{self.cli_port}",
             f"--port-min={self.port_min}", f"--port-max={self.port_max}",
             f"--num-threads={self.threads}", "--delete-delay=0", "--timeout=60",
             f"--pidfile={self.workdir / 'rtpengine.pid'}",
