@@ -39,6 +39,8 @@ from .rtpengine_sdp import (
     origin,
     set_direction,
     set_origin,
+    set_setup,
+    setup_role,
 )
 from .settings import MediaSettings
 
@@ -154,6 +156,7 @@ class RtpengineCallMedia:
         self._final_sip: bytes | None = None
         self._pending: asyncio.Task[None] | None = None
         self._webrtc_answer: str | None = None
+        self._dtls_role: str | None = None  # rtpengine's DTLS role towards Matrix once negotiated
         self._webrtc_reoffer: str | None = None  # rtpengine's WebRTC SDP for the phone's last re-offer
         self._matrix_receives = True
         self._blocked: dict[str, bool] = {TAG_MATRIX: False, TAG_SIP: False}
@@ -369,6 +372,7 @@ class RtpengineCallMedia:
         if self._webrtc_answer is None:
             raise MediaError("create_webrtc_answer() before the SIP answer")
         self._webrtc_sdp_out = self._webrtc_answer
+        self._dtls_role = setup_role(self._webrtc_answer)
         self._webrtc_codec = first_codec(self._webrtc_answer)
         return self._webrtc_answer
 
@@ -388,6 +392,7 @@ class RtpengineCallMedia:
     async def set_webrtc_answer(self, sdp: str) -> None:
         self._webrtc_sdp_in = sdp
         self._webrtc_codec = first_codec(sdp)
+        self._dtls_role = {"active": "passive", "passive": "active"}.get(setup_role(sdp) or "")
         reply = await self._ng("answer", **{"from-tag": TAG_SIP, "to-tag": TAG_MATRIX, "sdp": sdp, **TO_SIP})
         self._final_sip = self._emit_sip(reply["sdp"]).encode()
         if self._offerless:
@@ -408,6 +413,8 @@ class RtpengineCallMedia:
         self._sip_sdp_out = reply["sdp"]
         self._matrix_receives = direction in ("sendrecv", "recvonly")
         answer = set_direction(bump_origin(self._webrtc_sdp_out), ANSWER_DIRECTION[direction])
+        if self._dtls_role in ("active", "passive"):
+            answer = set_setup(answer, self._dtls_role)  # keep the DTLS role (our first SDP may have been an offer)
         self._webrtc_sdp_out = answer
         await self._apply_blocks()
         self.log.info("WebRTC renegotiated through rtpengine: Matrix offer %s", direction)

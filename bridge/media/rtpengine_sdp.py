@@ -73,6 +73,19 @@ def bump_origin(sdp: str) -> str:
     return _join(out)
 
 
+def setup_role(sdp: str) -> str | None:
+    """The a=setup value (DTLS role: active, passive, actpass, holdconn)."""
+    for line in _lines(sdp):
+        if line.startswith("a=setup:"):
+            return line[8:].strip()
+    return None
+
+
+def set_setup(sdp: str, role: str) -> str:
+    """Every a=setup line set to ``role`` (an answer must say active or passive, RFC 5763)."""
+    return _join([f"a=setup:{role}" if line.startswith("a=setup:") else line for line in _lines(sdp)])
+
+
 def origin(sdp: str) -> tuple[str, int] | None:
     """(session id, version) of the o= line."""
     for line in _lines(sdp):
