@@ -449,6 +449,11 @@ class RtpengineCallMedia:
         sdp = self._webrtc_sdp_in
         if not candidates or sdp is None or self.node is None:
             return
+        if self._webrtc_offer is not None:
+            # Matrix offered: rtpengine is the controlled ICE agent and learns the client's addresses from its
+            # checks (peer-reflexive). A fragment before the answer would be taken as a re-offer (rtpengine
+            # 10.5 then drops rtcp-mux from its answer), so none is sent.
+            return
         ice = [line for line in sdp.replace("\r\n", "\n").split("\n")
                if line.startswith(("a=ice-ufrag:", "a=ice-pwd:"))]
         lines = [*ice[:2]]
