@@ -82,7 +82,7 @@ class RtpengineBackend:
         self.media = media
         self.pool = NodePool(settings.nodes, retry_after_s=settings.retry_after_s)
         self.ng = NgClient(timeout_s=settings.timeout_s)
-        self._active: dict[str, NodeSpec] = {}
+        self.active: dict[str, NodeSpec] = {}  # ng call-id -> node, for the calls of this process
 
     async def start(self) -> None:
         await self.ng.open()
@@ -99,7 +99,7 @@ class RtpengineBackend:
                 continue
             for call_id in reply.get("calls") or []:
                 if isinstance(call_id, str) and call_id.startswith(self.settings.call_id_prefix) \
-                        and call_id not in self._active:
+                        and call_id not in self.active:
                     try:
                         await self.ng.request(node.address, {"command": "delete", "call-id": call_id})
                         deleted += 1
@@ -153,6 +153,9 @@ class RtpengineCallMedia:
         self._webrtc_offer: str | None = None
         self._sip_offer_in: str | None = None  # inbound: the INVITE's offer until Matrix answers
         self._offerless = False
+        # what the next SIP answer answers: "matrix" (an offer rtpengine wrote from the Matrix side's: INVITE,
+        # Matrix hold/resume) or "phone" (our SDP offered on the phone's behalf: offerless INVITE / re-INVITE)
+        self._sip_answer_to = "matrix"
         self._final_sip: bytes | None = None
         self._pending: asyncio.Task[None] | None = None
         self._webrtc_answer: str | None = None
@@ -194,7 +197,7 @@ class RtpengineCallMedia:
                 self.log.warning("rtpengine node %s failed for a new call: %s", node.url, exc)
                 continue
             self.backend.pool.succeeded(node)
-            self.backend._active[self.ng_call_id] = node
+            self.backend.active[self.ng_call_id] = node
             self.log.info("media on rtpengine node %s (ng call-id %s)", node.url, self.ng_call_id)
             return reply
         self.node = None
@@ -251,6 +254,7 @@ class RtpengineCallMedia:
         if self._sip_sdp_out is not None:
             return
         self._webrtc_offer = self._webrtc_sdp_in = webrtc_offer
+        self._sip_answer_to = "matrix"
         codecs = [c.upper() for c in self.settings.codecs]
         reply = await self._first_offer(
             **{"from-tag": TAG_MATRIX, "sdp": webrtc_offer, **TO_SIP,
@@ -262,6 +266,7 @@ class RtpengineCallMedia:
             raise MediaError("rtpengine backend: prepare_sip_offer() first")
         if self._sip_sdp_in is not None:  # in a dialog already (offerless re-INVITE): our current SDP again
             self._emit_sip(self._sip_sdp_out)
+            self._sip_answer_to = "phone"
         return self._sip_sdp_out.encode()
 
     def sip_reoffer(self, direction: str) -> bytes:
@@ -282,6 +287,7 @@ class RtpengineCallMedia:
         """Offerless INVITE: our offer is rtpengine's answer to a placeholder SIP offer; it is produced once the
         Matrix side answered (:meth:`final_sip_sdp`), and the phone's answer in the ACK updates rtpengine."""
         self._offerless = True
+        self._sip_answer_to = "phone"
         return b""
 
     def final_sip_sdp(self) -> bytes | None:
@@ -296,11 +302,10 @@ class RtpengineCallMedia:
                                          sip_sdp.SessionDescription.parse(sdp))  # SdpError for an unusable one
         if text == self._sip_sdp_in:
             return  # the 200 repeating the 183's SDP
-        first = self._sip_sdp_in is None
         self._sip_sdp_in = text
         self._note_sip(negotiated)
-        if self._offerless and first:
-            self._chain(self._offerless_ack(text), "offerless-ack")
+        if self._sip_answer_to == "phone":
+            self._chain(self._phone_sdp(text), "phone-answer")
         else:
             self._chain(self._sip_answered(text), "answer")
 
@@ -310,9 +315,10 @@ class RtpengineCallMedia:
             self._webrtc_answer = reply["sdp"]
         await self._apply_blocks()
 
-    async def _offerless_ack(self, sdp: str) -> None:
-        # the phone's real SDP replaces the placeholder: a re-offer from the SIP side, answered with the
-        # Matrix client's SDP as it stands
+    async def _phone_sdp(self, sdp: str) -> None:
+        """The phone's answer to an SDP we offered on its behalf (offerless INVITE: rtpengine first heard a
+        placeholder; offerless re-INVITE): told to rtpengine as a re-offer from the SIP side, answered with the
+        Matrix client's SDP as it stands."""
         assert self._webrtc_sdp_in is not None
         await self._ng("offer", **{"from-tag": TAG_SIP, "to-tag": TAG_MATRIX, "sdp": sdp, **TO_WEBRTC})
         await self._ng("answer", **{"from-tag": TAG_SIP, "to-tag": TAG_MATRIX, "sdp": self._webrtc_sdp_in,
@@ -410,7 +416,8 @@ class RtpengineCallMedia:
         self._webrtc_sdp_in = offer_sdp
         from_tag, to_tag = TAG_MATRIX, TAG_SIP
         reply = await self._ng("offer", **{"from-tag": from_tag, "to-tag": to_tag, "sdp": offer_sdp, **TO_SIP})
-        self._sip_sdp_out = reply["sdp"]
+        self._sip_sdp_out = reply["sdp"]  # sip_reoffer() sends it
+        self._sip_answer_to = "matrix"
         self._matrix_receives = direction in ("sendrecv", "recvonly")
         answer = set_direction(bump_origin(self._webrtc_sdp_out), ANSWER_DIRECTION[direction])
         if self._dtls_role in ("active", "passive"):
@@ -569,6 +576,7 @@ class RtpengineCallMedia:
     async def close(self) -> None:
         if self._closed:
             return
+        self._closed = True  # no failure reports from here on
         if self._ice_timer is not None:
             self._ice_timer.cancel()
         for task in list(self._tasks):
@@ -583,8 +591,7 @@ class RtpengineCallMedia:
             except MediaError as exc:
                 self.log.warning("rtpengine delete of %s failed: %s (the node times the call out)",
                                  self.ng_call_id, exc)
-            self.backend._active.pop(self.ng_call_id, None)
-        self._closed = True
+            self.backend.active.pop(self.ng_call_id, None)
 
 
 def _packets(tag: Any, key: str = "packets") -> int:
