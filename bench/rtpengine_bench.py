@@ -112,12 +112,47 @@ async def bridge_main(args: argparse.Namespace, node: RtpengineProcess) -> None:
           f"{end['matrix_sent']}")
 
 
+async def ng_setups(node: RtpengineProcess, calls: int, concurrency: int) -> None:
+    """--ng-setups: the rtpengine share of a call setup on its own: the outbound ng cycle (offer from an
+    Element-like SDP, answer from the trunk, delete) for ``calls`` calls, ``concurrency`` at a time."""
+    from aiortc import RTCPeerConnection
+
+    pc = RTCPeerConnection()
+    pc.addTransceiver("audio")
+    await pc.setLocalDescription(await pc.createOffer())
+    offer = pc.localDescription.sdp
+    await pc.close()
+    backend = RtpengineBackend(RtpengineSettings([NodeSpec(node.url)], timeout_s=5), MediaSettings(ice_timeout_s=0))
+    await backend.start()
+    answer = sip_sdp(40000, "0 101")
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> None:
+        async with sem:
+            media = backend.new_media(log)
+            await media.prepare_sip_offer(offer)
+            media.sip_offer()
+            media.apply_sip_answer(answer)
+            await media.create_webrtc_answer()
+            await media.close()
+
+    start = time.monotonic()
+    rcpu0 = node.cpu_seconds()
+    await asyncio.gather(*(one(i) for i in range(calls)))
+    wall = time.monotonic() - start
+    print(f"ng call cycles (offer+answer+query+delete): {calls} in {wall:.2f} s = {calls / wall:.0f}/s with "
+          f"{concurrency} in flight; rtpengine CPU {1000 * (node.cpu_seconds() - rcpu0) / calls:.2f} ms per call")
+    await backend.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=40)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--transcode", action="store_true")
     parser.add_argument("--threads", type=int, default=2, help="rtpengine --num-threads")
+    parser.add_argument("--ng-setups", type=int, default=0, help="only time N ng call cycles (no media)")
+    parser.add_argument("--concurrency", type=int, default=20)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
@@ -125,7 +160,10 @@ def main() -> None:
         node.start()
         try:
             with loopback_ice():
-                asyncio.run(bridge_main(args, node))
+                if args.ng_setups:
+                    asyncio.run(ng_setups(node, args.ng_setups, args.concurrency))
+                else:
+                    asyncio.run(bridge_main(args, node))
         finally:
             node.stop()
 
