@@ -113,9 +113,9 @@ class OutboundSession(CallSession):
         ):
             return False
         self.start_worker()
+        await self.media.prepare_sip_offer(self.invite.offer_sdp)  # rtpengine: the SIP offer is written from it
         host, port = await self.media.open_rtp()
         self.rtp_port = port
-        await self.media.prepare_sip_offer(self.invite.offer_sdp)  # rtpengine: the SIP offer is written from it
         self.client_invite = self.ua.invite(
             self.trunk.request_uri(self.number), from_uri=self.trunk.from_uri, from_display=self.trunk.from_display,
             to_uri=self.trunk.request_uri(self.number), sdp=self.media.sip_offer(),

@@ -12,8 +12,8 @@ Where the driver's API is synchronous (``apply_sip_answer``, ``answer_sip_offer`
 request runs as a task the next asynchronous step awaits; a failure there is logged and reported through
 ``on_failure`` once the call is up, as the embedded backend does for its own media failures.
 
-Not available here (refused with MediaError): the phone-to-phone relay of a transfer (``rtp_leg`` relaying),
-recording early audio (``early_media: announce`` is turned off at startup), ``next_sip_origin``.
+Not available here: recording early audio (``early_media: announce`` is turned off at startup), RTCP
+statistics and DTMF digits in ``stats()`` (rtpengine's ``query`` gives packet counts only).
 """
 
 from __future__ import annotations
@@ -124,12 +124,16 @@ class RtpengineBackend:
 class RtpLegView:
     """What the driver (and tests) read from the embedded RTP leg, mirrored from rtpengine's negotiation."""
 
-    def __init__(self) -> None:
+    def __init__(self, media: RtpengineCallMedia) -> None:
+        self._media = media
         self.hold = False
         self.payload_type: int | None = None
 
     def leave_far_end(self) -> None:
-        raise MediaError("a phone-to-phone transfer relay is not available with media.backend: rtpengine")
+        """A blind transfer replaces the far end: its SDP reaches rtpengine as a re-offer from the SIP side
+        (apply_sip_answer after sip_offer in the dialog), with strict-source so the old far end's packets no
+        longer count."""
+        self._media._new_far_end = True
 
 
 class RtpengineCallMedia:
@@ -141,7 +145,8 @@ class RtpengineCallMedia:
         self.on_dtmf: Callable[[str, str], None] | None = None
         self.ng_call_id = backend.settings.call_id_prefix + secrets.token_hex(8)
         self.node: NodeSpec | None = None
-        self._leg = RtpLegView()
+        self._leg = RtpLegView(self)
+        self._new_far_end = False
         self._sip_direction = "sendrecv"
         self._sip_codec: str | None = None
         self._webrtc_codec: str | None = None
@@ -246,8 +251,19 @@ class RtpengineCallMedia:
 
     # -- SIP leg ----------------------------------------------------------------------------------
     async def open_rtp(self) -> tuple[str, int]:
-        """No local socket: the media address is the node's and is known from the first offer on."""
-        return self.settings.sdp_address, 0
+        """No local socket: the SIP-side media address is the node's, known once rtpengine wrote an SDP for the
+        SIP side (outbound: after prepare_sip_offer); (sdp_address, 0) before that."""
+        return self._sip_media() or (self.settings.sdp_address, 0)
+
+    def _sip_media(self) -> tuple[str, int] | None:
+        if self._sip_sdp_out is None:
+            return None
+        try:
+            ours = sip_sdp.SessionDescription.parse(self._sip_sdp_out)
+            address = ours.connection_for(ours.media[0]) if ours.media else None
+        except sip_sdp.SdpError:
+            return None
+        return (address, ours.media[0].port) if address else None
 
     async def prepare_sip_offer(self, webrtc_offer: str) -> None:
         """Outbound: the Matrix offer goes through rtpengine, which writes the SIP INVITE's offer."""
@@ -281,7 +297,12 @@ class RtpengineCallMedia:
         """rtpengine learns the far end's RTP source itself (symmetric RTP)."""
 
     def next_sip_origin(self) -> tuple[int | None, int]:
-        raise MediaError("moving the phone's audio elsewhere is not available with media.backend: rtpengine")
+        """The o= for an SDP towards the phone from another media source (calls/matrix_transfer.py moves the
+        phone onto the bridge's own relay): same session id, next version."""
+        if self._sip_origin is None or not self._sip_origin[0].isdigit():
+            return None, 1
+        self._sip_origin = (self._sip_origin[0], self._sip_origin[1] + 1)
+        return int(self._sip_origin[0]), self._sip_origin[1]
 
     def sip_offer_for_offerless(self) -> bytes:
         """Offerless INVITE: our offer is rtpengine's answer to a placeholder SIP offer; it is produced once the
@@ -320,7 +341,12 @@ class RtpengineCallMedia:
         placeholder; offerless re-INVITE): told to rtpengine as a re-offer from the SIP side, answered with the
         Matrix client's SDP as it stands."""
         assert self._webrtc_sdp_in is not None
-        await self._ng("offer", **{"from-tag": TAG_SIP, "to-tag": TAG_MATRIX, "sdp": sdp, **TO_WEBRTC})
+        flags = TO_WEBRTC["flags"]
+        if self._new_far_end:  # a transfer: only the new far end's packets count from now on
+            self._new_far_end = False
+            flags = [*flags, "strict-source"]
+        await self._ng("offer", **{"from-tag": TAG_SIP, "to-tag": TAG_MATRIX, "sdp": sdp, **TO_WEBRTC,
+                                   "flags": flags})
         await self._ng("answer", **{"from-tag": TAG_SIP, "to-tag": TAG_MATRIX, "sdp": self._webrtc_sdp_in,
                                     **TO_SIP})
 
@@ -541,7 +567,9 @@ class RtpengineCallMedia:
 
     @property
     def rtp_port(self) -> int | None:
-        return None
+        """rtpengine's SIP-side port of this call (None before it wrote one)."""
+        media = self._sip_media()
+        return media[1] if media else None
 
     @property
     def rtp_leg(self) -> RtpLegView:
