@@ -102,6 +102,10 @@ class Transfers:
             log.info("REFER outside an answered call -> 603, nothing dialled")
             await req.respond(603, "Decline")
             return
+        if not session.media.far_end_replaceable:
+            log.warning("REFER refused -> 501: media.backend rtpengine cannot move the call to a new far end")
+            await req.respond(501, "Not Implemented")
+            return
         if id(session) in self._active:
             log.info("REFER while a transfer is under way -> 403")
             await req.respond(403, "Forbidden")

@@ -126,6 +126,9 @@ class CallMedia:
             raise MediaError(f"none of the configured codecs {self.settings.codecs} is supported")
         return codecs
 
+    far_end_replaceable = True
+    """Can a REFER move this call's SIP side to a new far end (calls/transfer.py)? False with rtpengine."""
+
     async def prepare_sip_offer(self, webrtc_offer: str) -> None:
         """Before sip_offer() on a Matrix -> SIP call. Nothing to do here; a backend whose SIP offer is written
         from the Matrix one (rtpengine) does its work in it."""
