@@ -102,10 +102,6 @@ class Transfers:
             log.info("REFER outside an answered call -> 603, nothing dialled")
             await req.respond(603, "Decline")
             return
-        if not session.media.far_end_replaceable:
-            log.warning("REFER refused -> 501: media.backend rtpengine cannot move the call to a new far end")
-            await req.respond(501, "Not Implemented")
-            return
         if id(session) in self._active:
             log.info("REFER while a transfer is under way -> 403")
             await req.respond(403, "Forbidden")
@@ -123,6 +119,11 @@ class Transfers:
         if problem is not None or number is None:
             log.warning("REFER to %s refused for %s: %s -> 403, nothing dialled", target.uri, user, problem)
             await req.respond(403, "Forbidden")
+            return
+        if not session.media.far_end_replaceable:
+            log.warning("REFER refused -> 501: media.backend rtpengine cannot move the call to a new far end")
+            self.policy.limits.release(key)  # admitted by problem() just above
+            await req.respond(501, "Not Implemented")
             return
         self._active.add(id(session))
         # From now on the referrer may hang up at any moment (many phones BYE right after the 202): that no
