@@ -36,6 +36,8 @@ from .matrix.ghosts import UNKNOWN_NUMBER
 from .matrix.outbox import NotDelivered, OutboxItem
 from .media.factory import InProcessMedia, MediaFactory, WorkerMedia
 from .media.ice import restrict_host_addresses
+from .media.rtpengine_media import RtpengineBackend, RtpengineSettings
+from .media.rtpengine_nodes import NodeSpec
 from .media.settings import IceServer, MediaSettings
 from .media.worker_pool import WorkerPool, default_workers
 from .metrics import Metrics
@@ -92,6 +94,15 @@ def media_factory(config: Config, settings: MediaSettings) -> MediaFactory:
     lg = config.logging
     return WorkerMedia(WorkerPool(settings, count, ice_host_addresses=list(config.media.ice_host_addresses),
                                   log_level=lg.level, log_format=lg.format, log_loggers=dict(lg.loggers)))
+
+
+def rtpengine_backend(config: Config) -> RtpengineBackend | None:
+    r = config.media.rtpengine
+    if config.media.backend != "rtpengine" or r is None:
+        return None
+    nodes = [NodeSpec(n.url, n.weight) for n in r.nodes]
+    return RtpengineBackend(RtpengineSettings(nodes, timeout_s=r.timeout_s, retry_after_s=r.retry_after_s,
+                                              call_id_prefix=r.call_id_prefix), media_settings(config))
 
 
 def trunk_target(config: Config) -> TrunkTarget:
@@ -259,7 +270,14 @@ class Bridge:
         plan = config.dialplan
         inbound = config.sip.inbound
         call_state = CallStateAdapter(self.matrix.tables.call_state)
-        self.media = media_factory(config, media_settings(config))
+        self.rtpengine = rtpengine_backend(config)  # None: embedded media
+        early_media = config.bridge.early_media
+        if self.rtpengine is not None and early_media == "announce":
+            log.warning("bridge.early_media announce needs embedded media (it records the audio): off with "
+                        "media.backend rtpengine")
+            early_media = "off"
+        self.media: MediaFactory = self.rtpengine if self.rtpengine is not None else media_factory(
+            config, media_settings(config))
         self.calls = CallManager(
             settings=CallSettings(
                 trunk=trunk_target(config),
@@ -276,7 +294,7 @@ class Bridge:
                 media=media_settings(config),
                 dialplan=plan,
                 failure_notices=config.bridge.failure_notices,
-                early_media=config.bridge.early_media,
+                early_media=early_media,
                 limits=CallLimits(
                     attempts_per_minute=config.bridge.limits.attempts_per_minute,
                     concurrent_calls=config.bridge.limits.concurrent_calls,
@@ -383,7 +401,9 @@ class Bridge:
     async def _start(self) -> None:
         await self.matrix.open()
         await self.recovery.load()  # dialogs a crash left are back in the UA before it listens
-        await self.media.start()  # media workers run before a call can arrive
+        # media workers run before a call can arrive; rtpengine: the ng socket, and calls an earlier run left on
+        # the nodes are deleted
+        await self.media.start()
         await self.ua.start()
         # calls a crash left open: the SIP side is ended now, even with the homeserver down; the Matrix
         # events go out from tasks through the MatrixPort

@@ -267,6 +267,22 @@ class MediaConfig:
     srtp: str = "off"  # off | optional | required: SDES-SRTP on the SIP leg (sip/sdp_crypto.py)
     rtcp_interval_s: float = 5.0  # SIP-leg RTCP report interval (RFC 3550 minimum); 0 = no RTCP
     workers: int | None = None  # media worker processes; None: "auto" (one per core); 0: media in the bridge process
+    backend: str = "embedded"  # embedded (aiortc + RTP in the bridge) | rtpengine (media.rtpengine.nodes)
+    rtpengine: RtpengineConfig | None = None  # set when backend is rtpengine
+
+
+@dataclass(frozen=True)
+class RtpengineNodeConfig:
+    url: str  # ng control endpoint, udp:HOST:PORT
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class RtpengineConfig:
+    nodes: tuple[RtpengineNodeConfig, ...]
+    timeout_s: float = 1.0  # one ng request's deadline; a silent node is taken out of rotation
+    retry_after_s: float = 30.0  # a failed node gets new calls again after this long
+    call_id_prefix: str = "mxsb-"  # ng call-ids; orphans with it are deleted at startup
 
 
 @dataclass(frozen=True)
@@ -939,10 +955,38 @@ def _media(s: _Section) -> MediaConfig:
         raise ConfigError(s.key("workers"), f'{raw_workers!r}: use "auto" (one per core), 0 (media in the bridge '
                           "process) or a number of worker processes")
     workers = None if isinstance(raw_workers, str) else s.integer("workers", lo=0, hi=256)
+    backend = s.choice("backend", "embedded", ("embedded", "rtpengine"))
+    rtpengine = _rtpengine(s.section("rtpengine"), required=backend == "rtpengine")
     out = MediaConfig(rtp_host=rtp_host, advertised_ip=advertised_ip, port_start=start, port_end=end,
                       codecs=codecs, ice_servers=tuple(ice), ice_host_addresses=ice_hosts,
                       ice_timeout_s=ice_timeout, rtp_source=rtp_source, rtp_latch_packets=latch,
-                      srtp=srtp, rtcp_interval_s=rtcp_interval, workers=workers)
+                      srtp=srtp, rtcp_interval_s=rtcp_interval, workers=workers,
+                      backend=backend, rtpengine=rtpengine if backend == "rtpengine" else None)
+    s.finish()
+    return out
+
+
+def _rtpengine(s: _Section, *, required: bool) -> RtpengineConfig:
+    from .media.rtpengine_nodes import parse_ng_url
+
+    nodes = []
+    for i, item in enumerate(s.items("nodes", [])):
+        e = _Section(item, f"{s.key('nodes')}[{i}]")
+        url = e.string("url")
+        try:
+            parse_ng_url(url)
+        except ValueError as exc:
+            raise ConfigError(e.key("url"), f"{exc} (e.g. udp:127.0.0.1:2223)") from None
+        nodes.append(RtpengineNodeConfig(url=url, weight=e.integer("weight", 1, lo=0, hi=1000)))
+        e.finish()
+    if required and not any(n.weight > 0 for n in nodes):
+        raise ConfigError(s.key("nodes"), "media.backend is rtpengine: list at least one node with weight > 0, "
+                          'e.g. [{url: "udp:127.0.0.1:2223", weight: 1}]')
+    prefix = s.string("call_id_prefix", "mxsb-")
+    if not re.match(r"^[A-Za-z0-9._-]{1,32}$", prefix):
+        raise ConfigError(s.key("call_id_prefix"), "must be 1-32 letters, digits, '.', '_' or '-'")
+    out = RtpengineConfig(nodes=tuple(nodes), timeout_s=s.number("timeout_s", 1.0, lo=0.05),
+                          retry_after_s=s.number("retry_after_s", 30.0, lo=0), call_id_prefix=prefix)
     s.finish()
     return out
 

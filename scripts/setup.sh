@@ -43,6 +43,7 @@ command -v kamailio >/dev/null 2>&1 || [ -x /usr/sbin/kamailio ] || apt_missing+
 command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || apt_missing+=(dnsmasq-base)  # tests: a local DNS server (RFC 3263)
 # per-user SIP accounts over TLS: Kamailio's TLS listener (tls.so is packaged apart from kamailio)
 compgen -G "/usr/lib/*/kamailio/modules/tls.so" >/dev/null || apt_missing+=(kamailio-tls-modules)
+command -v rtpengine >/dev/null 2>&1 || [ -x /usr/bin/rtpengine ] || apt_missing+=(rtpengine-daemon)  # media.backend rtpengine tests
 # PostgreSQL server binaries: the database tests run every table on a throwaway cluster as well as SQLite.
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || apt_missing+=(postgresql)
 # libopus: inline Opus <-> G.711 transcoding without codec threads (bridge/media/libopus.py; falls back to PyAV)

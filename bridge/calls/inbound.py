@@ -281,6 +281,9 @@ class InboundSession(CallSession):
             self.spawn(self.caller_id.announce(self.caller_id.ctx.initial), "asserted-identity")
         try:
             await self.media.set_webrtc_answer(self.answers[party_id])
+            final_sdp = self.media.final_sip_sdp()  # rtpengine: the 200's SDP exists only now
+            if final_sdp is not None:
+                self.local_sip_sdp = final_sdp
             cands, _ended = self.candidates.take(self.call_id, party_id)
             if cands:
                 await self.media.add_webrtc_candidates([c.as_dict() for c in cands])

@@ -114,6 +114,7 @@ class OutboundSession(CallSession):
         ):
             return False
         self.start_worker()
+        await self.media.prepare_sip_offer(self.invite.offer_sdp)  # rtpengine: the SIP offer is written from it
         host, port = await self.media.open_rtp()
         self.rtp_port = port
         self.client_invite = self.ua.invite(

@@ -132,6 +132,11 @@ class Transfers:
             log.warning("REFER to %s refused for %s: %s -> 403, nothing dialled", target.uri, user, problem)
             await req.respond(403, "Forbidden")
             return
+        if not session.media.far_end_replaceable:
+            log.warning("REFER refused -> 501: media.backend rtpengine cannot move the call to a new far end")
+            self.policy.limits.release(key)  # admitted by problem() just above
+            await req.respond(501, "Not Implemented")
+            return
         self._active.add(id(session))
         # From now on the referrer may hang up at any moment (many phones BYE right after the 202): that no
         # longer ends the Matrix call, a failed transfer does (see _transfer).

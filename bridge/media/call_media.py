@@ -139,6 +139,18 @@ class CallMedia:
             raise MediaError(f"none of the configured codecs {self.settings.codecs} is supported")
         return codecs
 
+    far_end_replaceable = True
+    """Can a REFER move this call's SIP side to a new far end (calls/transfer.py)? False with rtpengine."""
+
+    async def prepare_sip_offer(self, webrtc_offer: str) -> None:
+        """Before sip_offer() on a Matrix -> SIP call. Nothing to do here; a backend whose SIP offer is written
+        from the Matrix one (rtpengine) does its work in it."""
+
+    def final_sip_sdp(self) -> bytes | None:
+        """SIP -> Matrix: the SDP for the 200 once the Matrix answer is applied, when it differs from what
+        answer_sip_offer() / sip_offer_for_offerless() returned (rtpengine writes it only then). None here."""
+        return None
+
     def sip_offer(self) -> bytes:
         address, port = self._local()
         session_id, version = self._next_origin()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,6 +19,7 @@ from bridge.app import Bridge
 from tests.harness.bridge_stack import SERVER_NAME, StackPlan, start_bridge
 from tests.harness.matrix_client import MatrixTestClient
 from tests.harness.rtp_peer import RtpPeer
+from tests.harness.rtpengine import RtpengineProcess
 from tests.harness.sipp import SippProcess
 from tests.harness.synapse import SynapseServer, register_user_sync
 
@@ -25,6 +27,8 @@ SCENARIOS = Path(__file__).parent / "scenarios"
 NUMBER = "15551234567"
 GHOST = f"@sip_{NUMBER}:{SERVER_NAME}"
 USERS = ("alice", "bob", "carol")
+# BRIDGE_E2E_MEDIA=rtpengine runs the same tests with media.backend: rtpengine (a real rtpengine per session)
+MEDIA_BACKEND = os.environ.get("BRIDGE_E2E_MEDIA", "embedded")
 PASSWORD = "correct horse"
 
 
@@ -36,6 +40,7 @@ class E2E:
     bridges: list[Bridge] = field(default_factory=list)
     clients: list[MatrixTestClient] = field(default_factory=list)
     sipps: list[SippProcess] = field(default_factory=list)
+    rtpengine: RtpengineProcess | None = None
 
     def own(self, sipp: SippProcess) -> SippProcess:
         """Stop this sipp at teardown, whatever the test did."""
@@ -45,6 +50,9 @@ class E2E:
     async def bridge(self, overrides: Callable[[dict[str, Any]], None] | None = None) -> Bridge:
         def per_test(data: dict[str, Any]) -> None:
             data["appservice"]["database"] = f"sqlite:{self.tmp / f'bridge{len(self.bridges)}.db'}"
+            if self.rtpengine is not None:
+                data["media"]["backend"] = "rtpengine"
+                data["media"]["rtpengine"] = {"nodes": [{"url": self.rtpengine.url}]}
             if overrides:
                 overrides(data)
 
@@ -119,10 +127,22 @@ def e2e_env(tmp_path_factory: pytest.TempPathFactory, synapse_factory: Any) -> t
     return plan, server
 
 
+@pytest.fixture(scope="session")
+def rtpengine_node(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One rtpengine daemon for the session when BRIDGE_E2E_MEDIA=rtpengine, else None."""
+    if MEDIA_BACKEND != "rtpengine":
+        yield None
+        return
+    node = RtpengineProcess(tmp_path_factory.mktemp("rtpengine"))
+    node.start()
+    yield node
+    node.stop()
+
+
 @pytest.fixture
-async def e2e(e2e_env: tuple[StackPlan, SynapseServer], tmp_path: Path) -> AsyncIterator[E2E]:
+async def e2e(e2e_env: tuple[StackPlan, SynapseServer], tmp_path: Path, rtpengine_node: Any) -> AsyncIterator[E2E]:
     plan, server = e2e_env
-    env = E2E(plan, server, tmp_path)
+    env = E2E(plan, server, tmp_path, rtpengine=rtpengine_node)
     try:
         yield env
     finally:

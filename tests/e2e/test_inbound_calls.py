@@ -85,6 +85,21 @@ async def test_phone_call_rings_element_with_audio_both_ways_and_caller_bye_ends
     await assert_released(bridge)
 
 
+async def test_dtmf_from_the_phone_reaches_element_as_rfc4733_events(e2e: E2E, rtp_peer: RtpPeer) -> None:
+    await e2e.bridge(routes())
+    alice = await alice_client(e2e)
+    rtp_peer.start_sending(seconds=60)
+    sipp = await phone(e2e, "caller_talk.xml", "-key", "rtp_port", str(rtp_peer.port), "-d", "6000")
+    call = await alice.wait_incoming_call(timeout=40)
+    assert call.invite["content"]["capabilities"]["m.call.dtmf"] is True
+    await call.answer()
+    await call.wait_for_tone(1000.0, timeout=30, min_frames=25)
+    rtp_peer.send_dtmf("4#")  # the phone's telephone-event PT 101, as its INVITE offered
+    await call.wait_for_dtmf("4#", timeout=20)
+    await call.wait_hangup(timeout=30)
+    assert await sipp.wait() == 0, sipp.report()
+
+
 async def test_matrix_hangup_after_answer_sends_bye_to_the_phone(e2e: E2E, rtp_peer: RtpPeer) -> None:
     bridge = await e2e.bridge(routes())
     alice = await alice_client(e2e)

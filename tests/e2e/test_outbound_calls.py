@@ -188,7 +188,7 @@ async def test_dtmf_from_element_reaches_the_phone_as_rfc4733_events(e2e: E2E, r
     assert answer["content"]["capabilities"]["m.call.dtmf"] is True  # Element shows its dial pad
     await call.wait_for_frames(25, timeout=20)
     await call.send_dtmf("1#")
-    # RFC 4733 on the SIP leg with the trunk's payload type 101: event 1 then event 11 ('#').
+    # RFC 4733 on the SIP leg with the payload type the trunk answered: event 1 then event 11 ('#').
     await eventually(lambda: [e for i, e in enumerate(rtp_peer.dtmf_events)
                               if i == 0 or rtp_peer.dtmf_events[i - 1] != e] == [1, 11], 20, "DTMF 1#")
     await call.hangup()

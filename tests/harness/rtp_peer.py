@@ -89,6 +89,8 @@ class RtpPeer(asyncio.DatagramProtocol):
     _recent: deque[array.array[int]] = field(default_factory=lambda: deque(maxlen=50))  # ~1 s of 20 ms packets
     _task: asyncio.Task[None] | None = None
     _first: asyncio.Event = field(default_factory=asyncio.Event)
+    _dtmf_pt: int = 101
+    _dtmf_script: deque[tuple[int, int, bool]] = field(default_factory=deque)  # (event, packet index, end)
 
     async def open(self, port: int = 0) -> int:
         loop = asyncio.get_running_loop()
@@ -109,7 +111,9 @@ class RtpPeer(asyncio.DatagramProtocol):
         self.received_seqs.append(int.from_bytes(data[2:4], "big"))
         self.received_ssrcs.add(int.from_bytes(data[8:12], "big"))
         self.received_payload_types[pt] = self.received_payload_types.get(pt, 0) + 1
-        if pt == 101 and len(data) >= 16:
+        # RFC 4733 events: PT 101 (what the embedded bridge offers) or any dynamic PT carrying one 4-byte event
+        # (rtpengine keeps the Matrix client's own number)
+        if (pt == 101 and len(data) >= 16) or (pt >= 96 and len(data) == 16):
             self.dtmf_events.append(data[12])
         elif self.decode_audio and pt in G711_DECODE:
             table = G711_DECODE[pt]
@@ -136,6 +140,16 @@ class RtpPeer(asyncio.DatagramProtocol):
             joined.extend(samples)
         return tone_ratio(joined, 8000, hz)
 
+    def send_dtmf(self, digits: str, packets: int = 5, pt: int = 101) -> None:
+        """Key presses as RFC 4733 events (payload type ``pt``) in place of audio, 20 ms per packet, three end
+        packets each, a 100 ms gap between digits (needs start_sending)."""
+        self._dtmf_pt = pt
+        for digit in digits:
+            event = "0123456789*#".index(digit)
+            self._dtmf_script.extend((event, i, False) for i in range(packets))
+            self._dtmf_script.extend((event, packets, True) for _ in range(3))
+            self._dtmf_script.extend((-1, 0, False) for _ in range(5))  # gap: audio
+
     def start_sending(self, *, seconds: float = 30.0) -> None:
         self._task = asyncio.create_task(self._send_loop(seconds))
 
@@ -148,10 +162,19 @@ class RtpPeer(asyncio.DatagramProtocol):
         loop = asyncio.get_running_loop()
         start = loop.time()
         n = 0
+        event_ts = ts
         while loop.time() - start < seconds:
-            header = struct.pack("!BBHII", 0x80, (0x80 if n == 0 else 0) | self.payload_type, seq, ts, ssrc)
+            event, index, end = self._dtmf_script.popleft() if self._dtmf_script else (-1, 0, False)
+            if event >= 0:
+                if index == 0:
+                    event_ts = ts
+                header = struct.pack("!BBHII", 0x80, (0x80 if index == 0 else 0) | self._dtmf_pt, seq, event_ts, ssrc)
+                body = struct.pack("!BBH", event, (0x80 if end else 0) | 10, 160 * (index + 1))
+            else:
+                header = struct.pack("!BBHII", 0x80, (0x80 if n == 0 else 0) | self.payload_type, seq, ts, ssrc)
+                body = frames[n % len(frames)]
             if self.transport is not None and self.remote is not None:
-                self.transport.sendto(header + frames[n % len(frames)], self.remote)
+                self.transport.sendto(header + body, self.remote)
                 self.sent += 1
             n += 1
             seq = (seq + 1) & 0xFFFF
