@@ -42,6 +42,12 @@ fi
 step ruff .venv/bin/ruff check bridge tests bench scripts docker
 step mypy .venv/bin/mypy
 step pytest run_pytest "$@"
+# The end-to-end call tests again with media.backend rtpengine (a real rtpengine the fixtures start): every
+# call feature either works on both media backends or is refused clearly. Skipped when arguments narrow the run.
+if [ $# -eq 0 ]; then
+    step pytest-rtpengine env BRIDGE_E2E_MEDIA=rtpengine .venv/bin/python -m pytest -q -rs -p no:cacheprovider \
+        tests/e2e/test_outbound_calls.py tests/e2e/test_inbound_calls.py tests/e2e/test_rtpengine_backend.py
+fi
 
 echo
 say "summary:"
