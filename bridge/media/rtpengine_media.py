@@ -365,6 +365,9 @@ class RtpengineCallMedia:
     def take_early_audio(self) -> None:
         return None
 
+    async def collect_early_audio(self) -> None:
+        return None  # rtpengine carries the audio: nothing was recorded (early_media announce is off with it)
+
     def answer_sip_offer(self, sdp: bytes) -> bytes:
         offer = sip_sdp.SessionDescription.parse(sdp)
         text = sdp.decode("utf-8", "replace")

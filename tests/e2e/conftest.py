@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from bridge.app import Bridge
+from bridge.media.factory import WorkerMedia
 from tests.harness.bridge_stack import SERVER_NAME, StackPlan, start_bridge
 from tests.harness.matrix_client import MatrixTestClient
 from tests.harness.rtp_peer import RtpPeer
@@ -183,8 +184,8 @@ async def assert_released(bridge: Bridge) -> None:
     await eventually(lambda: not bridge.calls.sessions(), 15, "call sessions to finish")
     assert bridge.calls.ports.in_use == frozenset()
     await eventually(lambda: not bridge_call_tasks(), 5, f"call tasks to end: {bridge_call_tasks()}")
-    pool = getattr(bridge.media, "pool", None)  # media.workers: no call left placed on a worker
-    if pool is not None:
+    if isinstance(bridge.media, WorkerMedia):  # media.workers: no call left placed on a worker
+        pool = bridge.media.pool
         assert [w.load for w in pool.workers] == [0] * len(pool.workers)
 
 
