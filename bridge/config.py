@@ -957,6 +957,9 @@ def _media(s: _Section) -> MediaConfig:
     workers = None if isinstance(raw_workers, str) else s.integer("workers", lo=0, hi=256)
     backend = s.choice("backend", "embedded", ("embedded", "rtpengine"))
     rtpengine = _rtpengine(s.section("rtpengine"), required=backend == "rtpengine")
+    if backend == "rtpengine" and srtp != "off":
+        raise ConfigError(s.key("srtp"), f"{srtp!r} needs media.backend embedded: with rtpengine the SIP side is "
+                          "plain RTP/AVP (set srtp to off, or use the embedded backend)")
     out = MediaConfig(rtp_host=rtp_host, advertised_ip=advertised_ip, port_start=start, port_end=end,
                       codecs=codecs, ice_servers=tuple(ice), ice_host_addresses=ice_hosts,
                       ice_timeout_s=ice_timeout, rtp_source=rtp_source, rtp_latch_packets=latch,

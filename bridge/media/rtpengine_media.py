@@ -365,6 +365,10 @@ class RtpengineCallMedia:
     def take_early_audio(self) -> None:
         return None
 
+    @property
+    def srtp_suite(self) -> str | None:
+        return None  # media.srtp is refused with this backend (bridge/config.py): the SIP side is RTP/AVP
+
     async def collect_early_audio(self) -> None:
         return None  # rtpengine carries the audio: nothing was recorded (early_media announce is off with it)
 

@@ -83,3 +83,14 @@ def test_sdp_text_edits() -> None:
     assert "o=- 5 8 IN IP4" in bump_origin(sdp)
     assert first_codec(sdp) == "PCMU"
     assert audio_direction(sdp.replace("m=audio", "c=IN IP4 0.0.0.0\r\nm=audio")) == "inactive"
+
+
+def test_srtp_with_the_rtpengine_backend_is_a_config_error() -> None:
+    """The rtpengine backend offers the SIP side plain RTP/AVP: media.srtp must say off, not be ignored."""
+    from bridge.config import ConfigError, parse_config
+
+    media = {"backend": "rtpengine", "rtpengine": {"nodes": [{"url": "udp:127.0.0.1:2223"}]}}
+    cfg = parse_config({"homeserver": {"domain": "example.org"}, "media": media})
+    assert cfg.media.backend == "rtpengine" and cfg.media.srtp == "off"
+    with pytest.raises(ConfigError, match=r"media\.srtp"):
+        parse_config({"homeserver": {"domain": "example.org"}, "media": {**media, "srtp": "required"}})
