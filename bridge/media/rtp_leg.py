@@ -199,7 +199,8 @@ class RtpLeg(asyncio.DatagramProtocol):
         # fast path: a plain-header packet of the audio codec, next in sequence, nothing held in the jitter buffer
         # (the steady state): the same bookkeeping as below, inline (PT < 72, so never RTCP)
         fast = self.on_audio_fast
-        if fast is not None and self.on_audio is self._fast_pairs_with and data[0] == 0x80 and (data[1] & 0x7F) == self.payload_type and len(data) > 12:
+        if fast is not None and self.on_audio is self._fast_pairs_with and data[0] == 0x80 \
+                and (data[1] & 0x7F) == self.payload_type and len(data) > 12:
             seq, ts, ssrc = _SEQ_TS_SSRC.unpack_from(data, 2)
             if self._jitter.take_in_order(seq):
                 self.packets_in += 1
