@@ -4,7 +4,7 @@
     .venv/bin/python bench/scale_bench.py --calls 5,10,20 --modes passthrough --seconds 10 --repeat 2
     .venv/bin/python bench/scale_bench.py --calls 1 --seconds 3 --modes passthrough --no-janus   # smoke run
 
-Everything runs on 127.0.0.1, as a deployment would: a real Synapse; the bridge as its own process
+The bridge's side runs on 127.0.0.1, as a deployment would: a real Synapse; the bridge as its own process
 (`python -m bridge -c config.yaml`); a sipp trunk (bench/scenarios/soak_trunk.xml) whose SDP points every call's
 audio at an echo process (one UDP socket sending each datagram back where it came from, like a phone in an echo
 test); and one Element-like aiortc caller per call (tests/harness/matrix_client.py: m.call.invite / candidates /
@@ -14,18 +14,22 @@ Opus for `transcode`) and count what comes back without decoding it, so the load
 Modes: `passthrough`: Element's offer (Opus, PCMU, PCMA), the trunk answers PCMU: the bridge relays G.711 as is.
 `transcode`: the caller offers only Opus: the bridge transcodes Opus <-> PCMU. `--compare-janus` (default on for
 passthrough; `--no-janus` to skip) runs the Janus SIP plugin (Debian `janus`, configured in a temp dir with only the
-SIP plugin and the HTTP transport on loopback), driven by the same callers through its JSON API (create, attach
-janus.plugin.sip, register type guest, call sip:<n>@trunk with the same offer) against the same trunk and echo.
+SIP plugin and the HTTP transport), run in a network namespace the bench creates (Janus never gathers ICE on a
+loopback interface: it gets a veth pair with private addresses, 10.213.x.1 <-> 10.213.x.2, and its callers, trunk
+and echo use the root end; torn down at exit; needs root), driven by the same callers through its JSON API (create,
+attach janus.plugin.sip, register type guest, call sip:<n>@trunk with the same offer) against a trunk and echo like
+the bridge's.
 
 Calls are added step by step (N from --calls) and stay up; at each N, after the new calls connected: the callers
 send for --seconds (counted from 1 s after they start), then stop; then the counters are read. The bridge
 (passthrough) and Janus are grown and measured side by side: at each N one system's window follows the other's
 while the other's callers are silent, so a change in the machine's load between phases stays out of the ratio.
 Per N:
-  CPU     CPU time (utime+stime from /proc/<pid>/stat, all threads) of the bridge / Janus process over the window,
+  CPU     CPU time (utime+stime from /proc/<pid>/stat, all threads) of the bridge process plus its media worker
+          processes (--workers, default auto), or of the Janus process, over the window,
           as % of one core; with --repeat R the window is repeated and the median taken (the machine may be shared:
           CPU time, unlike wall-clock load, is not inflated by other processes, but cache and frequency effects are).
-  RSS, threads of the process (from /proc/<pid>/status) with the calls up.
+  RSS, threads of the process(es) (from /proc/<pid>/status, summed like CPU) with the calls up.
   audio   Matrix->SIP: packets the echo got / packets the callers sent; SIP->Matrix: packets the callers got back /
           packets the echo sent; both must be >= 99.5 % for N to count towards capacity.
 Slopes are least-squares fits over N (0 = the idle process; points with < 99.5 % audio left out: a saturated process
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import contextlib
 import fractions
 import json
@@ -93,49 +98,101 @@ def ghost(num: str) -> str:
     return f"@sip_{num}:{SERVER_NAME}"
 
 
-def local_ice_ip(wanted: str | None) -> str:
-    """A non-loopback IPv4 address of THIS host (for Janus's WebRTC leg): checked by binding to it, so packets
-    addressed to it are delivered by the kernel locally and never leave the machine."""
-    candidates = [wanted] if wanted else []
-    if not wanted:
-        out = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"], capture_output=True, text=True,
-                             check=False).stdout
-        candidates = [line.split()[3].split("/")[0] for line in out.splitlines() if len(line.split()) > 3]
-    for ip in candidates:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            try:
-                probe.bind((ip, 0))
-            except OSError:
-                continue
-        return ip
-    raise RuntimeError("no local non-loopback IPv4 address for Janus's ICE (give one with --janus-ip)")
+class JanusNetns:
+    """A network namespace for Janus, joined to the root namespace by a veth pair with private addresses.
+
+    Janus never gathers ICE candidates on a loopback interface (its ice.c skips IFF_LOOPBACK), and the bench must not
+    send to this host's public addresses: so Janus runs in a namespace of its own whose only non-loopback interface
+    is the namespace end of a veth pair (``ns_ip``); Janus's callers, its trunk and its echo bind the root end
+    (``host_ip``). Traffic stays on the veth pair. Torn down by ``close()`` (idempotent; also registered with
+    atexit, so an error or Ctrl-C leaves nothing behind)."""
+
+    def __init__(self) -> None:
+        tag = os.getpid() % 100000
+        self.name = f"scalebench{tag}"
+        self.host_dev, self.ns_dev = f"sbh{tag}", f"sbn{tag}"
+        third = os.getpid() % 250  # one /30 per concurrent bench run
+        self.host_ip, self.ns_ip = f"10.213.{third}.1", f"10.213.{third}.2"
+        self._up = False
+
+    @staticmethod
+    def _ip(*args: str) -> None:
+        done = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+        if done.returncode:
+            raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.strip()} (the Janus phase needs root for a netns)")
+
+    def open(self) -> None:
+        atexit.register(self.close)
+        self._up = True
+        self._ip("netns", "add", self.name)
+        self._ip("link", "add", self.host_dev, "type", "veth", "peer", "name", self.ns_dev)
+        self._ip("link", "set", self.ns_dev, "netns", self.name)
+        self._ip("addr", "add", f"{self.host_ip}/30", "dev", self.host_dev)
+        self._ip("link", "set", self.host_dev, "up")
+        self._ip("-n", self.name, "addr", "add", f"{self.ns_ip}/30", "dev", self.ns_dev)
+        self._ip("-n", self.name, "link", "set", self.ns_dev, "up")
+        self._ip("-n", self.name, "link", "set", "lo", "up")
+
+    def exec_prefix(self) -> list[str]:
+        return ["ip", "netns", "exec", self.name]  # ip execs the command: the child's pid is Janus's
+
+    def close(self) -> None:
+        if not self._up:
+            return
+        self._up = False
+        for args in (["link", "del", self.host_dev], ["netns", "del", self.name]):  # deleting one end drops both
+            subprocess.run(["ip", *args], capture_output=True, check=False)
 
 
 # ------------------------------------------------------------------------------------------------ /proc
-def cpu_seconds(pid: int) -> float:
+def _stat(pid: int) -> list[str]:
     with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+        return f.read().rsplit(")", 1)[1].split()  # fields from 3 (state) on
 
 
-def proc_status(pid: int) -> tuple[int, int]:
-    """(RSS KiB, threads)."""
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (the bridge's media worker processes)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                children.setdefault(int(_stat(int(entry))[1]), []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += children.get(tree[-1], [])
+    return tree
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime+stime (fields 14, 15; all threads) summed over the processes."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = _stat(pid)
+            total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
+def proc_status(pids: list[int]) -> tuple[int, int]:
+    """(RSS KiB, threads) summed over the processes."""
     rss = threads = 0
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1])
-            elif line.startswith("Threads:"):
-                threads = int(line.split()[1])
+    for pid in pids:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    rss += int(line.split()[1])
+                elif line.startswith("Threads:"):
+                    threads += int(line.split()[1])
     return rss, threads
 
 
 # ------------------------------------------------------------------------------------------------ echo (child)
-def echo_main(conn: Connection) -> None:
+def echo_main(conn: Connection, host: str) -> None:
     """One UDP socket; every datagram goes back to its source. Counters on request over the pipe."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind((host, 0))
     sock.setblocking(False)
     conn.send(sock.getsockname()[1])
     received = sent = 0
@@ -165,10 +222,10 @@ def echo_main(conn: Connection) -> None:
 
 
 class Echo:
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
         ctx = multiprocessing.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=echo_main, args=(child,), daemon=True)
+        self.proc = ctx.Process(target=echo_main, args=(child, host), daemon=True)
         self.proc.start()
         self.port: int = self.conn.recv()
 
@@ -404,7 +461,7 @@ JANUS_HTTP = """general: {{
     base_path = "/janus"
     http = true
     port = {port}
-    ip = "127.0.0.1"
+    ip = "{ip}"
     https = false
 }}
 admin: {{
@@ -412,8 +469,8 @@ admin: {{
 }}
 """
 JANUS_SIP = """general: {{
-    local_ip = "127.0.0.1"
-    sdp_ip = "127.0.0.1"
+    local_ip = "{ip}"
+    sdp_ip = "{ip}"
     keepalive_interval = 0
     behind_nat = false
     register_ttl = 3600
@@ -428,9 +485,10 @@ class JanusSystem(System):
 
     name = "janus"
 
-    def __init__(self, workdir: Path, trunk_port: int, ice_ip: str) -> None:
+    def __init__(self, workdir: Path, trunk_port: int, netns: JanusNetns) -> None:
         self.dir = workdir
-        self.ice_ip = ice_ip
+        self.netns = netns
+        self.ice_ip = netns.host_ip  # the callers' side of the veth pair
         self.trunk_port = trunk_port
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -456,11 +514,12 @@ class JanusSystem(System):
         lo, hi = free_rtp_range(200)
         debug = os.environ.get("JANUS_DEBUG", "3")
         (self.dir / "janus.jcfg").write_text(JANUS_CFG.format(dir=self.dir, rtp_lo=lo, rtp_hi=lo + 99, debug=debug,
-                                                              ice_ip=self.ice_ip))
-        (self.dir / "janus.transport.http.jcfg").write_text(JANUS_HTTP.format(port=self.port))
-        (self.dir / "janus.plugin.sip.jcfg").write_text(JANUS_SIP.format(rtp_lo=lo + 100, rtp_hi=hi))
+                                                              ice_ip=self.netns.ns_ip))
+        (self.dir / "janus.transport.http.jcfg").write_text(JANUS_HTTP.format(port=self.port, ip=self.netns.ns_ip))
+        (self.dir / "janus.plugin.sip.jcfg").write_text(JANUS_SIP.format(rtp_lo=lo + 100, rtp_hi=hi,
+                                                                          ip=self.netns.ns_ip))
         with self.log_path.open("wb") as out:
-            command = [JANUS, "-C", str(self.dir / "janus.jcfg"), "-F", str(self.dir), "-o"]
+            command = [*self.netns.exec_prefix(), JANUS, "-C", str(self.dir / "janus.jcfg"), "-F", str(self.dir), "-o"]
             self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,  # noqa: ASYNC220 (no wait)
                                          stdin=subprocess.DEVNULL)
         self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
@@ -485,7 +544,7 @@ class JanusSystem(System):
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         assert self.http is not None
         body = {**body, "transaction": os.urandom(6).hex()}
-        async with self.http.post(f"http://127.0.0.1:{self.port}/janus{path}", json=body,
+        async with self.http.post(f"http://{self.netns.ns_ip}:{self.port}/janus{path}", json=body,
                                   timeout=aiohttp.ClientTimeout(total=30)) as resp:
             data: dict[str, Any] = await resp.json(content_type=None)
         if data.get("janus") == "error":
@@ -494,7 +553,7 @@ class JanusSystem(System):
 
     async def _long_poll(self) -> None:
         assert self.http is not None
-        url = f"http://127.0.0.1:{self.port}/janus/{self.session}?maxev=50"
+        url = f"http://{self.netns.ns_ip}:{self.port}/janus/{self.session}?maxev=50"
         while True:
             try:
                 async with self.http.get(url, timeout=aiohttp.ClientTimeout(total=70)) as resp:
@@ -528,14 +587,14 @@ class JanusSystem(System):
             return lambda e: e.get("plugindata", {}).get("data", {}).get("result", {}).get("event") == name
 
         await self._post(f"/{self.session}/{handle}", {"janus": "message", "body": {
-            "request": "register", "type": "guest", "username": f"sip:bench{index}@127.0.0.1"}})
+            "request": "register", "type": "guest", "username": f"sip:bench{index}@{self.netns.ns_ip}"}})
         await self._event(handle, result("registered"), 30)
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         pc.addTransceiver(track, direction="sendrecv")
         caller = Caller(pc, track)
-        # Janus never gathers on a loopback interface (ice.c skips IFF_LOOPBACK): Janus's callers gather on the
-        # same local address, so both ends of its WebRTC legs are this host (the kernel delivers locally). Only
-        # while this offer gathers: the bridge's callers stay on 127.0.0.1.
+        # Janus gathers on its namespace's veth address (never on loopback: ice.c skips IFF_LOOPBACK), so its
+        # callers gather on the root end of the veth pair. Only while this offer gathers: the bridge's callers
+        # stay on 127.0.0.1.
         async with self._gathering:
             loopback = aioice.ice.get_host_addresses
             aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: [self.ice_ip]
@@ -545,7 +604,8 @@ class JanusSystem(System):
                 aioice.ice.get_host_addresses = loopback
         self.calls.append((handle, pc))
         await self._post(f"/{self.session}/{handle}", {
-            "janus": "message", "body": {"request": "call", "uri": f"sip:{number(index)}@127.0.0.1:{self.trunk_port}"},
+            "janus": "message",
+            "body": {"request": "call", "uri": f"sip:{number(index)}@{self.ice_ip}:{self.trunk_port}"},
             "jsep": {"type": "offer", "sdp": pc.localDescription.sdp}})
         event = await self._event(handle, lambda e: "jsep" in e and result("accepted")(e), 60)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=event["jsep"]["sdp"], type="answer"))
@@ -584,6 +644,7 @@ class Run:
     clock: int
     payloads: list[bytes]
     expect_codec: str
+    echo: Echo
     gate: Gate = field(default_factory=Gate)
     callers: list[Caller] = field(default_factory=list)
     result: Result = field(init=False)
@@ -606,6 +667,8 @@ class Bench:
         self.echo: Echo | None = None
         self.sipps: list[SippProcess] = []
         self.janus: JanusSystem | None = None
+        self.netns: JanusNetns | None = None
+        self.janus_echo: Echo | None = None
         self.rooms: dict[str, str] = {}
         self.results: list[Result] = []
         self.pcmu = tone_payloads(440.0, 50)
@@ -631,15 +694,17 @@ class Bench:
 
     def _config(self, data: dict[str, Any]) -> None:
         data["media"]["ice_host_addresses"] = ["127.0.0.1"]
+        data["media"]["workers"] = "auto" if self.args.workers == "auto" else int(self.args.workers)
         data["logging"]["level"] = "INFO"  # BridgeProcess waits for the "bridge running" line
         data["bridge"]["limits"] = {"attempts_per_minute": 10000, "concurrent_calls": 1000,
                                     "total_concurrent_calls": 1000}
 
-    async def trunk(self, calls: int) -> SippProcess:
-        assert self.echo is not None
-        sipp = SippProcess(TRUNK_SCENARIO, local_port=self.plan.trunk_port if not self.sipps else free_udp_port(),
+    async def trunk(self, calls: int, echo: Echo, host: str = "127.0.0.1") -> SippProcess:
+        """A trunk on ``host`` whose SDP (c= is sipp's [media_ip], i.e. ``host``) sends the audio to ``echo``."""
+        port = self.plan.trunk_port if not self.sipps else free_udp_port(host=host)
+        sipp = SippProcess(TRUNK_SCENARIO, local_port=port, host=host,
                            calls=calls, timeout=3600, trace=False, workdir=self.dir / f"sipp-{len(self.sipps)}",
-                           extra_args=["-key", "rtp_port", str(self.echo.port)])
+                           extra_args=["-key", "rtp_port", str(echo.port)])
         self.sipps.append(sipp)
         await sipp.start()
         return sipp
@@ -659,30 +724,31 @@ class Bench:
         self.say(f"opening {count} portal rooms ...")
         await asyncio.gather(*(one(i) for i in range(count)))
 
-    async def measure(self, system: System, callers: list[Caller], gate: Gate, n: int) -> Point:
-        assert self.echo is not None
+    async def measure(self, run: Run, n: int) -> Point:
+        system, callers, gate, echo = run.system, run.callers, run.gate, run.echo
         runs: list[float] = []
         sent = to_sip = to_matrix = echo_sent_total = 0
         for _ in range(self.args.repeat):
             sent0 = sum(c.track.sent for c in callers)
             recv0 = sum(c.received for c in callers)
-            echo_r0, echo_s0 = self.echo.counts()
+            echo_r0, echo_s0 = echo.counts()
+            pids = process_tree(system.pid)  # the bridge and its media workers
             gate.open.set()
             await asyncio.sleep(1.0)  # streams running: measure in steady state
-            cpu0, wall0 = cpu_seconds(system.pid), time.monotonic()
+            cpu0, wall0 = cpu_seconds(pids), time.monotonic()
             await asyncio.sleep(self.args.seconds)
-            cpu1, wall1 = cpu_seconds(system.pid), time.monotonic()
-            rss, threads = proc_status(system.pid)
+            cpu1, wall1 = cpu_seconds(pids), time.monotonic()
+            rss, threads = proc_status(pids)
             gate.open.clear()
             await asyncio.sleep(1.5)  # what is in flight arrives
-            echo_r1, echo_s1 = self.echo.counts()
+            echo_r1, echo_s1 = echo.counts()
             sent += sum(c.track.sent for c in callers) - sent0
             to_matrix += sum(c.received for c in callers) - recv0
             to_sip += echo_r1 - echo_r0
             echo_sent_total += echo_s1 - echo_s0
             runs.append(100 * (cpu1 - cpu0) / (wall1 - wall0))
         if n == 0:
-            rss, threads = proc_status(system.pid)
+            rss, threads = proc_status(process_tree(system.pid))
         point = Point(
             calls=n, cpu_pct=statistics.median(runs), cpu_runs=runs, rss_kib=rss, threads=threads,
             # N=0: nothing is sent (stray echoes of the previous phase's last packets are not audio of this one)
@@ -725,7 +791,7 @@ class Bench:
         a change in the machine's load between the phases does not end up in the ratio."""
         for run in runs:
             self.results.append(run.result)
-            run.result.points.append(await self.measure(run.system, run.callers, run.gate, 0))
+            run.result.points.append(await self.measure(run, 0))
         try:
             active = list(runs)
             for n in self.args.calls:
@@ -734,7 +800,7 @@ class Bench:
                     break
                 await asyncio.sleep(2.0)  # ICE/DTLS of the last ones done, set-up work over
                 for run in active:
-                    run.result.points.append(await self.measure(run.system, run.callers, run.gate, n))
+                    run.result.points.append(await self.measure(run, n))
         finally:
             for run in runs:
                 self.say(f"{run.system.name}: hanging up {len(run.callers)} calls ...")
@@ -750,7 +816,8 @@ class Bench:
         await self.open_rooms(top)
         assert self.client is not None
         modes = self.args.modes
-        await self.trunk(top * len(modes) + 1)
+        assert self.echo is not None
+        await self.trunk(top * len(modes) + 1, self.echo)
         # one warm-up call: the bridge's first call loads codecs and fills caches (that is not per-call cost)
         warm = BridgeSystem(self.client, self.bridge, self.rooms, None, "warm-up")
         warm_gate = Gate()
@@ -763,19 +830,24 @@ class Bench:
         passthrough: list[Run] = []
         if "passthrough" in modes and self.args.bridge:
             passthrough.append(Run(BridgeSystem(self.client, self.bridge, self.rooms, None, "bridge passthrough"),
-                                   8000, self.pcmu, "PCMU"))
+                                   8000, self.pcmu, "PCMU", self.echo))
         if self.args.janus and "passthrough" in modes:
-            self.janus = JanusSystem(self.dir / "janus", 0, local_ice_ip(self.args.janus_ip))
-            sipp = await self.trunk(top)
-            self.janus.trunk_port = sipp.port
+            # Janus in a namespace of ours (see JanusNetns); its trunk and echo on the root end of the veth pair
+            self.netns = JanusNetns()
+            self.netns.open()
+            self.say(f"netns {self.netns.name}: Janus on {self.netns.ns_ip}, its callers/trunk/echo on "
+                     f"{self.netns.host_ip}")
+            self.janus_echo = Echo(self.netns.host_ip)
+            sipp = await self.trunk(top, self.janus_echo, self.netns.host_ip)
+            self.janus = JanusSystem(self.dir / "janus", sipp.port, self.netns)
             await self.janus.start()
             self.say(f"janus running as pid {self.janus.pid} (log {self.janus.log_path})")
-            passthrough.append(Run(self.janus, 8000, self.pcmu, "PCMU"))
+            passthrough.append(Run(self.janus, 8000, self.pcmu, "PCMU", self.janus_echo))
         if passthrough:
             await self.run_systems(passthrough)
         if "transcode" in modes and self.args.bridge:
             system = BridgeSystem(self.client, self.bridge, self.rooms, ["opus"], "bridge transcode")
-            await self.run_systems([Run(system, 48000, self.opus, "opus")])
+            await self.run_systems([Run(system, 48000, self.opus, "opus", self.echo)])
 
     async def close(self) -> None:
         if self.client is not None:
@@ -790,6 +862,10 @@ class Bench:
             await stop_synapse(self.synapse)
         if self.echo is not None:
             self.echo.stop()
+        if self.janus_echo is not None:
+            self.janus_echo.stop()
+        if self.netns is not None:
+            self.netns.close()
 
 
 def report(bench: Bench) -> dict[str, Any]:
@@ -879,7 +955,9 @@ def main() -> int:
     parser.add_argument("--compare-janus", dest="janus", action="store_true", default=True,
                         help="also measure the Janus SIP plugin (default)")
     parser.add_argument("--no-janus", dest="janus", action="store_false")
-    parser.add_argument("--janus-ip", help="local address for Janus's ICE (default: this host's first global IPv4)")
+    parser.add_argument("--workers", default="auto",
+                        help='media.workers of the bridge: "auto" (default, one per core) or a count (0: media in '
+                             "the bridge process); CPU is summed over the bridge and its workers either way")
     parser.add_argument("--bridge-root", metavar="DIR",
                         help="run the bridge from another checkout, e.g. `git archive <rev> | tar -x -C DIR`")
     parser.add_argument("--no-bridge", dest="bridge", action="store_false", help="measure Janus only (debugging)")

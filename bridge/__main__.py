@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib.metadata
 import re
 import secrets
@@ -149,14 +148,14 @@ def save_upgrade(config_path: Path, upgrade: Upgrade, *, write: bool) -> None:
 
 def run(config: Config, upgrade: Upgrade | None = None, *, write_upgrade: bool = True) -> int:
     """Hand the validated config to ``bridge.app.run`` (the composition root, which also sets up logging)."""
-    from bridge import app  # imported here: --help and --check-config need none of aiortc/mautrix
+    from bridge import app, event_loop  # imported here: --help and --check-config need none of aiortc/mautrix
     from bridge.logs import configure_logging
 
     configure_logging(config.logging)  # app.run does it again; here so the upgrade's lines are logged
     if upgrade is not None and config.path is not None:
         save_upgrade(config.path, upgrade, write=write_upgrade)
     try:
-        return int(asyncio.run(app.run(config)) or 0)
+        return int(event_loop.run(app.run(config)) or 0)
     except KeyboardInterrupt:  # before the signal handlers were installed
         return 0
 

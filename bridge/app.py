@@ -424,8 +424,9 @@ class Bridge:
             await self.registration.start()
         host, port = self.ua.bound_address()
         self._started = True
-        log.info("bridge running: SIP on %s:%d, appservice on %s:%s", host, port,
-                 self.config.appservice.hostname, self.matrix.port)
+        log.info("bridge running: SIP on %s:%d, appservice on %s:%s (%s event loop)", host, port,
+                 self.config.appservice.hostname, self.matrix.port,
+                 type(asyncio.get_running_loop()).__module__.split(".")[0])
 
     async def stop(self) -> None:
         self._started = False  # /ready: 503 from now on

@@ -28,6 +28,14 @@ class JitterBuffer:
         self._held.clear()
         self._next = None
 
+    def take_in_order(self, seq: int) -> bool:
+        """The packet ``push`` would release at once, alone (next in sequence, nothing held): the caller hands it
+        on itself (no RtpPacket needed). False: use ``push``."""
+        if self._held or (self._next is not None and self._next != seq):
+            return False
+        self._next = (seq + 1) & 0xFFFF
+        return True
+
     def push(self, packet: RtpPacket) -> list[RtpPacket]:
         """Add a packet; returns the packets now ready, in order (often just this one)."""
         seq = packet.sequence

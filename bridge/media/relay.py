@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ from .rtp_packet import RtpPacket, RtpParseError, parse_rtp
 from .webrtc_leg import WebRtcLeg
 
 DtmfCallback = Callable[[str, str], None]
+_SEQ_TS_SSRC = struct.Struct("!HII")  # from byte 2 of the RTP header
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ class Relay:
         self._webrtc_ts_base: int | None = None
         self._rr_feed: ReceiverReportFeed | None = None
         self._dtmf_in = DtmfDetector()
-        rtp.on_audio = self._from_sip
+        rtp.set_audio_sinks(self._from_sip, self._from_sip_fast)
         rtp.on_dtmf = self._sip_dtmf
         rtp.on_dtmf_event = self._sip_dtmf_event
         self._dtmf_out_ts = 0
@@ -115,6 +117,21 @@ class Relay:
         self._pump = asyncio.get_running_loop().create_task(self._pump_webrtc_to_sip())
 
     # -- SIP -> Matrix ------------------------------------------------------------------------
+    def _from_sip_fast(self, data: bytes, timestamp: int) -> None:
+        """In-order audio from the RTP leg (plain 12-byte header): passthrough on the fast path sends the payload
+        as is; anything else takes the full path."""
+        direct = self.webrtc.direct
+        plan = self.plan
+        if direct is None or plan is None or not plan.passthrough or not self.running or self.hold \
+                or self._decoder is not None:
+            self._from_sip(parse_rtp(data))
+            return
+        base = self._ts_base
+        if base is None:
+            self._ts_base = base = timestamp
+        direct.send(plan.webrtc_pt, data[12:], (timestamp - base) & 0xFFFFFFFF, direct.last_seq is None)
+        self.webrtc_frames_out += 1  # handed to the WebRTC leg (which drops it while Matrix holds)
+
     def _from_sip(self, packet: RtpPacket) -> None:
         if not self.running or self.hold or self.plan is None:
             if self.early_sink is not None and not self.running:
@@ -184,6 +201,23 @@ class Relay:
         plan = self.plan
         if plan is None:
             return False
+        b0 = data[0]
+        if plan.passthrough and (data[1] & 0x7F) == plan.webrtc_pt and b0 & 0xEF == 0x80 and len(data) > 12:
+            # fast path: passthrough audio without CSRC or padding (Element's: mid / abs-send-time / audio level
+            # extension), as below without an RtpPacket
+            seq, ts, ssrc = _SEQ_TS_SSRC.unpack_from(data, 2)
+            offset = 12
+            if b0 & 0x10:
+                offset = 16 + 4 * ((data[14] << 8) | data[15]) if len(data) >= 16 else len(data) + 1
+            if offset <= len(data):
+                if self._rr_feed is not None:
+                    self._rr_feed.feed(ssrc, seq, ts)
+                if self.running and not self.hold:
+                    self.rtp.send_audio(data[offset:], source_ts=ts)  # same codec, same clock
+                    self.webrtc_frames_in += 1
+                else:
+                    self.dropped += 1
+                return True
         try:
             packet = parse_rtp(data)
         except RtpParseError:
@@ -277,7 +311,7 @@ class Relay:
     async def close(self) -> None:
         self.running = False
         self.webrtc.set_rtp_tap(None)
-        self.rtp.on_audio = None
+        self.rtp.set_audio_sinks(None, None)
         self.rtp.on_dtmf = None
         self.rtp.on_dtmf_event = None
         if self._pump is not None:

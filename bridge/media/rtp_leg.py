@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import struct
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -29,6 +30,9 @@ DtmfSink = Callable[[str], None]
 
 COMFORT_NOISE_PT = 13
 DTMF_VOLUME = 10
+_SEQ_TS_SSRC = struct.Struct("!HII")  # from byte 2 of the RTP header
+_HEADER = struct.Struct("!BBHII")
+_monotonic = time.monotonic
 
 
 class RtpLeg(asyncio.DatagramProtocol):
@@ -49,6 +53,12 @@ class RtpLeg(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self._lost = asyncio.Event()
         self.on_audio: AudioSink | None = None
+        self.on_audio_fast: Callable[[bytes, int], None] | None = None
+        """Takes in-order audio as (whole datagram with a plain 12-byte header, RTP timestamp) instead of
+        ``on_audio``: no RtpPacket, no jitter buffer work (the relay in passthrough). Everything else (events,
+        reordering, CSRC/extension/padding) still goes to ``on_audio``. Used only while ``on_audio`` is the sink
+        it was set with (set_audio_sinks): whoever replaces ``on_audio`` gets every packet."""
+        self._fast_pairs_with: AudioSink | None = None
         self.on_dtmf: DtmfSink | None = None
         """Called once per key press with the digit."""
         self.on_dtmf_event: Callable[[DtmfEvent, bool], None] | None = None
@@ -119,6 +129,11 @@ class RtpLeg(asyncio.DatagramProtocol):
         if self.guard.target != target:
             self._jitter.reset()  # new far end (first answer or re-INVITE): its stream starts afresh
 
+    def set_audio_sinks(self, sink: AudioSink | None, fast: Callable[[bytes, int], None] | None) -> None:
+        """``on_audio`` and its fast variant (see on_audio_fast)."""
+        self.on_audio = self._fast_pairs_with = sink
+        self.on_audio_fast = fast
+
     def set_srtp(self, keys: tuple[str, bytes, bytes] | None) -> None:
         """(suite, our key, the peer's key) as negotiated, or None for plain RTP. Unchanged keys keep the
         contexts (ROC and replay window survive re-INVITEs); a changed key replaces that direction's."""
@@ -181,6 +196,37 @@ class RtpLeg(asyncio.DatagramProtocol):
             if clear is None:
                 return  # forged, replayed or not SRTP at all: counted by the session
             data = clear
+        # fast path: a plain-header packet of the audio codec, next in sequence, nothing held in the jitter buffer
+        # (the steady state): the same bookkeeping as below, inline (PT < 72, so never RTCP)
+        fast = self.on_audio_fast
+        if fast is not None and self.on_audio is self._fast_pairs_with and data[0] == 0x80 \
+                and (data[1] & 0x7F) == self.payload_type and len(data) > 12:
+            seq, ts, ssrc = _SEQ_TS_SSRC.unpack_from(data, 2)
+            if self._jitter.take_in_order(seq):
+                self.packets_in += 1
+                self.bytes_in += len(data)
+                now = _monotonic()
+                arrival = self._arrival
+                if arrival is not None:  # _update_jitter
+                    d = (now - arrival) - ((((ts - self._arrival_ts) + 0x80000000) & 0xFFFFFFFF) - 0x80000000) \
+                        / self.clock_rate
+                    if d < 0:
+                        d = -d
+                    if d < 5.0:
+                        self.interarrival_jitter += (d - self.interarrival_jitter) / 16
+                self._arrival = now
+                self._arrival_ts = ts
+                stats = self.receive_stats
+                if ssrc == stats.ssrc and 0 < seq - stats.max_seq < 3000:  # ReceiveStats.update, no wrap
+                    stats.max_seq = seq
+                    stats.received += 1
+                else:
+                    stats.update(ssrc, seq)
+                try:
+                    fast(data, ts)
+                except Exception:
+                    self.log.exception("RTP audio sink failed")
+                return
         if is_rtcp(data):
             self.rtcp_in += 1  # RTCP is not relayed: read for statistics (mostly it comes to port + 1)
             if self.rtcp is not None:
@@ -315,6 +361,31 @@ class RtpLeg(asyncio.DatagramProtocol):
         ``samples`` defaults to ``len(payload)``: right for PCMU/PCMA (1 byte per sample) and
         G.722 (1 byte per 8 kHz RTP clock tick).
         """
+        offset = self._ts_offset
+        if source_ts is not None and offset is not None and samples is None and self.clock_rate == 8000:
+            # fast path: G.711/G.722 in step with the source clock (the next packet exactly): as below
+            pending = self._pending_samples
+            ts = (source_ts + offset) & 0xFFFFFFFF
+            if ts == (self._ts + pending) & 0xFFFFFFFF and pending > 0 and self._last_send is not None \
+                    and not self._dtmf_active and self.payload_type is not None:
+                self._ts = ts
+                self._pending_samples = len(payload)
+                self._last_send = _monotonic()
+                marker = self._marker
+                self._marker = False
+                transport, remote = self.transport, self.guard.target
+                if transport is None or remote is None or self.hold:
+                    self.dropped += 1
+                    return
+                data = _HEADER.pack(0x80, 0x80 | self.payload_type if marker else self.payload_type, self._seq, ts,
+                                    self.ssrc) + payload
+                if self.srtp is not None:
+                    data = self.srtp.protect(data)
+                transport.sendto(data, remote)
+                self.packets_out += 1
+                self.bytes_out += len(data)
+                self._seq = (self._seq + 1) & 0xFFFF
+                return
         if self.payload_type is None or self._dtmf_active:
             self.dropped += 1  # not negotiated yet, or a DTMF event owns the stream
             return

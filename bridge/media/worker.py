@@ -17,6 +17,7 @@ import socket
 import sys
 from typing import Any
 
+from bridge import event_loop
 from bridge.logs import call_logger, setup_logging
 
 from .call_media import CallMedia
@@ -206,7 +207,8 @@ async def serve(fd: int) -> int:
     logging.getLogger().handlers[:] = [ForwardLogs(worker)]
     worker.send(("ready", os.getpid()))
     stats = asyncio.get_running_loop().create_task(worker.report_stats())
-    log.info("media worker %d running (pid %d)", init.index, os.getpid())
+    log.info("media worker %d running (pid %d, %s event loop)", init.index, os.getpid(),
+             type(asyncio.get_running_loop()).__module__.split(".")[0])
     try:
         while True:
             message = await read_message(reader)
@@ -232,7 +234,7 @@ def main() -> int:
     # closes our socket, which is when we exit (also when the bridge is killed outright)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    return asyncio.run(serve(int(sys.argv[1])))
+    return event_loop.run(serve(int(sys.argv[1])))
 
 
 if __name__ == "__main__":
