@@ -25,6 +25,7 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -185,44 +186,79 @@ def peers_process(control_port: int, calls: int, transcode: bool) -> None:
 # bridge side (this process)
 
 
+CallSetup = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class FarEnds:
+    """The far-end process of the media benches (one aiortc caller and one RTP peer per call), driven over a
+    loopback control socket. ``setup`` builds the bridge side of one call from its request and returns
+    ``{"answer": <WebRTC answer>, "target": [host, port]}`` (where the RTP peer sends)."""
+
+    def __init__(self, calls: int, transcode: bool, setup: CallSetup) -> None:
+        self.calls, self.transcode, self.setup = calls, transcode, setup
+        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._connected = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._child: Any = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(self.calls):
+            request = json.loads(await reader.readline())
+            reply = await self.setup(request)
+            writer.write(json.dumps(reply).encode() + b"\n")
+            await writer.drain()
+        self._streams = (reader, writer)
+        self._connected.set()
+
+    async def start(self) -> None:
+        """Start the process and set up every call; ICE and DTLS then need a few seconds more."""
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        control_port = self._server.sockets[0].getsockname()[1]
+        self._child = multiprocessing.get_context("spawn").Process(
+            target=peers_process, args=(control_port, self.calls, self.transcode), daemon=True)
+        self._child.start()
+        await asyncio.wait_for(self._connected.wait(), timeout=60 + self.calls)
+
+    async def command(self, cmd: str) -> dict[str, int]:
+        """"go", "stop" or "totals" (the far ends' packet counters)."""
+        assert self._streams is not None
+        reader, writer = self._streams
+        writer.write(json.dumps({"cmd": cmd}).encode() + b"\n")
+        await writer.drain()
+        return dict(json.loads(await reader.readline()))
+
+    def close(self) -> None:
+        if self._streams is not None:
+            self._streams[1].close()
+        if self._server is not None:
+            self._server.close()
+        if self._child is not None:
+            self._child.join(timeout=30)
+
+
+
 async def bridge_main(args: argparse.Namespace) -> None:
     settings = MediaSettings()
     settings.port_start, settings.port_end = free_port_range(2 * args.calls + 20)
     ports = PortAllocator(settings.rtp_host, settings.port_start, settings.port_end)
     medias: list[CallMedia] = []
-    connected = asyncio.Event()
     rss_before = rss_kib()
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        for _ in range(args.calls):
-            request = json.loads(await reader.readline())
-            media = CallMedia(settings, ports, log=logging.LoggerAdapter(log, {"call_id": request["call"]}))
-            medias.append(media)
-            await media.set_webrtc_offer(request["offer"])
-            host, port = await media.open_rtp()
-            media.sip_offer()
-            media.apply_sip_answer(sip_sdp(request["rtp"], "0 101"))
-            answer = await media.create_webrtc_answer()
-            await media.add_webrtc_candidates(request["candidates"])
-            media.start()
-            writer.write(json.dumps({"answer": answer, "target": [host, port]}).encode() + b"\n")
-            await writer.drain()
-        handle.streams = (reader, writer)  # type: ignore[attr-defined]
-        connected.set()
+    async def setup(request: dict[str, Any]) -> dict[str, Any]:
+        media = CallMedia(settings, ports, log=logging.LoggerAdapter(log, {"call_id": request["call"]}))
+        medias.append(media)
+        await media.set_webrtc_offer(request["offer"])
+        host, port = await media.open_rtp()
+        media.sip_offer()
+        media.apply_sip_answer(sip_sdp(request["rtp"], "0 101"))
+        answer = await media.create_webrtc_answer()
+        await media.add_webrtc_candidates(request["candidates"])
+        media.start()
+        return {"answer": answer, "target": [host, port]}
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    control_port = server.sockets[0].getsockname()[1]
-    child = multiprocessing.get_context("spawn").Process(
-        target=peers_process, args=(control_port, args.calls, args.transcode), daemon=True
-    )
-    child.start()
-    await asyncio.wait_for(connected.wait(), timeout=60 + args.calls)
-    reader, writer = handle.streams  # type: ignore[attr-defined]
-
-    async def peers(cmd: str) -> dict[str, int]:
-        writer.write(json.dumps({"cmd": cmd}).encode() + b"\n")
-        await writer.drain()
-        return dict(json.loads(await reader.readline()))
+    far_ends = FarEnds(args.calls, args.transcode, setup)
+    await far_ends.start()
+    peers = far_ends.command
 
     await asyncio.sleep(3)  # ICE and DTLS done everywhere
     states = [m.webrtc_connection_state for m in medias]
@@ -238,9 +274,7 @@ async def bridge_main(args: argparse.Namespace) -> None:
     stats = [m.stats() for m in medias]
     for media in medias:
         await media.close()
-    writer.close()
-    server.close()
-    child.join(timeout=30)
+    far_ends.close()
 
     wall = wall1 - wall0
     cpu = cpu1 - cpu0

@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
-import multiprocessing
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from media_bench import peers_process
+from media_bench import FarEnds
 
 from bridge.media.rtpengine_media import RtpengineBackend, RtpengineCallMedia, RtpengineSettings
 from bridge.media.rtpengine_nodes import NodeSpec
@@ -51,36 +50,21 @@ async def bridge_main(args: argparse.Namespace, node: RtpengineProcess) -> None:
     backend = RtpengineBackend(RtpengineSettings([NodeSpec(node.url)]), MediaSettings(ice_timeout_s=0))
     await backend.start()
     medias: list[RtpengineCallMedia] = []
-    connected = asyncio.Event()
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        for _ in range(args.calls):
-            request = json.loads(await reader.readline())
-            media = backend.new_media(logging.LoggerAdapter(log, {"call_id": request["call"]}))
-            medias.append(media)
-            await media.prepare_sip_offer(request["offer"])
-            offer = media.sip_offer()
-            media.apply_sip_answer(sip_sdp(request["rtp"], "0 101"))
-            answer = await media.create_webrtc_answer()
-            await media.add_webrtc_candidates(request["candidates"])
-            media.start()
-            writer.write(json.dumps({"answer": answer, "target": list(sip_target(offer))}).encode() + b"\n")
-            await writer.drain()
-        handle.streams = (reader, writer)  # type: ignore[attr-defined]
-        connected.set()
+    async def setup(request: dict[str, Any]) -> dict[str, Any]:
+        media = backend.new_media(logging.LoggerAdapter(log, {"call_id": request["call"]}))
+        medias.append(media)
+        await media.prepare_sip_offer(request["offer"])
+        offer = media.sip_offer()
+        media.apply_sip_answer(sip_sdp(request["rtp"], "0 101"))
+        answer = await media.create_webrtc_answer()
+        await media.add_webrtc_candidates(request["candidates"])
+        media.start()
+        return {"answer": answer, "target": list(sip_target(offer))}
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    control_port = server.sockets[0].getsockname()[1]
-    child = multiprocessing.get_context("spawn").Process(
-        target=peers_process, args=(control_port, args.calls, args.transcode), daemon=True)
-    child.start()
-    await asyncio.wait_for(connected.wait(), timeout=60 + args.calls)
-    reader, writer = handle.streams  # type: ignore[attr-defined]
-
-    async def peers(cmd: str) -> dict[str, int]:
-        writer.write(json.dumps({"cmd": cmd}).encode() + b"\n")
-        await writer.drain()
-        return dict(json.loads(await reader.readline()))
+    far_ends = FarEnds(args.calls, args.transcode, setup)
+    await far_ends.start()
+    peers = far_ends.command
 
     await asyncio.sleep(3)  # ICE and DTLS done everywhere
     await peers("go")
@@ -95,9 +79,7 @@ async def bridge_main(args: argparse.Namespace, node: RtpengineProcess) -> None:
     for media in medias:
         await media.close()
     await backend.close()
-    writer.close()
-    server.close()
-    child.join(timeout=30)
+    far_ends.close()
 
     wall = wall1 - wall0
     per = 100 / wall / args.calls

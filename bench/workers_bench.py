@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
-import multiprocessing
 import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.media_bench import peers_process
+from bench.media_bench import FarEnds
 from bridge.media.call_media import CallMedia
 from bridge.media.factory import InProcessMedia, MediaFactory, WorkerMedia
 from bridge.media.ports import PortAllocator
@@ -51,38 +50,22 @@ async def bridge_main(args: argparse.Namespace) -> None:
     factory: MediaFactory = WorkerMedia(pool) if pool is not None else InProcessMedia()
     await factory.start()
     medias: list[CallMedia] = []
-    connected = asyncio.Event()
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        for _ in range(args.calls):
-            request = json.loads(await reader.readline())
-            media = factory.new(settings, ports, logging.LoggerAdapter(log, {"call_id": request["call"]}))
-            medias.append(media)
-            await media.set_webrtc_offer(request["offer"])
-            host, port = await media.open_rtp()
-            media.sip_offer()
-            media.apply_sip_answer(sip_sdp(request["rtp"], "0 101"))
-            answer = await media.create_webrtc_answer()
-            await media.add_webrtc_candidates(request["candidates"])
-            media.start()
-            writer.write(json.dumps({"answer": answer, "target": [host, port]}).encode() + b"\n")
-            await writer.drain()
-        handle.streams = (reader, writer)  # type: ignore[attr-defined]
-        connected.set()
+    async def setup(request: dict[str, Any]) -> dict[str, Any]:
+        media = factory.new(settings, ports, logging.LoggerAdapter(log, {"call_id": request["call"]}))
+        medias.append(media)
+        await media.set_webrtc_offer(request["offer"])
+        host, port = await media.open_rtp()
+        media.sip_offer()
+        media.apply_sip_answer(sip_sdp(request["rtp"], "0 101"))
+        answer = await media.create_webrtc_answer()
+        await media.add_webrtc_candidates(request["candidates"])
+        media.start()
+        return {"answer": answer, "target": [host, port]}
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    control_port = server.sockets[0].getsockname()[1]
-    child = multiprocessing.get_context("spawn").Process(
-        target=peers_process, args=(control_port, args.calls, args.transcode), daemon=True
-    )
-    child.start()
-    await asyncio.wait_for(connected.wait(), timeout=60 + args.calls)
-    reader, writer = handle.streams  # type: ignore[attr-defined]
-
-    async def peers(cmd: str) -> dict[str, int]:
-        writer.write(json.dumps({"cmd": cmd}).encode() + b"\n")
-        await writer.drain()
-        return dict(json.loads(await reader.readline()))
+    far_ends = FarEnds(args.calls, args.transcode, setup)
+    await far_ends.start()
+    peers = far_ends.command
 
     await asyncio.sleep(3)  # ICE and DTLS done everywhere
     await peers("go")
@@ -100,9 +83,7 @@ async def bridge_main(args: argparse.Namespace) -> None:
     states = [m.webrtc_connection_state for m in medias]
     for media in medias:
         await media.close()
-    writer.close()
-    server.close()
-    child.join(timeout=30)
+    far_ends.close()
     await factory.stop()
 
     wall = wall1 - wall0
