@@ -33,8 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", default="config.yaml", metavar="PATH",
                    help="config file (default: config.yaml; start from bridge/example-config.yaml)")
     p.add_argument("-g", "--generate-registration", action="store_true",
-                   help="generate fresh as_token/hs_token, write them into the config file and write the "
-                        "appservice registration (see -r), then exit")
+                   help="generate fresh as_token/hs_token (and provisioning.shared_secret and "
+                        "bridge.accounts.encryption_key where they are still placeholders), write them into the "
+                        "config file and write the appservice registration (see -r), then exit")
     p.add_argument("-r", "--registration", default="registration.yaml", metavar="PATH",
                    help="where -g writes the registration (default: registration.yaml)")
     p.add_argument("--generate-account-key", action="store_true",
