@@ -16,7 +16,7 @@ import yaml
 
 from bridge.app import Bridge
 from bridge.config import Config, build_registration, parse_config
-from tests.harness.synapse import SynapseServer, free_port
+from tests.harness.synapse import SynapseServer
 
 SERVER_NAME = "bridge.test"
 
@@ -27,6 +27,29 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def stable_port(host: str = "127.0.0.1") -> int:
+    """A port free for UDP and TCP, below the kernel's ephemeral range (32768-60999).
+
+    The stack keeps its SIP and trunk ports for a whole session while the processes behind them come and go; a port
+    from the ephemeral range could meanwhile be taken by any client socket (aiortc's ICE, a resolver), and the next
+    sipp on it would fail to bind. The RTP ranges use 20000-39000, so these come from 10000-19999.
+    """
+    import random
+    import socket
+
+    for _ in range(200):
+        port = random.randrange(10000, 20000)
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, \
+                    socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                udp.bind((host, port))
+                tcp.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def free_rtp_range(size: int = 40) -> tuple[int, int]:
@@ -54,9 +77,9 @@ class StackPlan:
     """Ports and tokens chosen before Synapse starts (it reads the registration only at start)."""
 
     tmp: Path
-    as_port: int = field(default_factory=free_port)
-    sip_port: int = field(default_factory=free_udp_port)
-    trunk_port: int = field(default_factory=free_udp_port)
+    as_port: int = field(default_factory=stable_port)
+    sip_port: int = field(default_factory=stable_port)
+    trunk_port: int = field(default_factory=stable_port)
     as_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     hs_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     rtp_range: tuple[int, int] = field(default_factory=free_rtp_range)
