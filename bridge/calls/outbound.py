@@ -113,7 +113,6 @@ class OutboundSession(CallSession):
             room_id=self.portal.room_id, direction="outbound", number=self.number, mxid=self.sender,
         ):
             return False
-        self.start_worker()
         await self.media.prepare_sip_offer(self.invite.offer_sdp)  # rtpengine: the SIP offer is written from it
         host, port = await self.media.open_rtp()
         self.rtp_port = port
@@ -128,6 +127,10 @@ class OutboundSession(CallSession):
         self.client_invite.on_provisional = self._on_provisional
         self.spawn(self._wait_final(self.client_invite), "sip-final")
         self.spawn(self._lifetime(), "invite-lifetime")
+        # Only now: a hangup, glare or shutdown posted while the media was opening waited in the queue, so it
+        # finds the INVITE to CANCEL (an earlier worker ended the call first and the INVITE went out after it,
+        # ringing the phone with nobody left to cancel it).
+        self.start_worker()
         self.media.on_failure = lambda _reason: self.post(
             lambda: self.machine.media_failed(media_seen=self._media_seen()))
         self.webrtc_ready = self.spawn(self._prepare_webrtc(buffered), "webrtc-offer")

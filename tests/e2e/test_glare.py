@@ -111,9 +111,38 @@ async def test_glare_matrix_call_with_lesser_call_id_wins_and_phone_invite_gets_
     assert row is not None and row.end_reason == "matrix_user_hangup"
 
 
-@pytest.mark.parametrize("phone_first", [False, True], ids=["together", "phone_first"])
+def slow_first_media(bridge: Bridge, delay: float) -> asyncio.Event:
+    """The next call's media takes ``delay`` s longer to open its RTP port (a busy media worker or rtpengine);
+    the event is set when that opening starts."""
+    manager: Any = bridge.calls
+    factory = manager.media_factory
+    opening = asyncio.Event()
+
+    class SlowOnce:
+        def new(self, *args: Any, **kwargs: Any) -> Any:
+            media = factory.new(*args, **kwargs)
+            if opening.is_set():
+                return media
+            open_rtp = media.open_rtp
+
+            async def slow_open_rtp() -> Any:
+                opening.set()
+                await asyncio.sleep(delay)
+                return await open_rtp()
+
+            media.open_rtp = slow_open_rtp
+            return media
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(factory, name)
+
+    manager.media_factory = SlowOnce()
+    return opening
+
+
+@pytest.mark.parametrize("order", ["together", "phone_first", "phone_during_setup"])
 async def test_glare_phone_call_with_lesser_call_id_wins_and_trunk_invite_is_cancelled(
-    e2e: E2E, rtp_peer: RtpPeer, phone_first: bool
+    e2e: E2E, rtp_peer: RtpPeer, order: str
 ) -> None:
     bridge = await e2e.bridge(route_to_alice)
     alice, room = await alice_in_portal(e2e)
@@ -121,7 +150,17 @@ async def test_glare_phone_call_with_lesser_call_id_wins_and_trunk_invite_is_can
     the_trunk = await start_sipp(e2e, trunk(e2e, "trunk_ring_until_cancel.xml"))
     the_phone = phone(e2e, "caller_talk.xml", "-key", "rtp_port", str(rtp_peer.port), "-d", "3000")
     e2e.own(the_phone)
-    call = await both_calls(bridge, the_phone, alice.place_call(room, PHONE_GHOST, call_id=GREATER), phone_first)
+    place = alice.place_call(room, PHONE_GHOST, call_id=GREATER)
+    if order == "phone_during_setup":
+        # The phone's INVITE arrives while alice's call is still opening its media, before its INVITE went out:
+        # the call that loses must still CANCEL that INVITE once it is sent, not leave the trunk ringing.
+        opening = slow_first_media(bridge, 1.5)
+        placing = asyncio.ensure_future(place)
+        await asyncio.wait_for(opening.wait(), 20)
+        await the_phone.start()
+        call = await placing
+    else:
+        call = await both_calls(bridge, the_phone, place, order == "phone_first")
     # alice's call lost: refused in Matrix, and its INVITE to the trunk (if one went out) cancelled.
     end = await call.wait_hangup_or_reject(timeout=30)
     assert end["type"] == "m.call.reject" and end["content"]["reason"] == "replaced"
@@ -139,6 +178,7 @@ async def test_glare_phone_call_with_lesser_call_id_wins_and_trunk_invite_is_can
         assert await the_trunk.wait() == 0, the_trunk.report()  # 200 CANCEL + 487, no mismatch
         assert "CANCEL_MISMATCH" not in the_trunk.logs
     else:  # the phone's INVITE came first: alice's invite was refused before any SIP went out
+        assert order != "phone_during_setup"
         assert "INVITE sip:" not in the_trunk.messages
 
 
