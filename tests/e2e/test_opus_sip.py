@@ -87,7 +87,7 @@ async def test_opus_on_both_legs_is_passed_through_unless_the_phones_fmtp_forbid
         assert stats.codec_sip == "OPUS" and stats.codec_webrtc is not None
         assert stats.codec_webrtc.upper() == "OPUS" and stats.passthrough is passthrough
         caller_sent, phone_sent = set(sent), set(phone.sent_payloads)
-        assert len(sent) > 100 and len(received) > 50
+        assert len(sent) >= 100 and len(received) > 50  # the phone got 100 of them (waited for above)
         relayed_to_phone = sum(p in caller_sent for p in phone.received_payloads) / len(phone.received_payloads)
         relayed_to_caller = sum(p in phone_sent for p in received) / len(received)
         if passthrough:  # the same bytes on both legs: nothing was decoded or re-encoded
