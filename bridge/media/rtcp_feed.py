@@ -1,10 +1,10 @@
 """RTCP receiver reports for the Matrix party's stream in passthrough (aiortc 1.16 internals, guarded).
 
 In passthrough the RTP tap (webrtc_leg.py) consumes the Matrix client's audio before aiortc's receiver sees it,
-so aiortc's receiver keeps no statistics and sends no receiver report: the client (Chrome) then shows no RTT
-or loss for its outbound stream. This feeds the tapped packets' sequence numbers and timestamps into the
-receiver's own ``StreamStatistics``, so its RTCP loop sends the usual RR (with LSR/DLSR from the client's
-sender reports, which still reach the receiver: the SSRC is registered with the transport's RTP router).
+so aiortc's receiver keeps no statistics: the client (Chrome) would then get no report for its outbound stream
+and show no RTT or loss. This feeds the tapped packets' sequence numbers and timestamps into the receiver's own
+``StreamStatistics``, which the report blocks of webrtc_rtcp.py read (or, without the fast path, aiortc's own
+RTCP loop: the SSRC is registered with the transport's RTP router so the client's sender reports reach it).
 
 Per packet: two attribute stores and aiortc's ``StreamStatistics.add`` (no allocation).
 """

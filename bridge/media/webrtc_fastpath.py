@@ -44,6 +44,8 @@ FASTPATH_OK = (
     and hasattr(aioice.ice.StunProtocol, "datagram_received")
     and hasattr(aioice.ice.Connection, "data_received")
     and callable(getattr(RTCRtpReceiver, "_RTCRtpReceiver__stop_decoder", None))
+    and callable(getattr(RTCRtpSender, "_run_rtcp", None))  # replaced per instance by webrtc_rtcp
+    and callable(getattr(RTCRtpReceiver, "_run_rtcp", None))
 )
 
 _HEADER = struct.Struct("!BBHII")
@@ -132,8 +134,14 @@ class DirectSender:
         self._abs_offset = -1  # where the 3 abs-send-time bytes sit in that block
         self.last_seq: int | None = None
         self.last_timestamp: int | None = None
+        self.last_ntp = 0  # NTP time of the last packet sent (with last_timestamp: the SR's clock pair)
         self.sent = 0
+        self.octets = 0  # payload octets sent (RFC 3550 6.4.1 sender's octet count)
         self.dropped = 0
+
+    @property
+    def ssrc(self) -> int:
+        return self._ssrc
 
     # -- template ---------------------------------------------------------------------------------------------
     def _prepare(self) -> bool:
@@ -209,13 +217,9 @@ class DirectSender:
         pair.protocol.transport.sendto(srtp.protect(header + payload), self._addr)
         self._seq = (seq + 1) & _SEQ_MASK
         self.last_seq = seq
+        self.last_ntp = ntp
         self.sent += 1
-        # what aiortc's RTCP loop reports in its sender reports
-        sender = self._sender_any
-        sender._RTCRtpSender__ntp_timestamp = ntp
-        sender._RTCRtpSender__rtp_timestamp = ts
-        sender._RTCRtpSender__octet_count += len(payload)
-        sender._RTCRtpSender__packet_count += 1
+        self.octets += len(payload)  # (the sender reports are webrtc_rtcp's, from these counters)
         return True
 
     async def close(self) -> None:
@@ -223,9 +227,11 @@ class DirectSender:
 
 
 def install_receive(dtls: RTCDtlsTransport, owner: Any, fallback: Callable[..., Awaitable[None]],
-                    *, log: logging.Logger | logging.LoggerAdapter[Any]) -> int:
+                    *, log: logging.Logger | logging.LoggerAdapter[Any],
+                    rtcp: Callable[[bytes], bool] | None = None) -> int:
     """Shadow ``datagram_received`` of this connection's ICE sockets (gathered already); returns how many.
-    ``owner._tap`` is the RTP tap (read per packet: the relay sets and clears it)."""
+    ``owner._tap`` is the RTP tap (read per packet: the relay sets and clears it); ``rtcp`` takes SRTCP packets
+    (webrtc_rtcp.WebrtcRtcp.on_srtcp; False hands one to aiortc)."""
     connection: Any = dtls.transport._connection
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Future[None]] = set()
@@ -239,7 +245,12 @@ def install_receive(dtls: RTCDtlsTransport, owner: Any, fallback: Callable[..., 
 
         def fast(data: bytes, addr: tuple[Any, ...], original: Any = original) -> None:
             # SRTP: first byte 128..191 (RFC 7983), second byte not an RTCP type 192..223 (RFC 5761)
-            if len(data) > 12 and 127 < data[0] < 192 and not 191 < data[1] < 224:
+            if len(data) > 12 and 127 < data[0] < 192:
+                if 191 < data[1] < 224:
+                    if rtcp is not None and rtcp(data):
+                        return
+                    original(data, addr)
+                    return
                 srtp = srtp_cache[0]
                 if srtp is None or srtp.session is not dtls_any._rx_srtp:
                     srtp = fast_srtp(srtp_cache, dtls_any._rx_srtp)

@@ -49,6 +49,7 @@ from .rtcp_feed import ReceiverReportFeed
 from .rtp_packet import build_rtp, is_rtcp
 from .settings import IceServer
 from .webrtc_fastpath import FASTPATH_OK, DirectSender, install_receive, stop_decoder_thread
+from .webrtc_rtcp import WebrtcRtcp
 
 AIORTC_INTERNALS_OK = (
     aiortc.__version__.startswith("1.16.")
@@ -169,6 +170,8 @@ class WebRtcLeg:
         self.direct: DirectSender | None = None
         """Set when the fast path is usable (webrtc_fastpath.py): sends encoded payloads straight to the socket,
         and every audio packet from Matrix reaches the RTP tap (nothing is decoded by aiortc)."""
+        self.rtcp: WebrtcRtcp | None = None
+        """With the fast path: our RTCP on this connection instead of aiortc's loops (webrtc_rtcp.py)."""
         self._original_rtp_handler: Callable[..., Awaitable[None]] | None = None
         self._pending_candidates: list[dict[str, Any]] = []
         self._closed = False
@@ -226,6 +229,8 @@ class WebRtcLeg:
             self.direct = DirectSender(self._transceiver.sender, track=self.outgoing, log=self.log)
             self.injector = self.direct
             stop_decoder_thread(self._transceiver.receiver)
+            self.rtcp = WebrtcRtcp(self._transceiver.sender, self._transceiver.receiver, self.direct, log=self.log)
+            self.rtcp.replace_aiortc_loops()
         else:
             self.injector = RtpInjector(transport, self._transceiver.sender._ssrc, log=self.log)
 
@@ -233,7 +238,8 @@ class WebRtcLeg:
         """After gathering (setLocalDescription): audio from Matrix goes to the tap without aiortc's queue."""
         if self.direct is None or self._transceiver is None or self._original_rtp_handler is None:
             return
-        install_receive(self._transceiver.receiver.transport, self, self._original_rtp_handler, log=self.log)
+        install_receive(self._transceiver.receiver.transport, self, self._original_rtp_handler, log=self.log,
+                        rtcp=self.rtcp.on_srtcp if self.rtcp is not None else None)
 
     async def answer(self, offer_sdp: str, codecs: list[str]) -> str:
         """Apply the remote offer and return our answer SDP (holding all our candidates)."""

@@ -39,8 +39,7 @@ def fake_sender(ext_ids: dict[str, int]) -> tuple[Any, list[tuple[bytes, tuple[s
                            _rtp_header_extensions_map=ext_map,
                            transport=SimpleNamespace(_connection=SimpleNamespace(_nominated={1: pair})))
     sender = SimpleNamespace(_ssrc=0x11223344, transport=dtls, _enabled=True, _RTCRtpSender__started=True,
-                             _RTCRtpSender__mid="0", _RTCRtpSender__packet_count=0, _RTCRtpSender__octet_count=0,
-                             _RTCRtpSender__ntp_timestamp=0, _RTCRtpSender__rtp_timestamp=0)
+                             _RTCRtpSender__mid="0")
     return sender, sent, ext_map
 
 
@@ -63,10 +62,10 @@ def test_direct_sender_writes_what_aiortc_would_with_one_sendto_per_payload(ext_
         assert abs(first.extensions.abs_send_time - ((before >> 14) & 0xFFFFFF)) < 2**18 // 10  # within 0.1 s
     else:
         assert first.extensions.abs_send_time is None
-    # aiortc's RTCP sender reports read these
-    assert sender._RTCRtpSender__packet_count == 2 and sender._RTCRtpSender__octet_count == 320
-    assert sender._RTCRtpSender__rtp_timestamp == second.timestamp
-    assert abs(sender._RTCRtpSender__ntp_timestamp - ntp_now()) < 2**32  # within a second of now
+    # the sender reports (webrtc_rtcp.py) read these
+    assert direct.sent == 2 and direct.octets == 320
+    assert direct.last_timestamp == second.timestamp
+    assert abs(direct.last_ntp - ntp_now()) < 2**32  # within a second of now
 
 
 def test_direct_sender_drops_while_paused_or_not_connected_and_injects_in_the_same_sequence_space() -> None:
