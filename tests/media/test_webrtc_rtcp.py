@@ -67,7 +67,8 @@ async def test_a_call_on_the_fast_path_has_our_rtcp_both_ways_and_the_client_mea
     call: Call = await make_call(None)
     await connect_outbound(call)
     await assert_audio_both_ways(call)
-    rtcp: Any = call.media._webrtc.rtcp
+    webrtc: Any = call.media._webrtc
+    rtcp = webrtc.rtcp
     assert rtcp is not None
     peer = call.matrix.transceiver
 
@@ -86,5 +87,4 @@ async def test_a_call_on_the_fast_path_has_our_rtcp_both_ways_and_the_client_mea
     assert srs and srs[0].packetsSent >= 20, srs
     assert rtts and 0 <= rtts[0].roundTripTime < 1.0, rtts
     assert rtcp.sent >= 2 and rtcp.received >= 1  # the client's SRTCP was read here, not in aiortc's task
-    sender: Any = call.media._webrtc._transceiver.sender
-    assert sender._RTCRtpSender__rtcp_started.is_set()  # our loop stands in for aiortc's
+    assert webrtc._transceiver.sender._RTCRtpSender__rtcp_started.is_set()  # our loop stands in for aiortc's
