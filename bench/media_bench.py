@@ -189,6 +189,19 @@ def peers_process(control_port: int, calls: int, transcode: bool) -> None:
 CallSetup = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
+async def connect_far_end(media: CallMedia, request: dict[str, Any]) -> dict[str, Any]:
+    """One far end's call on ``media``: its WebRTC offer answered, the SIP side pointed at its RTP peer (PCMU and
+    telephone-event), started; the reply FarEnds sends back to that far end."""
+    await media.set_webrtc_offer(request["offer"])
+    host, port = await media.open_rtp()
+    media.sip_offer()
+    media.apply_sip_answer(sip_sdp(request["rtp"], "0 101"))
+    answer = await media.create_webrtc_answer()
+    await media.add_webrtc_candidates(request["candidates"])
+    media.start()
+    return {"answer": answer, "target": [host, port]}
+
+
 class FarEnds:
     """The far-end process of the media benches (one aiortc caller and one RTP peer per call), driven over a
     loopback control socket. ``setup`` builds the bridge side of one call from its request and returns
@@ -247,14 +260,7 @@ async def bridge_main(args: argparse.Namespace) -> None:
     async def setup(request: dict[str, Any]) -> dict[str, Any]:
         media = CallMedia(settings, ports, log=logging.LoggerAdapter(log, {"call_id": request["call"]}))
         medias.append(media)
-        await media.set_webrtc_offer(request["offer"])
-        host, port = await media.open_rtp()
-        media.sip_offer()
-        media.apply_sip_answer(sip_sdp(request["rtp"], "0 101"))
-        answer = await media.create_webrtc_answer()
-        await media.add_webrtc_candidates(request["candidates"])
-        media.start()
-        return {"answer": answer, "target": [host, port]}
+        return await connect_far_end(media, request)
 
     far_ends = FarEnds(args.calls, args.transcode, setup)
     await far_ends.start()

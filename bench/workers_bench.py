@@ -23,14 +23,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.media_bench import FarEnds
+from bench.media_bench import FarEnds, connect_far_end
 from bridge.media.call_media import CallMedia
 from bridge.media.factory import InProcessMedia, MediaFactory, WorkerMedia
 from bridge.media.ports import PortAllocator
 from bridge.media.settings import MediaSettings
 from bridge.media.worker_pool import WorkerPool
 from tests.harness.matrix_client import loopback_ice
-from tests.media.call_fixtures import free_port_range, sip_sdp
+from tests.media.call_fixtures import free_port_range
 
 log = logging.getLogger("bench.workers")
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -54,14 +54,7 @@ async def bridge_main(args: argparse.Namespace) -> None:
     async def setup(request: dict[str, Any]) -> dict[str, Any]:
         media = factory.new(settings, ports, logging.LoggerAdapter(log, {"call_id": request["call"]}))
         medias.append(media)
-        await media.set_webrtc_offer(request["offer"])
-        host, port = await media.open_rtp()
-        media.sip_offer()
-        media.apply_sip_answer(sip_sdp(request["rtp"], "0 101"))
-        answer = await media.create_webrtc_answer()
-        await media.add_webrtc_candidates(request["candidates"])
-        media.start()
-        return {"answer": answer, "target": [host, port]}
+        return await connect_far_end(media, request)
 
     far_ends = FarEnds(args.calls, args.transcode, setup)
     await far_ends.start()
