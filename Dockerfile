@@ -50,10 +50,15 @@ print('\n'.join(p['dependencies'] + p['optional-dependencies']['postgres']))" > 
     && rm /tmp/requirements.txt
 
 # Code layer. README.md and LICENSE are named by pyproject.toml (readme, license-files).
-COPY README.md LICENSE ./
+# setup.py builds the relay's compiled per-packet path (bridge/media/_fastrelay.c): gcc only for that step.
+COPY README.md LICENSE setup.py ./
 COPY bridge ./bridge
-RUN pip install --no-compile --no-deps . \
-    && rm -rf build ./*.egg-info
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && pip install --no-compile --no-deps . \
+    && (cd / && python -c "import bridge.media._fastrelay") \
+    && apt-get purge -y --auto-remove gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/* build ./*.egg-info
 COPY docker/entrypoint.sh /usr/local/bin/docker-entrypoint.sh
 COPY docker/healthcheck.py /usr/local/lib/matrix-sip-bridge/healthcheck.py
 RUN chmod 755 /usr/local/bin/docker-entrypoint.sh

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from aiortc import MediaStreamTrack
 from av import Packet
 
+from bridge import event_loop
 from bridge.media.call_media import CallMedia
 from bridge.media.ports import PortAllocator
 from bridge.media.settings import MediaSettings
@@ -308,7 +309,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     with loopback_ice():
-        asyncio.run(bridge_main(args))
+        event_loop.run(bridge_main(args))  # the bridge's own loop (uvloop when installed)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,12 @@ if [ -z "$PY" ]; then
 elif ! "$PY" -c 'import ensurepip, venv' >/dev/null 2>&1; then
     apt_missing+=(python3-venv)
 fi
+# the relay's compiled per-packet path (bridge/media/_fastrelay.c, built by pip through setup.py): a C compiler and
+# the interpreter's headers (Debian's own python3 keeps them in python3-dev)
+command -v cc >/dev/null 2>&1 || apt_missing+=(gcc libc6-dev)
+if [ -n "$PY" ] && ! "$PY" -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then
+    apt_missing+=(python3-dev)
+fi
 
 if [ ${#apt_missing[@]} -gt 0 ]; then
     say "installing with apt-get: ${apt_missing[*]}"
@@ -93,12 +99,12 @@ else
     say ".venv exists ($(.venv/bin/python --version 2>&1))"
 fi
 
-# pip runs only when the package metadata changed since the last successful install (the editable install
-# already follows code changes). Its progress is shown one line per package; the full log is kept on failure.
+# pip runs only when the package metadata or the C source changed since the last successful install (the editable
+# install already follows Python code changes; the compiled module is rebuilt by pip). Its progress is shown one line per package; the full log is kept on failure.
 STAMP=.venv/.setup-stamp
-want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml setup.py bridge/media/_fastrelay.c scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && .venv/bin/python -c 'import importlib.metadata as m; m.version("matrix-sip-bridge")' 2>/dev/null; then
-    say "python packages up to date (pyproject.toml unchanged); skipping pip"
+    say "python packages up to date (pyproject.toml, setup.py and the C source unchanged); skipping pip"
 else
     PIP_LOG=$(mktemp)
     trap 'rm -f "$PIP_LOG"' EXIT

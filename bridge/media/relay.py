@@ -21,7 +21,7 @@ from typing import Any
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
-from . import webrtc_leg
+from . import fastrelay, webrtc_leg
 from .codecs import SipDecoder, SipEncoder, WebRtcEncoder, encoded_packet
 from .dtmf import DtmfDetector, DtmfError, DtmfEvent, decode_event, encode_event
 from .inline_codec import OPUS_CLOCK, Transcoder, make_transcoder
@@ -72,6 +72,9 @@ class Relay:
         self._webrtc_ts_base: int | None = None
         self._rr_feed: ReceiverReportFeed | None = None
         self._dtmf_in = DtmfDetector()
+        # compiled twins of the two per-packet steady states, when built (fastrelay.py)
+        fastrelay.bind(self, "_from_sip_fast", "relay_from_sip")
+        fastrelay.bind(self, "_from_webrtc_rtp", "relay_from_webrtc")
         rtp.set_audio_sinks(self._from_sip, self._from_sip_fast)
         rtp.on_dtmf = self._sip_dtmf
         rtp.on_dtmf_event = self._sip_dtmf_event

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
+from . import fastrelay
 from .dtmf import DtmfDetector, DtmfError, DtmfEvent, decode_event, digit_to_event, encode_event
 from .jitter import JitterBuffer
 from .rtp_packet import RtpPacket, RtpParseError, build_rtp, is_rtcp, parse_rtp, seq_add, ts_add, ts_diff
@@ -107,6 +108,7 @@ class RtpLeg(asyncio.DatagramProtocol):
         self._sdp_remote: Address | None = None
         self._sdp_rtcp: Address | None = None
         self.rtcp: RtcpSession | None = None
+        fastrelay.bind(self, "datagram_received", "rtp_receive")  # its compiled twin, when built
 
     # -- setup ------------------------------------------------------------------------------
     def configure(
@@ -258,6 +260,10 @@ class RtpLeg(asyncio.DatagramProtocol):
                     self.on_audio(ready)
                 except Exception:
                     self.log.exception("RTP audio sink failed")
+
+    def _sink_failed(self, exc: BaseException) -> None:
+        """The compiled twin's ``except``: the sink raised (the packet is not retried)."""
+        self.log.error("RTP audio sink failed", exc_info=exc)
 
     def _admit(self, data: bytes, addr: Address) -> bool:
         """Slow path: a datagram from anywhere but the locked source."""

@@ -35,6 +35,8 @@ from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.rtcrtpsender import RTCRtpSender
 from aiortc.rtp import HeaderExtensions, HeaderExtensionsMap
 
+from . import fastrelay
+
 RtpTap = Callable[[bytes], bool]
 
 FASTPATH_OK = (
@@ -58,7 +60,7 @@ class FastSrtp:
     """``Session.protect`` / ``unprotect`` of one pylibsrtp 1.0 session without its per-call ``ffi.new`` and checks
     (same C calls, same shared buffer; the length check that keeps a datagram inside the buffer stays)."""
 
-    __slots__ = ("_buffer", "_cdata", "_len", "_max", "_protect", "_srtp", "_unprotect", "session")
+    __slots__ = ("_buffer", "_cdata", "_len", "_max", "_protect", "_srtp", "_unprotect", "ctx", "session")
 
     def __init__(self, session: Any) -> None:
         from pylibsrtp._binding import ffi, lib
@@ -71,6 +73,7 @@ class FastSrtp:
         self._len = ffi.new("int *")
         self._protect = lib.srtp_protect
         self._unprotect = lib.srtp_unprotect
+        self.ctx = int(ffi.cast("uintptr_t", self._srtp))  # the srtp_t for fastrelay's compiled twins
 
     def protect(self, data: bytes) -> bytes:
         n = len(data)
@@ -138,6 +141,7 @@ class DirectSender:
         self.sent = 0
         self.octets = 0  # payload octets sent (RFC 3550 6.4.1 sender's octet count)
         self.dropped = 0
+        fastrelay.bind(self, "send", "direct_send")  # its compiled twin, when built
 
     @property
     def ssrc(self) -> int:
@@ -226,6 +230,61 @@ class DirectSender:
         """Nothing owned: here for the injector interface."""
 
 
+class IceReceive:
+    """What one ICE socket's ``datagram_received`` becomes: :meth:`slow` in Python, or its compiled twin
+    (``_fastrelay.ice_receive``, which calls :meth:`slow` for anything but an SRTP packet it can take)."""
+
+    def __init__(self, original: Callable[[bytes, Any], None], dtls: RTCDtlsTransport, owner: Any,
+                 fallback: Callable[..., Awaitable[None]], srtp_cache: list[Any],
+                 rtcp: Callable[[bytes], bool] | None, log: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+        self.original = original
+        self.dtls: Any = dtls
+        self.owner = owner  # its ``_tap`` is read per packet: the relay sets and clears it
+        self.fallback = fallback
+        self.srtp_cache = srtp_cache  # [FastSrtp | None], shared by a connection's sockets
+        self.rtcp = rtcp
+        self.log = log
+        self._loop = asyncio.get_running_loop()
+        self._tasks: set[asyncio.Future[None]] = set()
+
+    def slow(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        # SRTP: first byte 128..191 (RFC 7983), second byte not an RTCP type 192..223 (RFC 5761)
+        if len(data) > 12 and 127 < data[0] < 192:
+            if 191 < data[1] < 224:
+                if self.rtcp is not None and self.rtcp(data):
+                    return
+                self.original(data, addr)
+                return
+            srtp = self.srtp_cache[0]
+            if srtp is None or srtp.session is not self.dtls._rx_srtp:
+                srtp = fast_srtp(self.srtp_cache, self.dtls._rx_srtp)
+            consumer = self.owner._tap
+            if srtp is not None and consumer is not None:
+                try:
+                    plain = srtp.unprotect(data)
+                except (pylibsrtp.Error, ValueError):  # replay, authentication, size: aiortc drops those too
+                    return
+                try:
+                    if consumer(plain):
+                        return
+                except Exception as exc:
+                    self.tap_failed(exc, plain)
+                    return
+                self.fallback_task(plain)
+                return
+        self.original(data, addr)
+
+    def tap_failed(self, exc: BaseException, plain: bytes) -> None:
+        self.log.error("RTP tap failed", exc_info=exc)
+        self.fallback_task(plain)
+
+    def fallback_task(self, plain: bytes) -> None:
+        """A packet the tap declined: aiortc's own receive path, in a task."""
+        task = asyncio.ensure_future(self.fallback(plain, int(time.time() * 1000)), loop=self._loop)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
 def install_receive(dtls: RTCDtlsTransport, owner: Any, fallback: Callable[..., Awaitable[None]],
                     *, log: logging.Logger | logging.LoggerAdapter[Any],
                     rtcp: Callable[[bytes], bool] | None = None) -> int:
@@ -233,45 +292,13 @@ def install_receive(dtls: RTCDtlsTransport, owner: Any, fallback: Callable[..., 
     ``owner._tap`` is the RTP tap (read per packet: the relay sets and clears it); ``rtcp`` takes SRTCP packets
     (webrtc_rtcp.WebrtcRtcp.on_srtcp; False hands one to aiortc)."""
     connection: Any = dtls.transport._connection
-    loop = asyncio.get_running_loop()
-    tasks: set[asyncio.Future[None]] = set()
-    dtls_any: Any = dtls
     srtp_cache: list[Any] = [None]
     installed = 0
     for protocol in list(connection._protocols):
         if getattr(protocol, "_bridge_fastpath", False):
             continue
-        original = protocol.datagram_received
-
-        def fast(data: bytes, addr: tuple[Any, ...], original: Any = original) -> None:
-            # SRTP: first byte 128..191 (RFC 7983), second byte not an RTCP type 192..223 (RFC 5761)
-            if len(data) > 12 and 127 < data[0] < 192:
-                if 191 < data[1] < 224:
-                    if rtcp is not None and rtcp(data):
-                        return
-                    original(data, addr)
-                    return
-                srtp = srtp_cache[0]
-                if srtp is None or srtp.session is not dtls_any._rx_srtp:
-                    srtp = fast_srtp(srtp_cache, dtls_any._rx_srtp)
-                consumer = owner._tap
-                if srtp is not None and consumer is not None:
-                    try:
-                        plain = srtp.unprotect(data)
-                    except (pylibsrtp.Error, ValueError):  # replay, authentication, size: aiortc drops those too
-                        return
-                    try:
-                        if consumer(plain):
-                            return
-                    except Exception:
-                        log.exception("RTP tap failed")
-                    task = asyncio.ensure_future(fallback(plain, int(time.time() * 1000)), loop=loop)
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-                    return
-            original(data, addr)
-
-        protocol.datagram_received = fast
+        receive = IceReceive(protocol.datagram_received, dtls, owner, fallback, srtp_cache, rtcp, log)
+        protocol.datagram_received = fastrelay.twin(receive, "ice_receive") or receive.slow
         protocol._bridge_fastpath = True
         installed += 1
     return installed

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import logging
 import types
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from bridge.media import fastrelay
 from bridge.media import rtp_leg as rtp_leg_module
 from bridge.media.dtmf import DtmfEvent, encode_event
 from bridge.media.rtp_leg import RtpLeg
@@ -38,15 +40,21 @@ class Wire:
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[Clock]:
     clock = Clock()
     monkeypatch.setattr(rtp_leg_module, "_monotonic", clock.monotonic)
     monkeypatch.setattr(rtp_leg_module, "time", types.SimpleNamespace(monotonic=clock.monotonic))
-    return clock
+    if fastrelay.native is not None:
+        fastrelay.native.set_clocks(clock.monotonic, None)  # the compiled twins read the same clock
+    yield clock
+    if fastrelay.native is not None:
+        fastrelay.native.set_clocks(None, None)
 
 
-def make_leg(wire: Wire) -> RtpLeg:
+def make_leg(wire: Wire, compiled: bool = True) -> RtpLeg:
     leg = RtpLeg(log=log, ptime=20, jitter_ms=60, queue_packets=50, source_mode="strict")
+    if not compiled and "datagram_received" in vars(leg):
+        del leg.datagram_received  # the Python method, not its compiled twin (fastrelay.py)
     leg.configure(payload_type=0, clock_rate=8000, telephone_event_pt=101, remote=FAR)
     leg.transport = wire  # type: ignore[assignment]
     leg.ssrc, leg._seq, leg._ts = 0x11223344, 65530, 0xFFFFFF00  # both runs alike, wraps included
@@ -81,8 +89,8 @@ def incoming() -> list[tuple[float, bytes]]:
     return out
 
 
-def receive_run(clock: Clock, fast: bool) -> tuple[list[Any], dict[str, Any]]:
-    leg = make_leg(Wire())
+def receive_run(clock: Clock, fast: bool, compiled: bool = False) -> tuple[list[Any], dict[str, Any]]:
+    leg = make_leg(Wire(), compiled)
     got: list[Any] = []
     dtmf: list[Any] = []
 
@@ -107,8 +115,12 @@ def receive_run(clock: Clock, fast: bool) -> tuple[list[Any], dict[str, Any]]:
         "stats": (stats.ssrc, stats.base_seq, stats.max_seq, stats.cycles, stats.received)}
 
 
-def test_in_order_passthrough_audio_on_the_fast_path_is_what_the_full_path_delivers(clock: Clock) -> None:
-    fast_got, fast_counters = receive_run(clock, fast=True)
+@pytest.mark.parametrize("compiled", [False, True], ids=["python", "compiled"])
+def test_in_order_passthrough_audio_on_the_fast_path_is_what_the_full_path_delivers(clock: Clock,
+                                                                                   compiled: bool) -> None:
+    if compiled:
+        assert fastrelay.native is not None, "bridge/media/_fastrelay.c is not built (pip install -e .)"
+    fast_got, fast_counters = receive_run(clock, fast=True, compiled=compiled)
     slow_got, slow_counters = receive_run(clock, fast=False)
     assert fast_got == slow_got
     assert fast_counters == slow_counters
