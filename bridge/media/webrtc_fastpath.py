@@ -60,7 +60,8 @@ class FastSrtp:
     """``Session.protect`` / ``unprotect`` of one pylibsrtp 1.0 session without its per-call ``ffi.new`` and checks
     (same C calls, same shared buffer; the length check that keeps a datagram inside the buffer stays)."""
 
-    __slots__ = ("_buffer", "_cdata", "_len", "_max", "_protect", "_srtp", "_unprotect", "ctx", "session")
+    __slots__ = ("_buffer", "_cdata", "_len", "_max", "_protect", "_srtp", "_unprotect", "_unprotect_rtcp", "ctx",
+                 "session")
 
     def __init__(self, session: Any) -> None:
         from pylibsrtp._binding import ffi, lib
@@ -73,6 +74,7 @@ class FastSrtp:
         self._len = ffi.new("int *")
         self._protect = lib.srtp_protect
         self._unprotect = lib.srtp_unprotect
+        self._unprotect_rtcp = lib.srtp_unprotect_rtcp
         self.ctx = int(ffi.cast("uintptr_t", self._srtp))  # the srtp_t for fastrelay's compiled twins
 
     def protect(self, data: bytes) -> bytes:
@@ -93,6 +95,17 @@ class FastSrtp:
         self._len[0] = n
         if self._unprotect(self._srtp, self._cdata, self._len):
             raise pylibsrtp.Error("srtp_unprotect failed")  # replay, authentication
+        return bytes(self._buffer[0 : self._len[0]])
+
+
+    def unprotect_rtcp(self, data: bytes) -> bytes:
+        n = len(data)
+        if n > self._max + 16:
+            raise ValueError("packet is too long")
+        self._buffer[0:n] = data
+        self._len[0] = n
+        if self._unprotect_rtcp(self._srtp, self._cdata, self._len):
+            raise pylibsrtp.Error("srtp_unprotect_rtcp failed")  # replay, authentication
         return bytes(self._buffer[0 : self._len[0]])
 
 

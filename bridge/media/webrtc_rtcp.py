@@ -31,6 +31,8 @@ import pylibsrtp
 from aiortc.rtcrtpreceiver import RTCRtpReceiver, StreamStatistics
 from aiortc.rtcrtpsender import RTCRtpSender
 
+from .webrtc_fastpath import fast_srtp
+
 INTERVAL_S = 5.0  # mean; libwebrtc's audio report interval
 _SR, _RR, _SDES, _BYE = 200, 201, 202, 203
 _COMMON = struct.Struct("!BBH")
@@ -103,6 +105,7 @@ class WebrtcRtcp:
         self._direct = direct
         self._dtls: Any = sender.transport
         self._lsr: dict[int, tuple[int, float]] = {}  # client SSRC -> (LSR, when its SR arrived)
+        self._srtp: list[Any] = [None]  # FastSrtp of the receiving session (no per-packet cffi allocation)
         self.sent = 0
         self.received = 0
 
@@ -176,11 +179,11 @@ class WebrtcRtcp:
 
     def on_srtcp(self, data: bytes) -> bool:
         """An SRTCP packet from the client (socket callback); False: not ours to read (aiortc's path)."""
-        session = self._dtls._rx_srtp
-        if session is None:
+        srtp = fast_srtp(self._srtp, self._dtls._rx_srtp)
+        if srtp is None:
             return False
         try:
-            plain = session.unprotect_rtcp(data)
+            plain = srtp.unprotect_rtcp(data)
         except (pylibsrtp.Error, ValueError):
             return True  # replayed or forged: aiortc drops those too
         self.received += 1
