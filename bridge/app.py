@@ -34,6 +34,7 @@ from .logs import call_logger, configure_logging
 from .matrix.connector import MatrixSide
 from .matrix.ghosts import UNKNOWN_NUMBER
 from .matrix.outbox import NotDelivered, OutboxItem
+from .media import fastrelay
 from .media.factory import InProcessMedia, MediaFactory, WorkerMedia
 from .media.ice import restrict_host_addresses
 from .media.rtpengine_media import RtpengineBackend, RtpengineSettings
@@ -424,9 +425,9 @@ class Bridge:
             await self.registration.start()
         host, port = self.ua.bound_address()
         self._started = True
-        log.info("bridge running: SIP on %s:%d, appservice on %s:%s (%s event loop)", host, port,
+        log.info("bridge running: SIP on %s:%d, appservice on %s:%s (%s event loop, %s)", host, port,
                  self.config.appservice.hostname, self.matrix.port,
-                 type(asyncio.get_running_loop()).__module__.split(".")[0])
+                 type(asyncio.get_running_loop()).__module__.split(".")[0], fastrelay.describe())
 
     async def stop(self) -> None:
         self._started = False  # /ready: 503 from now on

@@ -42,6 +42,11 @@ native: Any = _load()
 """The compiled module, or None."""
 
 
+def describe() -> str:
+    """For the start-up log line."""
+    return "compiled relay" if native is not None else "Python relay (bridge/media/_fastrelay.c not built or off)"
+
+
 def twin(obj: Any, name: str) -> Any:
     """The compiled function ``name`` bound to ``obj`` (called with ``obj`` first), or None without the module."""
     return MethodType(getattr(native, name), obj) if native is not None else None

@@ -20,6 +20,7 @@ from typing import Any
 from bridge import event_loop
 from bridge.logs import call_logger, setup_logging
 
+from . import fastrelay
 from .call_media import CallMedia
 from .errors import MediaError
 from .ice import restrict_host_addresses
@@ -207,8 +208,8 @@ async def serve(fd: int) -> int:
     logging.getLogger().handlers[:] = [ForwardLogs(worker)]
     worker.send(("ready", os.getpid()))
     stats = asyncio.get_running_loop().create_task(worker.report_stats())
-    log.info("media worker %d running (pid %d, %s event loop)", init.index, os.getpid(),
-             type(asyncio.get_running_loop()).__module__.split(".")[0])
+    log.info("media worker %d running (pid %d, %s event loop, %s)", init.index, os.getpid(),
+             type(asyncio.get_running_loop()).__module__.split(".")[0], fastrelay.describe())
     try:
         while True:
             message = await read_message(reader)

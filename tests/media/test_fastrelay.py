@@ -24,11 +24,15 @@ from bridge.media.rtp_leg import RtpLeg
 from bridge.media.rtp_packet import build_rtp
 from bridge.media.webrtc_fastpath import DirectSender, IceReceive
 
+from . import test_call_media
+from .call_fixtures import connect_outbound
+from .test_call_media import assert_audio_both_ways
 from .test_webrtc_fastpath import fake_sender
 
 pytestmark = pytest.mark.skipif(not webrtc_fastpath.FASTPATH_OK, reason="aiortc/aioice internals differ")
 
 NATIVE = fastrelay.native
+make_call = test_call_media.make_call  # the fixture: a CallMedia with an aiortc peer and an RTP phone
 log = logging.getLogger("test.fastrelay")
 FAR = ("127.0.0.1", 40000)
 KEY = bytes(range(30))  # AES_CM_128_HMAC_SHA1_80 master key + salt
@@ -316,3 +320,21 @@ async def test_ice_receive_takes_srtp_and_leaves_the_rest_to_aiortc(monkeypatch:
     original, rtcp, tapped, declined = compiled
     assert len(tapped) == 40 and [p[1] & 0x7F for p in declined] == [96, 97]
     assert len(rtcp) == 1 and len(original) == 2
+
+
+async def test_a_real_call_relays_on_the_compiled_twins(make_call: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiortc as Element (ICE, DTLS-SRTP), an RTP phone: both tones heard, and the Python methods saw a few packets
+    (the first ones, STUN, DTLS, RTCP), not the stream."""
+    assert NATIVE is not None, "bridge/media/_fastrelay.c is not built"
+    python = {name: counting(monkeypatch, cls, name) for cls, name in [
+        (RtpLeg, "datagram_received"), (Relay, "_from_sip_fast"), (Relay, "_from_webrtc_rtp"),
+        (DirectSender, "send"), (IceReceive, "slow")]}
+    call = await make_call()
+    await connect_outbound(call)
+    await assert_audio_both_ways(call, packets=100)
+    stats = call.media.stats()
+    assert stats.passthrough and stats.rtp_packets_in >= 100 and stats.webrtc_frames_in >= 100
+    calls = {name: count[0] for name, count in python.items()}
+    assert calls["datagram_received"] <= stats.rtp_packets_in // 10, calls
+    assert calls["_from_sip_fast"] + calls["send"] <= stats.webrtc_frames_out // 10, calls
+    assert calls["_from_webrtc_rtp"] + calls["slow"] <= stats.webrtc_frames_in // 5, calls
