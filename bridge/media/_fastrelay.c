@@ -125,19 +125,22 @@ static PyObject *python_method(PyObject *obj, PyObject *name, PyObject *const *a
     return r;
 }
 
-/* hand an exception raised by a sink to obj.<method>(exc) (which logs it): the packet is not retried */
-static int report_failure(PyObject *obj, PyObject *method, PyObject *extra) {
+/* callable(*args). An exception it raises goes to obj.<on_error>(exc[, extra]), which logs it (the packet is not
+ * retried), and *failed is set. Returns the call's result, Py_None after a reported failure, NULL on an error. */
+static PyObject *call_reporting(PyObject *callable, PyObject *const *args, Py_ssize_t n, PyObject *obj,
+                                PyObject *on_error, PyObject *extra, int *failed) {
+    PyObject *r = PyObject_Vectorcall(callable, args, (size_t)n, NULL);
+    *failed = r == NULL;
+    if (r != NULL) return r;
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
     PyErr_NormalizeException(&type, &value, &tb);
-    if (value == NULL) { Py_XDECREF(type); Py_XDECREF(tb); return 0; }
+    if (value == NULL) { Py_XDECREF(type); Py_XDECREF(tb); return Py_NewRef(Py_None); }
     if (tb != NULL) PyException_SetTraceback(value, tb);
-    PyObject *r = extra == NULL ? PyObject_CallMethodOneArg(obj, method, value)
-                                : PyObject_CallMethodObjArgs(obj, method, value, extra, NULL);
+    r = extra == NULL ? PyObject_CallMethodOneArg(obj, on_error, value)
+                      : PyObject_CallMethodObjArgs(obj, on_error, value, extra, NULL);
     Py_XDECREF(type); Py_DECREF(value); Py_XDECREF(tb);
-    if (r == NULL) return -1;
-    Py_DECREF(r);
-    return 0;
+    return r;
 }
 
 static void put16(uint8_t *p, unsigned v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
@@ -318,13 +321,11 @@ static PyObject *rtp_receive(PyObject *mod, PyObject *const *args, Py_ssize_t na
         PyObject *tsobj = PyLong_FromUnsignedLong(ts);
         if (tsobj == NULL) goto done;
         PyObject *a[2] = {data, tsobj};
-        PyObject *r = PyObject_Vectorcall(fast, a, 2, NULL);
+        int failed;
+        PyObject *r = call_reporting(fast, a, 2, leg, S__sink_failed, NULL, &failed);
         Py_DECREF(tsobj);
-        if (r == NULL) {
-            if (report_failure(leg, S__sink_failed, NULL) < 0) goto done;
-        } else {
-            Py_DECREF(r);
-        }
+        if (r == NULL) goto done;
+        Py_DECREF(r);
     }
     result = Py_NewRef(Py_None);
     goto done;
@@ -700,12 +701,13 @@ static PyObject *ice_receive(PyObject *mod, PyObject *const *args, Py_ssize_t na
     if ((plain = PyBytes_FromStringAndSize((const char *)buf, len)) == NULL) goto done;
     {
         PyObject *a[1] = {plain};
-        PyObject *taken = PyObject_Vectorcall(tap, a, 1, NULL);
-        int ok = taken == NULL ? -1 : PyObject_IsTrue(taken);
-        Py_XDECREF(taken);
-        if (ok < 0) {
-            if (report_failure(state, S_tap_failed, plain) < 0) goto done;
-        } else if (!ok) {
+        int failed;
+        PyObject *taken = call_reporting(tap, a, 1, state, S_tap_failed, plain, &failed);
+        if (taken == NULL) goto done;
+        int ok = failed ? 1 : PyObject_IsTrue(taken);  /* a failed tap's packet went to tap_failed */
+        Py_DECREF(taken);
+        if (ok < 0) goto done;
+        if (!ok) {
             PyObject *x = PyObject_CallMethodOneArg(state, S_fallback_task, plain);
             if (x == NULL) goto done;
             Py_DECREF(x);

@@ -78,34 +78,24 @@ class FastSrtp:
         self.ctx = int(ffi.cast("uintptr_t", self._srtp))  # the srtp_t for fastrelay's compiled twins
 
     def protect(self, data: bytes) -> bytes:
-        n = len(data)
-        if n > self._max:
-            raise ValueError("packet is too long")
-        self._buffer[0:n] = data
-        self._len[0] = n
-        if self._protect(self._srtp, self._cdata, self._len):
-            raise pylibsrtp.Error("srtp_protect failed")
-        return bytes(self._buffer[0 : self._len[0]])
+        return self._apply(self._protect, data, 0, "srtp_protect")
 
     def unprotect(self, data: bytes) -> bytes:
-        n = len(data)
-        if n > self._max + 16:
-            raise ValueError("packet is too long")
-        self._buffer[0:n] = data
-        self._len[0] = n
-        if self._unprotect(self._srtp, self._cdata, self._len):
-            raise pylibsrtp.Error("srtp_unprotect failed")  # replay, authentication
-        return bytes(self._buffer[0 : self._len[0]])
-
+        return self._apply(self._unprotect, data, 16, "srtp_unprotect")  # fails: replay, authentication
 
     def unprotect_rtcp(self, data: bytes) -> bytes:
+        return self._apply(self._unprotect_rtcp, data, 16, "srtp_unprotect_rtcp")
+
+    def _apply(self, function: Any, data: bytes, room: int, name: str) -> bytes:
+        """``function`` on ``data`` in the session's buffer; ``room``: bytes it may use beyond a protected packet's
+        trailer (unprotecting only shrinks a packet)."""
         n = len(data)
-        if n > self._max + 16:
+        if n > self._max + room:
             raise ValueError("packet is too long")
         self._buffer[0:n] = data
         self._len[0] = n
-        if self._unprotect_rtcp(self._srtp, self._cdata, self._len):
-            raise pylibsrtp.Error("srtp_unprotect_rtcp failed")  # replay, authentication
+        if function(self._srtp, self._cdata, self._len):
+            raise pylibsrtp.Error(f"{name} failed")
         return bytes(self._buffer[0 : self._len[0]])
 
 
